@@ -1,0 +1,1007 @@
+"""Closable channels (buffered, unbuffered, unbounded) with select, for asyncio tasks and threads.
+
+How a hand-off works
+--------------------
+A party that finds the channel ready (an item to take, room for an item) completes at once, without
+yielding to the event loop.  A party that has to wait is put in a FIFO queue.  When the channel
+becomes ready for it, it is not handed the result behind its back; it is *promised* it:
+
+* a waiting receiver is promised an item that stays in the buffer until the receiver runs again and
+  takes it (``_promised`` counts those items);
+* a waiting sender is invited to try again, and room is kept for it until it runs (``_invited``).
+
+Because the waiting party completes its own operation when it runs, a cancellation that arrives
+between the promise and the moment it runs simply withdraws from the promise: the item goes to the
+next receiver, the room to the next sender.  So a ``receive`` that raises ``CancelledError`` has
+taken nothing and a ``send`` that raises ``CancelledError`` has delivered nothing, always; the same
+holds for ``select`` and for timeouts.  This is asyncio's own convention (``asyncio.Semaphore`` and
+``asyncio.Queue`` undo a wake-up that arrives with a cancellation) with FIFO fairness added.
+
+The price is one rule for unbuffered channels: a blocked sender's item changes hands only when the
+sender runs, so a receiver meeting a blocked sender first invites it and then waits for it (the
+number of task switches per item is the same as a direct hand-off).  ``receive_nowait()`` on an
+unbuffered channel therefore succeeds only if an item has already been handed over.
+
+Threads
+-------
+Every method is thread-safe: state is guarded by one ``threading.Lock`` per channel that is never
+held while waiting.  A task waiting in one thread is woken from another thread with
+``loop.call_soon_threadsafe``; a thread waits on a lock of its own, so nobody polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar, final
+
+from ._checks import check_timeout
+from ._exceptions import ChannelClosed, EndOfChannel, WouldBlock
+
+__all__ = [
+    "Channel",
+    "ChannelStatistics",
+    "ReceiveCase",
+    "SelectCase",
+    "Selected",
+    "SendCase",
+    "select",
+    "select_blocking",
+    "select_nowait",
+]
+
+T = TypeVar("T")
+
+# What became of a waiter.  It starts _PENDING; whoever moves it on first (a hand-off, close(),
+# its timer, its own cancellation) "claims" it, and every later attempt sees that it lost.
+_PENDING = 0
+_GRANTED = 1  # receiver: an item is promised to you; sender: room is kept for you, try again
+_CLOSED = 2  # receiver: end of channel; sender: the channel was closed
+_TIMED_OUT = 3
+_CANCELLED = 4
+
+_get_ident = threading.get_ident
+
+
+class _SelectClaim:
+    """The registrations of one ``select`` call in several channels share this: first claim wins.
+
+    Channels claim it while holding only their own lock, possibly from different threads, so the
+    claim has a tiny mutex of its own; whoever loses can then read ``winner`` safely.
+    """
+
+    __slots__ = ("mutex", "taken", "winner")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.taken = False
+        self.winner: _Waiter | None = None  # None once taken: the owner took it (timeout, cancel)
+
+    def take(self) -> bool:
+        """The select's owner claims it for itself; False if a case has already won."""
+        with self.mutex:
+            if self.taken:
+                return False
+            self.taken = True
+            return True
+
+
+class _Waiter:
+    """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
+
+    __slots__ = ("fut", "index", "item", "loop", "sel", "state", "thread", "tlock")
+
+    def __init__(self, item: Any = None, sel: _SelectClaim | None = None, index: int = -1) -> None:
+        self.item = item
+        self.state = _PENDING
+        self.sel = sel
+        self.index = index
+        # How to wake the owner: a future on its loop, or a held lock that its thread waits on.
+        self.fut: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = 0
+        self.tlock: threading.Lock | None = None
+
+    def claim(self, outcome: int) -> bool:
+        """Move a pending waiter to ``outcome``; False if someone else got there first.
+
+        A plain waiter is only ever claimed under its channel's lock.  A select registration can be
+        claimed from several channels at once, so it goes through the shared test-and-set lock.
+        """
+        sel = self.sel
+        if sel is None:
+            if self.state != _PENDING:
+                return False
+            self.state = outcome
+            return True
+        with sel.mutex:
+            if sel.taken:
+                return False
+            sel.taken = True
+            sel.winner = self
+            self.state = outcome
+        return True
+
+    def live(self) -> bool:
+        return self.state == _PENDING and (self.sel is None or not self.sel.taken)
+
+    def wait_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.fut = loop.create_future()
+        self.loop = loop
+        self.thread = _get_ident()
+
+    def wait_thread(self) -> None:
+        self.tlock = threading.Lock()
+        self.tlock.acquire()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake(w: _Waiter) -> bool:
+    """Wake the owner of a claimed waiter.  False if it can never run again (its loop is closed)."""
+    tlock = w.tlock
+    if tlock is not None:
+        tlock.release()
+        return True
+    fut = w.fut
+    assert fut is not None and w.loop is not None
+    try:
+        if w.thread == _get_ident():
+            if not fut.done():  # done means cancelled: the owner is already withdrawing
+                fut.set_result(None)
+        else:
+            w.loop.call_soon_threadsafe(_resolve, fut)
+    except RuntimeError:  # "Event loop is closed": the task that waited is gone for good
+        return False
+    return True
+
+
+def _discard(q: deque[_Waiter], w: _Waiter) -> None:
+    try:
+        q.remove(w)
+    except ValueError:
+        pass  # already popped by a hand-off that found it claimed
+
+
+def _refuse_in_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{what}() would block the event loop running in this thread; "
+        f"await the asynchronous form instead"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of a :class:`Channel`, from :meth:`Channel.statistics`."""
+
+    name: str | None
+    """The name given to the channel, if any."""
+    capacity: float
+    """Items the buffer holds before ``send`` blocks (0: unbuffered, ``math.inf``: unbounded)."""
+    buffered: int
+    """Items in the buffer that no receiver has been promised yet."""
+    senders_waiting: int
+    """Senders blocked in ``send``/``send_blocking``/``select`` because there is no room."""
+    receivers_waiting: int
+    """Receivers blocked because there is nothing to receive."""
+    items_sent: int
+    """Items accepted into the channel since it was created."""
+    items_received: int
+    """Items taken out of the channel since it was created."""
+    closed: bool
+    """Whether :meth:`Channel.close` has been called."""
+    peak_buffered: int
+    """The largest value ``buffered`` has had."""
+
+
+@final
+class Channel(Generic[T]):
+    """A closable FIFO channel between tasks and threads, like Go's ``chan T``.
+
+    ``Channel(0)`` (the default) is unbuffered: ``await send(x)`` returns only once a receiver has
+    been handed ``x``.  ``Channel(n)`` buffers up to ``n`` items; ``Channel(math.inf)`` never
+    blocks a sender.  Items come out in the order they went in; blocked senders and receivers are
+    served in the order they arrived.
+
+    Closing is how a producer says "no more": after :meth:`close`, ``send`` raises
+    :class:`~poolkit.ChannelClosed` (blocked senders too; their items were not delivered), while
+    receivers first drain what is buffered and then get :class:`~poolkit.EndOfChannel`, which ends
+    ``async for``/``for`` loops quietly.  Closing is optional, as in Go.
+
+    Cancellation is atomic: a ``send`` or ``receive`` that raises ``CancelledError`` (or
+    ``TimeoutError``) had no effect.  The awaiting forms never yield to the event loop when they can
+    complete at once, like ``asyncio.Queue``; a producer that never blocks should yield on its own.
+
+    Every method is thread-safe.  ``send``/``receive``/``async for`` are for tasks (on any event
+    loop, in any thread); ``send_blocking``/``receive_blocking``/``for`` are for threads and refuse
+    to run in a thread whose event loop is running; the ``_nowait`` forms never block and work
+    anywhere.
+
+    ``capacity`` must be a non-negative ``int`` or ``math.inf`` (``TypeError``/``ValueError``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_capacity",
+        "_closed",
+        "_invited",
+        "_lock",
+        "_name",
+        "_peak",
+        "_promised",
+        "_received",
+        "_recvq",
+        "_sendq",
+        "_sent",
+    )
+
+    def __init__(self, capacity: int | float = 0, *, name: str | None = None) -> None:
+        if isinstance(capacity, bool) or not (
+            isinstance(capacity, int) or (isinstance(capacity, float) and capacity == math.inf)
+        ):
+            raise TypeError(f"capacity must be a non-negative int or math.inf, got {capacity!r}")
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        self._capacity: float = capacity
+        self._name = name
+        self._lock = threading.Lock()
+        self._buf: deque[T] = deque()
+        self._recvq: deque[_Waiter] = deque()
+        self._sendq: deque[_Waiter] = deque()
+        self._promised = 0  # items at the head of _buf kept for woken receivers
+        self._invited = 0  # woken senders for whom room is kept
+        self._closed = False
+        self._sent = 0
+        self._received = 0
+        self._peak = 0
+
+    # ----------------------------------------------------------------- introspection
+
+    @property
+    def capacity(self) -> float:
+        """The buffer size given at construction (0, a positive int, or ``math.inf``)."""
+        return self._capacity
+
+    @property
+    def name(self) -> str | None:
+        """The name given at construction, shown in ``repr`` and statistics."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called (items may still be buffered)."""
+        return self._closed
+
+    def statistics(self) -> ChannelStatistics:
+        """Return a consistent snapshot of the channel's counters."""
+        with self._lock:
+            return ChannelStatistics(
+                name=self._name,
+                capacity=self._capacity,
+                buffered=len(self._buf) - self._promised,
+                senders_waiting=sum(1 for w in self._sendq if w.live()),
+                receivers_waiting=sum(1 for w in self._recvq if w.live()),
+                items_sent=self._sent,
+                items_received=self._received,
+                closed=self._closed,
+                peak_buffered=self._peak,
+            )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        cap = "inf" if s.capacity == math.inf else str(s.capacity)
+        name = f" {s.name!r}" if s.name is not None else ""
+        return (
+            f"<Channel{name} capacity={cap} buffered={s.buffered} "
+            f"senders_waiting={s.senders_waiting} receivers_waiting={s.receivers_waiting} "
+            f"sent={s.items_sent} received={s.items_received} closed={s.closed}>"
+        )
+
+    # ----------------------------------------------------------------- core (lock held)
+
+    def _live_receiver(self) -> bool:
+        q = self._recvq
+        while q:
+            if q[0].live():
+                return True
+            q.popleft()  # a select that was satisfied elsewhere
+        return False
+
+    def _accept(self, item: T) -> None:
+        buf = self._buf
+        buf.append(item)
+        self._sent += 1
+        if self._recvq:
+            self._grant_receivers()
+        n = len(buf) - self._promised
+        if n > self._peak:
+            self._peak = n
+
+    def _offer(self, item: T) -> bool:
+        """An arriving sender: accept ``item`` if there is room or a receiver nobody serves yet."""
+        if self._closed:
+            raise self._closed_error()
+        if self._capacity - len(self._buf) + self._promised - self._invited > 0 or (
+            not self._invited and self._live_receiver()
+        ):
+            self._accept(item)
+            return True
+        return False
+
+    def _take(self) -> Any:
+        """An arriving receiver: the next unpromised item, or ``_EMPTY``.  Raises at end."""
+        buf = self._buf
+        if len(buf) > self._promised:
+            item = buf.popleft()
+            self._received += 1
+            if self._sendq:
+                self._grant_senders()
+            return item
+        if self._closed and not buf:
+            raise EndOfChannel(f"{self._label()} is closed and drained")
+        return _EMPTY
+
+    def _collect(self) -> T:
+        """A woken receiver takes the item it was promised."""
+        buf = self._buf
+        item = buf.popleft()
+        self._promised -= 1
+        self._received += 1
+        if self._sendq:
+            self._grant_senders()
+        if self._closed and not buf and self._recvq:
+            self._grant_receivers()  # tells the rest it is over
+        return item
+
+    def _retry(self, w: _Waiter, requeue: bool) -> bool:
+        """A woken sender tries again with the room kept for it.
+
+        True if its item went in.  Otherwise (the receiver it was invited for left) it goes back to
+        the head of the queue if ``requeue``; a select starts over instead.
+        """
+        self._invited -= 1
+        if self._closed:
+            raise self._closed_error()
+        if self._capacity - len(self._buf) + self._promised - self._invited > 0 or (
+            self._live_receiver()
+        ):
+            self._accept(w.item)
+            return True
+        if requeue:
+            w.state = _PENDING
+            self._sendq.appendleft(w)
+        return False
+
+    def _grant_receivers(self) -> None:
+        q = self._recvq
+        buf = self._buf
+        while q and len(buf) > self._promised:
+            w = q.popleft()
+            if w.claim(_GRANTED):
+                self._promised += 1
+                if not _wake(w):
+                    self._promised -= 1
+        if self._closed and not buf:
+            while q:
+                w = q.popleft()
+                if w.claim(_CLOSED):
+                    _wake(w)
+
+    def _grant_senders(self) -> None:
+        q = self._sendq
+        while q:
+            # Room in the buffer, or more waiting receivers than senders already invited for them.
+            if (
+                self._capacity - len(self._buf) + self._promised - self._invited <= 0
+                and len(self._recvq) <= self._invited
+            ):
+                return
+            w = q.popleft()
+            if w.claim(_GRANTED):
+                self._invited += 1
+                if not _wake(w):
+                    self._invited -= 1
+
+    def _withdraw(self, w: _Waiter, sending: bool) -> None:
+        """The owner of ``w`` gives up (cancelled, interrupted): undo whatever it was promised."""
+        if w.claim(_CANCELLED):
+            _discard(self._sendq if sending else self._recvq, w)
+        elif w.state == _GRANTED and (w.sel is None or w.sel.winner is w):
+            if sending:
+                self._invited -= 1
+                self._grant_senders()
+            else:
+                self._promised -= 1
+                self._grant_receivers()
+
+    def _expire(self, w: _Waiter, sending: bool) -> None:
+        with self._lock:
+            if w.claim(_TIMED_OUT):
+                _discard(self._sendq if sending else self._recvq, w)
+                _wake(w)
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(f"send on {self._label()}, which was closed")
+
+    def _label(self) -> str:
+        return "channel" if self._name is None else f"channel {self._name!r}"
+
+    # ----------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Close the channel.  Idempotent; never blocks; callable from any thread.
+
+        Blocked senders wake with :class:`~poolkit.ChannelClosed`.  Buffered items stay receivable;
+        once they are gone, receivers get :class:`~poolkit.EndOfChannel`.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            q = self._sendq
+            while q:
+                w = q.popleft()
+                if w.claim(_CLOSED):
+                    _wake(w)
+            if not self._buf:
+                self._grant_receivers()
+
+    def __enter__(self) -> Channel[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Channel[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- non-blocking
+
+    def send_nowait(self, item: T) -> None:
+        """Send ``item`` if that needs no waiting; otherwise raise :class:`~poolkit.WouldBlock`.
+
+        Raises :class:`~poolkit.ChannelClosed` if the channel is closed.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._offer(item):
+                return
+        finally:
+            lock.release()
+        raise WouldBlock(f"{self._label()} has no room and no waiting receiver")
+
+    def receive_nowait(self) -> T:
+        """Receive an item if one is ready; otherwise raise :class:`~poolkit.WouldBlock`.
+
+        Raises :class:`~poolkit.EndOfChannel` once the channel is closed and drained.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            item = self._take()
+        finally:
+            lock.release()
+        if item is _EMPTY:
+            raise WouldBlock(f"{self._label()} has no item ready")
+        return item  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------- asyncio
+
+    async def send(self, item: T, *, timeout: float | None = None) -> None:
+        """Send ``item``, waiting for room (or, unbuffered, for a receiver to take it).
+
+        Raises :class:`~poolkit.ChannelClosed` if the channel is or becomes closed before the item
+        went in, and :class:`TimeoutError` after ``timeout`` seconds.  If cancelled (or timed out)
+        the item was not delivered.
+        """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        # Hot path: explicit acquire/release is ~80 ns cheaper than "with" on CPython 3.11, and
+        # _offer() is inlined for the common case.
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                raise self._closed_error()
+            buf = self._buf
+            if self._capacity - len(buf) + self._promised - self._invited > 0 and not self._recvq:
+                buf.append(item)
+                self._sent += 1
+                n = len(buf) - self._promised
+                if n > self._peak:
+                    self._peak = n
+                return
+            if self._offer(item):
+                return
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: send would block")
+            w = _Waiter(item)
+            w.wait_async()
+            self._sendq.append(w)
+        finally:
+            lock.release()
+        await self._await(w, True, timeout)
+
+    async def receive(self, *, timeout: float | None = None) -> T:
+        """Receive the next item, waiting for one.
+
+        Raises :class:`~poolkit.EndOfChannel` once the channel is closed and drained, and
+        :class:`TimeoutError` after ``timeout`` seconds.  If cancelled (or timed out) nothing was
+        taken: the item stays for the next receiver.
+        """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        lock = self._lock
+        lock.acquire()
+        try:
+            buf = self._buf
+            if len(buf) > self._promised:  # _take() inlined
+                item = buf.popleft()
+                self._received += 1
+                if self._sendq:
+                    self._grant_senders()
+                return item
+            if self._closed and not buf:
+                raise EndOfChannel(f"{self._label()} is closed and drained")
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: receive would block")
+            w = _Waiter()
+            w.wait_async()
+            self._recvq.append(w)
+            if self._sendq:
+                self._grant_senders()  # a blocked sender can now hand its item over
+        finally:
+            lock.release()
+        return await self._await(w, False, timeout)  # type: ignore[no-any-return]
+
+    async def _await(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
+        loop = w.loop
+        assert w.fut is not None and loop is not None
+        deadline = None if timeout is None else loop.time() + timeout
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, w, sending)
+        try:
+            while True:
+                try:
+                    await w.fut
+                except BaseException:
+                    with self._lock:
+                        self._withdraw(w, sending)
+                    raise
+                with self._lock:
+                    state = w.state
+                    if state == _GRANTED:
+                        if not sending:
+                            return self._collect()
+                        # If the timer already fired (and lost to the wake-up), do not wait again.
+                        requeue = deadline is None or loop.time() < deadline
+                        if self._retry(w, requeue):
+                            return None
+                        if requeue:
+                            w.fut = loop.create_future()
+                            continue
+                        state = _TIMED_OUT
+                if state == _CLOSED:
+                    if sending:
+                        raise self._closed_error()
+                    raise EndOfChannel(f"{self._label()} is closed and drained")
+                raise TimeoutError(f"{self._label()}: {'send' if sending else 'receive'} timed out")
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        lock = self._lock
+        lock.acquire()
+        try:
+            buf = self._buf
+            if len(buf) > self._promised:
+                item = buf.popleft()
+                self._received += 1
+                if self._sendq:
+                    self._grant_senders()
+                return item
+        finally:
+            lock.release()
+        try:
+            return await self.receive()
+        except EndOfChannel:
+            raise StopAsyncIteration from None
+
+    # ----------------------------------------------------------------- threads
+
+    def send_blocking(self, item: T, *, timeout: float | None = None) -> None:
+        """Thread form of :meth:`send`: block this thread until ``item`` went in.
+
+        Raises ``RuntimeError`` if called in a thread whose event loop is running (it would freeze
+        the loop); otherwise as :meth:`send`.
+        """
+        timeout = check_timeout(timeout)
+        with self._lock:
+            if self._offer(item):
+                return
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: send would block")
+            _refuse_in_loop("send_blocking")
+            w = _Waiter(item)
+            w.wait_thread()
+            self._sendq.append(w)
+        self._block(w, True, timeout)
+
+    def receive_blocking(self, *, timeout: float | None = None) -> T:
+        """Thread form of :meth:`receive`: block this thread until an item arrives.
+
+        Raises ``RuntimeError`` if called in a thread whose event loop is running; otherwise as
+        :meth:`receive`.
+        """
+        timeout = check_timeout(timeout)
+        with self._lock:
+            item = self._take()
+            if item is not _EMPTY:
+                return item  # type: ignore[no-any-return]
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: receive would block")
+            _refuse_in_loop("receive_blocking")
+            w = _Waiter()
+            w.wait_thread()
+            self._recvq.append(w)
+            if self._sendq:
+                self._grant_senders()
+        return self._block(w, False, timeout)  # type: ignore[no-any-return]
+
+    def _block(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
+        tlock = w.tlock
+        assert tlock is not None
+        deadline = None if timeout is None else _monotonic() + timeout
+        while True:
+            try:
+                if deadline is None:
+                    woke = tlock.acquire()
+                else:
+                    woke = tlock.acquire(True, max(0.0, deadline - _monotonic()))
+            except BaseException:  # KeyboardInterrupt in the main thread
+                with self._lock:
+                    self._withdraw(w, sending)
+                raise
+            with self._lock:
+                # Wake-ups happen under this lock, so a timed-out acquire either lost a race that is
+                # already over (the lock is free now: take it back) or nobody claimed us yet.
+                if not woke and not tlock.acquire(False) and w.claim(_TIMED_OUT):
+                    _discard(self._sendq if sending else self._recvq, w)
+                state = w.state
+                if state == _GRANTED:
+                    if not sending:
+                        return self._collect()
+                    if self._retry(w, True):
+                        return None
+                    continue  # requeued; tlock is held again, since we acquired it
+            if state == _CLOSED:
+                if sending:
+                    raise self._closed_error()
+                raise EndOfChannel(f"{self._label()} is closed and drained")
+            raise TimeoutError(f"{self._label()}: {'send' if sending else 'receive'} timed out")
+
+    def __iter__(self) -> Iterator[T]:
+        """Receive items in this thread (blocking) until the channel is closed and drained."""
+        while True:
+            try:
+                yield self.receive_blocking()
+            except EndOfChannel:
+                return
+
+    # ----------------------------------------------------------------- select cases
+
+    def receive_case(self) -> ReceiveCase[T]:
+        """A receive from this channel, to pass to :func:`select`."""
+        return ReceiveCase(self)
+
+    def send_case(self, item: T) -> SendCase[T]:
+        """A send of ``item`` on this channel, to pass to :func:`select`."""
+        return SendCase(self, item)
+
+
+_EMPTY: Any = object()
+_monotonic = time.monotonic
+
+
+@final
+class ReceiveCase(Generic[T]):
+    """``select`` case: receive from ``channel``.  Made by :meth:`Channel.receive_case`."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: Channel[T]) -> None:
+        if not isinstance(channel, Channel):
+            raise TypeError(f"channel must be a poolkit.Channel, got {channel!r}")
+        self.channel = channel
+
+    def __repr__(self) -> str:
+        return f"<ReceiveCase {self.channel._label()}>"
+
+
+@final
+class SendCase(Generic[T]):
+    """``select`` case: send ``item`` on ``channel``.  Made by :meth:`Channel.send_case`."""
+
+    __slots__ = ("channel", "item")
+
+    def __init__(self, channel: Channel[T], item: T) -> None:
+        if not isinstance(channel, Channel):
+            raise TypeError(f"channel must be a poolkit.Channel, got {channel!r}")
+        self.channel = channel
+        self.item = item
+
+    def __repr__(self) -> str:
+        return f"<SendCase {self.channel._label()} item={self.item!r}>"
+
+
+SelectCase = ReceiveCase[Any] | SendCase[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """What :func:`select` did: exactly one of its cases."""
+
+    index: int
+    """Position of the case that ran, in the order the cases were passed."""
+    case: SelectCase
+    """The case object itself, so ``if sel.case is jobs_case:`` works."""
+    value: Any
+    """The received item (``None`` for a send, or for a receive that found the channel ended)."""
+    closed: bool
+    """True if the case was a receive from a closed, drained channel (Go's ``ok == false``)."""
+
+
+def _select_plan(cases: tuple[SelectCase, ...]) -> list[Channel[Any]]:
+    if not cases:
+        raise ValueError("select() needs at least one case")
+    sending: dict[int, bool] = {}
+    for case in cases:
+        if not isinstance(case, (ReceiveCase, SendCase)):
+            raise TypeError(
+                f"select() cases must come from channel.receive_case() or channel.send_case(), "
+                f"got {case!r}"
+            )
+        is_send = isinstance(case, SendCase)
+        if sending.setdefault(id(case.channel), is_send) != is_send:
+            raise ValueError(
+                f"select() cannot both send on and receive from {case.channel._label()}"
+            )
+    channels = {id(c.channel): c.channel for c in cases}
+    return [channels[k] for k in sorted(channels)]  # one global lock order: no deadlock
+
+
+def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
+    """With every lock held: run one ready case, chosen uniformly at random, or return None."""
+    ready: list[int] = []
+    for i, case in enumerate(cases):
+        ch = case.channel
+        if isinstance(case, ReceiveCase):
+            if len(ch._buf) > ch._promised or (ch._closed and not ch._buf):
+                ready.append(i)
+        elif ch._closed or (
+            ch._capacity - len(ch._buf) + ch._promised - ch._invited > 0
+            or (not ch._invited and ch._live_receiver())
+        ):
+            ready.append(i)
+    if not ready:
+        return None
+    i = ready[0] if len(ready) == 1 else random.choice(ready)
+    case = cases[i]
+    ch = case.channel
+    if isinstance(case, ReceiveCase):
+        try:
+            return Selected(i, case, ch._take(), False)
+        except EndOfChannel:
+            return Selected(i, case, None, True)
+    ch._offer(case.item)  # raises ChannelClosed on a closed channel, as Go panics
+    return Selected(i, case, None, False)
+
+
+class _Locks:
+    __slots__ = ("channels",)
+
+    def __init__(self, channels: list[Channel[Any]]) -> None:
+        self.channels = channels
+
+    def __enter__(self) -> None:
+        for ch in self.channels:
+            ch._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        for ch in reversed(self.channels):
+            ch._lock.release()
+
+
+def _select_register(cases: tuple[SelectCase, ...], template: _Waiter) -> _SelectClaim:
+    """With every lock held: queue one registration per case, sharing ``template``'s wake-up."""
+    sel = _SelectClaim()
+    order = list(range(len(cases)))
+    random.shuffle(order)  # so that hand-offs racing to wake us are not biased to the first case
+    for i in order:
+        case = cases[i]
+        w = _Waiter(case.item if isinstance(case, SendCase) else None, sel, i)
+        w.fut, w.loop, w.thread, w.tlock = (
+            template.fut,
+            template.loop,
+            template.thread,
+            template.tlock,
+        )
+        ch = case.channel
+        if isinstance(case, SendCase):
+            ch._sendq.append(w)
+        else:
+            ch._recvq.append(w)
+            if ch._sendq:
+                ch._grant_senders()
+    return sel
+
+
+def _select_unregister(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
+    """Remove the registrations that did not win (one channel lock at a time)."""
+    for case in cases:
+        ch = case.channel
+        q = ch._sendq if isinstance(case, SendCase) else ch._recvq
+        with ch._lock:
+            for w in [w for w in q if w.sel is sel]:
+                q.remove(w)
+
+
+def _select_finish(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> Selected | None:
+    """After waking: complete the winning case.  None: start over (see ``Channel._retry``)."""
+    w = sel.winner
+    if w is None:
+        raise TimeoutError("select timed out")
+    case = cases[w.index]
+    ch = case.channel
+    if w.state == _CLOSED:
+        if isinstance(case, SendCase):
+            raise ch._closed_error()
+        return Selected(w.index, case, None, True)
+    with ch._lock:
+        if isinstance(case, ReceiveCase):
+            return Selected(w.index, case, ch._collect(), False)
+        if ch._retry(w, False):
+            return Selected(w.index, case, None, False)
+    return None
+
+
+def _select_withdraw(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
+    """The select is abandoned: claim it ourselves, or undo the promise that was made to it."""
+    if sel.take():
+        return  # nothing had won; the registrations are removed by the caller
+    w = sel.winner
+    if w is not None and w.state == _GRANTED:
+        case = cases[w.index]
+        with case.channel._lock:
+            case.channel._withdraw(w, isinstance(case, SendCase))
+
+
+def select_nowait(*cases: SelectCase) -> Selected:
+    """Perform one ready case at once, or raise :class:`~poolkit.WouldBlock` (Go's ``default:``).
+
+    Cases come from ``channel.receive_case()`` and ``channel.send_case(item)``.  If several are
+    ready, one is chosen uniformly at random.  A receive from a closed, drained channel is ready and
+    reported with ``closed=True``; a send on a closed channel raises
+    :class:`~poolkit.ChannelClosed`.  Thread-safe; never blocks.
+    """
+    with _Locks(_select_plan(cases)):
+        done = _select_ready(cases)
+    if done is None:
+        raise WouldBlock("select: no case is ready")
+    return done
+
+
+async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
+    """Wait until one of ``cases`` can run, run exactly that one, and report it.
+
+    The others have no effect.  If several are ready at once, one is chosen uniformly at random (as
+    in Go).  A receive from a closed, drained channel is a ready case reported with ``closed=True``;
+    a send on a closed channel raises :class:`~poolkit.ChannelClosed`.  ``timeout`` raises
+    :class:`TimeoutError`.  If cancelled (or timed out), no case ran.  The same channel may not be
+    both sent on and received from in one call (``ValueError``).
+    """
+    timeout = check_timeout(timeout)
+    channels = _select_plan(cases)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        template = _Waiter()
+        with _Locks(channels):
+            done = _select_ready(cases)
+            if done is not None:
+                return done
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError("select timed out")
+            template.wait_async()
+            sel = _select_register(cases, template)
+        fut = template.fut
+        assert fut is not None
+        timer = None if deadline is None else loop.call_at(deadline, _select_expire, sel, fut)
+        try:
+            await fut
+        except BaseException:
+            _select_withdraw(cases, sel)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            _select_unregister(cases, sel)
+        done = _select_finish(cases, sel)
+        if done is not None:
+            return done
+
+
+def _select_expire(sel: _SelectClaim, fut: asyncio.Future[None]) -> None:
+    if sel.take():
+        _resolve(fut)
+
+
+def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selected:
+    """Thread form of :func:`select`: block this thread until one case has run.
+
+    Raises ``RuntimeError`` if called in a thread whose event loop is running.
+    """
+    timeout = check_timeout(timeout)
+    channels = _select_plan(cases)
+    deadline = None if timeout is None else _monotonic() + timeout
+    while True:
+        template = _Waiter()
+        with _Locks(channels):
+            done = _select_ready(cases)
+            if done is not None:
+                return done
+            if deadline is not None and _monotonic() >= deadline:
+                raise TimeoutError("select timed out")
+            _refuse_in_loop("select_blocking")
+            template.wait_thread()
+            sel = _select_register(cases, template)
+        tlock = template.tlock
+        assert tlock is not None
+        try:
+            if deadline is None:
+                tlock.acquire()
+            elif not tlock.acquire(True, max(0.0, deadline - _monotonic())):
+                sel.take()  # claim it for the timeout, unless a case won just now
+        except BaseException:
+            _select_withdraw(cases, sel)
+            _select_unregister(cases, sel)
+            raise
+        _select_unregister(cases, sel)
+        done = _select_finish(cases, sel)
+        if done is not None:
+            return done

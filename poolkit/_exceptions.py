@@ -1,0 +1,48 @@
+"""Every exception poolkit raises on purpose.
+
+The tree::
+
+    PoolkitError                 base of everything below; never raised itself
+    ├── WouldBlock               a *_nowait() call could not proceed without waiting
+    ├── ChannelClosed            you (or your side of the program) closed the channel and then
+    │                            tried to send on it
+    └── EndOfChannel             the channel was closed and every item in it has been received:
+                                 the data ran out, nobody did anything wrong
+
+Timeouts raise the builtin :class:`TimeoutError`; cancellation is asyncio's own
+:class:`asyncio.CancelledError`.  Bad arguments raise :class:`ValueError` or :class:`TypeError`
+naming the argument and the value received.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChannelClosed", "EndOfChannel", "PoolkitError", "WouldBlock"]
+
+
+class PoolkitError(Exception):
+    """Base class of every poolkit exception: ``except poolkit.PoolkitError`` catches them all."""
+
+
+class WouldBlock(PoolkitError):
+    """Raised by a ``*_nowait()`` operation that could only complete by waiting.
+
+    Nobody is at fault: the same call may succeed later, or the blocking twin (``send`` for
+    ``send_nowait``, and so on) can be awaited instead.
+    """
+
+
+class ChannelClosed(PoolkitError):
+    """Raised when sending on a channel that has been closed.
+
+    It is the caller's side that is at fault: ``close()`` promises that no more items will be sent.
+    Senders that were blocked when the channel was closed get this error too; their item was
+    *not* delivered.
+    """
+
+
+class EndOfChannel(PoolkitError):
+    """Raised by ``receive`` once the channel is closed and every buffered item has been taken.
+
+    This is the normal end of a stream, not an error: ``async for`` and ``for`` loops over a
+    channel stop quietly when they meet it.
+    """

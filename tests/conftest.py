@@ -1,0 +1,103 @@
+"""Runs ``async def`` tests on several event loops, and fails tests that leave tasks or threads.
+
+* An ``async def`` test runs twice: on the default asyncio loop and on uvloop (poolkit promises to
+  use only the public asyncio API, so it must work on any loop).
+* ``@pytest.mark.virtual_time`` runs it once, on :class:`poolkit.testing.VirtualTimeLoop`, for tests
+  that assert exact timings.
+* After the test body returns, no other task may still be alive on its loop, and no thread started
+  during the test may still be running: a poolkit object that leaks either fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+
+from poolkit.testing import VirtualTimeLoop
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the "test" extra
+    uvloop = None
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "virtual": VirtualTimeLoop,
+}
+if uvloop is not None:
+    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not inspect.iscoroutinefunction(metafunc.function):
+        return
+    if metafunc.definition.get_closest_marker("virtual_time"):
+        kinds = ["virtual"]
+    else:
+        kinds = ["asyncio", "uvloop"]
+    if "loop_kind" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("loop_kind")
+    params = [
+        pytest.param(
+            k,
+            marks=pytest.mark.skip(reason="uvloop is not installed (pip install -e '.[test]')")
+            if k not in LOOP_FACTORIES
+            else (),
+        )
+        for k in kinds
+    ]
+    metafunc.parametrize("loop_kind", params)
+
+
+def run_on(kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` to completion on a fresh loop of the given kind (helper for sync tests)."""
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[kind]) as runner:
+        return runner.run(coro)
+
+
+async def _no_leftover_tasks(body: Coroutine[Any, Any, Any]) -> None:
+    await body
+    for _ in range(3):  # let just-finished tasks run their last step
+        await asyncio.sleep(0)
+    me = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    if leftover:
+        for t in leftover:
+            t.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        pytest.fail(f"the test left {len(leftover)} task(s) running: {leftover!r}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    fn = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(fn):
+        return None
+    kind = pyfuncitem.callspec.params["loop_kind"]
+    kwargs = {
+        name: pyfuncitem.funcargs[name]
+        for name in inspect.signature(fn).parameters
+        if name in pyfuncitem.funcargs
+    }
+    run_on(str(kind), _no_leftover_tasks(fn(**kwargs)))
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if extra:
+        pytest.fail(f"the test left {len(extra)} thread(s) running: {extra!r}")

@@ -1,0 +1,315 @@
+"""poolkit.select / select_nowait / select_blocking: exactly one case runs, fairly, atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+import poolkit
+from poolkit import Channel, ChannelClosed, WouldBlock, select, select_nowait
+
+
+async def settle(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def drain(ch: Channel[Any]) -> list[Any]:
+    out = []
+    while True:
+        try:
+            out.append(ch.receive_nowait())
+        except (WouldBlock, poolkit.EndOfChannel):
+            return out
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_select_needs_cases_of_the_right_kind() -> None:
+    with pytest.raises(ValueError, match="at least one case"):
+        select_nowait()
+    with pytest.raises(TypeError, match="got 3"):
+        select_nowait(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"must be a poolkit\.Channel, got"):
+        poolkit.ReceiveCase(object())  # type: ignore[arg-type]
+    ch: Channel[int] = Channel(1)
+    with pytest.raises(ValueError, match="cannot both send on and receive from"):
+        select_nowait(ch.receive_case(), ch.send_case(1))
+    assert ch.statistics().items_sent == 0
+
+
+# ---------------------------------------------------------------- what runs
+
+
+async def test_select_receives_from_the_ready_channel() -> None:
+    a: Channel[str] = Channel(1)
+    b: Channel[str] = Channel(1)
+    b.send_nowait("from b")
+    ca, cb = a.receive_case(), b.receive_case()
+    sel = await select(ca, cb)
+    assert (sel.index, sel.case, sel.value, sel.closed) == (1, cb, "from b", False)
+    assert a.statistics().items_received == 0
+
+
+async def test_select_sends_where_there_is_room() -> None:
+    full: Channel[str] = Channel(1)
+    full.send_nowait("old")
+    free: Channel[str] = Channel(1)
+    sel = await select(full.send_case("x"), free.send_case("y"))
+    assert (sel.index, sel.value) == (1, None)
+    assert drain(full) == ["old"]
+    assert drain(free) == ["y"]
+
+
+async def test_select_waits_and_runs_exactly_one_case() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(0)
+    task = asyncio.create_task(select(a.receive_case(), b.receive_case()))
+    await settle()
+    assert not task.done()
+    assert a.statistics().receivers_waiting == 1 and b.statistics().receivers_waiting == 1
+    b.send_nowait(7)
+    with pytest.raises(WouldBlock):
+        a.send_nowait(8)  # the select is no longer a receiver on a
+    sel = await task
+    assert (sel.index, sel.value) == (1, 7)
+    assert a.statistics().receivers_waiting == 0 and b.statistics().receivers_waiting == 0
+
+
+async def test_select_rendezvous_with_blocked_unbuffered_sender() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(0)
+    sender = asyncio.create_task(b.send(5))
+    await settle()
+    sel = await select(a.receive_case(), b.receive_case())
+    assert (sel.index, sel.value) == (1, 5)
+    await sender
+
+
+async def test_select_send_to_waiting_receiver() -> None:
+    a: Channel[int] = Channel(0)
+    receiver = asyncio.create_task(a.receive())
+    await settle()
+    sel = await select(a.send_case(1), Channel[int](0).send_case(2))
+    assert sel.index == 0
+    assert await receiver == 1
+
+
+async def test_closed_receive_is_a_ready_case_reported_as_closed() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(0)
+    a.close()
+    sel = await select(a.receive_case(), b.receive_case())
+    assert (sel.index, sel.value, sel.closed) == (0, None, True)
+    # ... also when the close happens while the select waits
+    c: Channel[int] = Channel(0)
+    task = asyncio.create_task(select(b.receive_case(), c.receive_case()))
+    await settle()
+    c.close()
+    sel = await task
+    assert (sel.index, sel.closed) == (1, True)
+
+
+async def test_closed_channel_with_buffered_items_is_drained_first() -> None:
+    a: Channel[int] = Channel(2)
+    a.send_nowait(1)
+    a.close()
+    assert (await select(a.receive_case())).value == 1
+    assert (await select(a.receive_case())).closed
+
+
+async def test_send_case_on_closed_channel_raises() -> None:
+    a: Channel[int] = Channel(0)
+    a.close()
+    with pytest.raises(ChannelClosed):
+        await select(a.send_case(1))
+    b: Channel[int] = Channel(0)
+    task = asyncio.create_task(select(b.send_case(1), Channel[int](0).receive_case()))
+    await settle()
+    b.close()
+    with pytest.raises(ChannelClosed):
+        await task
+
+
+def test_select_nowait_is_the_default_case() -> None:
+    a: Channel[int] = Channel(0)
+    with pytest.raises(WouldBlock, match="no case is ready"):
+        select_nowait(a.receive_case(), a.receive_case())
+    a2: Channel[int] = Channel(1)
+    a2.send_nowait(3)
+    assert select_nowait(a.receive_case(), a2.receive_case()).value == 3
+
+
+@pytest.mark.virtual_time
+async def test_select_timeout_is_exact_and_runs_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(1)
+    b.send_nowait(0)
+    with pytest.raises(TimeoutError, match="select timed out"):
+        await select(a.receive_case(), b.send_case(1), timeout=1.25)
+    assert loop.time() == 1.25
+    assert drain(b) == [0]
+    assert a.statistics().receivers_waiting == 0 and b.statistics().senders_waiting == 0
+
+
+# ---------------------------------------------------------------- fairness
+
+
+def test_select_nowait_is_fair_between_ready_cases() -> None:
+    a: Channel[int] = Channel(10_000)
+    b: Channel[int] = Channel(10_000)
+    for i in range(10_000):
+        a.send_nowait(i)
+        b.send_nowait(i)
+    picks = [select_nowait(a.receive_case(), b.receive_case()).index for _ in range(10_000)]
+    share = picks.count(0) / len(picks)
+    assert 0.4 < share < 0.6, share
+
+
+def test_select_is_uniform_over_three_when_one_is_not_ready() -> None:
+    # A random start + linear scan would give the case after the unready one two thirds of the
+    # picks; a uniform choice among the ready cases gives each half.
+    chans: list[Channel[int]] = [Channel(5000) for _ in range(3)]
+    for i in range(5000):
+        chans[0].send_nowait(i)
+        chans[2].send_nowait(i)
+    picks = [select_nowait(*(c.receive_case() for c in chans)).index for _ in range(5000)]
+    assert picks.count(1) == 0
+    assert 0.4 < picks.count(0) / 5000 < 0.6
+
+
+async def test_async_select_is_fair_between_always_ready_channels() -> None:
+    a: Channel[int] = Channel(4000)
+    b: Channel[int] = Channel(4000)
+    for i in range(4000):
+        a.send_nowait(i)
+        b.send_nowait(i)
+    counts = [0, 0]
+    for _ in range(4000):
+        counts[(await select(a.receive_case(), b.receive_case())).index] += 1
+    assert 0.4 < counts[0] / 4000 < 0.6
+
+
+async def test_waiting_select_is_not_biased_to_first_case() -> None:
+    # Both cases become ready while the select waits (two blocked unbuffered senders that it
+    # invites); which one wins must not always be the first.
+    wins = [0, 0]
+    for _ in range(200):
+        a: Channel[int] = Channel(0)
+        b: Channel[int] = Channel(0)
+        sa = asyncio.create_task(a.send(0))
+        sb = asyncio.create_task(b.send(1))
+        await settle()
+        sel = await select(a.receive_case(), b.receive_case())
+        wins[sel.index] += 1
+        a.close()
+        b.close()
+        results = await asyncio.gather(sa, sb, return_exceptions=True)
+        # exactly one send succeeded: the one the select received
+        assert [r is None for r in results] == [sel.index == 0, sel.index == 1]
+    assert min(wins) > 50, wins
+
+
+# ---------------------------------------------------------------- atomicity and cancellation
+
+
+async def test_cancelled_select_runs_nothing() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(1)
+    b.send_nowait(0)
+    task = asyncio.create_task(select(a.receive_case(), b.send_case(1)))
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert a.statistics().receivers_waiting == 0 and b.statistics().senders_waiting == 0
+    assert drain(b) == [0]
+
+
+async def test_select_cancelled_after_promise_takes_nothing() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(0)
+    task = asyncio.create_task(select(a.receive_case(), b.receive_case()))
+    await settle()
+    a.send_nowait(1)  # promised to the select, which has not run yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert drain(a) == [1]
+    assert b.statistics().receivers_waiting == 0
+
+
+async def test_select_send_cancelled_after_invitation_delivers_nothing() -> None:
+    a: Channel[int] = Channel(1)
+    a.send_nowait(0)
+    task = asyncio.create_task(select(a.send_case(1), Channel[int](0).receive_case()))
+    await settle()
+    assert a.receive_nowait() == 0  # room kept for the select
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert drain(a) == []
+    a.send_nowait(2)  # the room was given back
+
+
+async def test_concurrent_selects_each_run_exactly_one_case() -> None:
+    # 40 selects over 3 channels, 40 items spread over them: every select gets exactly one item,
+    # and every item goes to exactly one select.
+    rng = random.Random(7)
+    chans: list[Channel[int]] = [Channel(rng.choice([0, 1, 4])) for _ in range(3)]
+
+    async def one() -> int:
+        sel = await select(*(c.receive_case() for c in chans))
+        assert isinstance(sel.value, int)
+        return sel.value
+
+    tasks = [asyncio.create_task(one()) for _ in range(40)]
+    for item in range(40):
+        await chans[rng.randrange(3)].send(item)
+        if rng.random() < 0.3:
+            await asyncio.sleep(0)
+    got = await asyncio.gather(*tasks)
+    assert sorted(got) == list(range(40))
+    for c in chans:
+        s = c.statistics()
+        assert s.receivers_waiting == 0 and s.buffered == 0
+
+
+async def test_selects_that_send_and_receive_across_each_other() -> None:
+    # Two tasks each select {receive from mine, send to yours} on unbuffered channels: exactly one
+    # hand-off happens per round, no deadlock and no lost item.
+    x: Channel[int] = Channel(0)
+    y: Channel[int] = Channel(0)
+    got: list[tuple[str, Any]] = []
+
+    async def party(name: str, mine: Channel[int], yours: Channel[int], item: int) -> None:
+        sel = await select(mine.receive_case(), yours.send_case(item), timeout=5)
+        got.append((name, sel.value if sel.index == 0 else "sent"))
+
+    await asyncio.gather(party("p", x, y, 1), party("q", y, x, 2))
+    assert sorted(got) in ([("p", 2), ("q", "sent")], [("p", "sent"), ("q", 1)])
+
+
+async def test_sender_invited_by_a_select_that_went_elsewhere_waits_again() -> None:
+    # Unbuffered ch: a blocked sender is invited by a select's receive registration; the select is
+    # then satisfied by another channel before the sender runs.  The sender must not "deliver"
+    # into the empty hand-off slot: there is no receiver, so it waits again.
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(1)
+    sender = asyncio.create_task(ch.send(1))
+    await settle()
+    selecting = asyncio.create_task(select(ch.receive_case(), other.receive_case()))
+    await asyncio.sleep(0)  # the select registers on both channels and invites the sender
+    other.send_nowait(2)  # satisfied elsewhere before the sender runs
+    assert (await selecting).value == 2
+    await settle()
+    assert not sender.done()
+    s = ch.statistics()
+    assert (s.buffered, s.items_sent, s.senders_waiting) == (0, 0, 1)
+    assert await ch.receive() == 1
+    await sender
