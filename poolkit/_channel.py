@@ -98,15 +98,26 @@ class _Waiter:
 
     __slots__ = ("fut", "index", "item", "loop", "sel", "state", "thread", "tlock")
 
-    def __init__(self, item: Any = None, sel: _SelectClaim | None = None, index: int = -1) -> None:
+    def __init__(
+        self,
+        item: Any = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        sel: _SelectClaim | None = None,
+        index: int = -1,
+    ) -> None:
         self.item = item
         self.state = _PENDING
         self.sel = sel
         self.index = index
-        # How to wake the owner: a future on its loop, or a held lock that its thread waits on.
-        self.fut: asyncio.Future[None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = 0
+        # How to wake the owner: a future on its loop (given ``loop``: the calling task's), or a
+        # held lock that its thread waits on (see wait_thread).
+        self.loop = loop
+        if loop is not None:
+            self.fut: asyncio.Future[None] | None = loop.create_future()
+            self.thread = _get_ident()
+        else:
+            self.fut = None
+            self.thread = 0
         self.tlock: threading.Lock | None = None
 
     def claim(self, outcome: int) -> bool:
@@ -131,12 +142,6 @@ class _Waiter:
 
     def live(self) -> bool:
         return self.state == _PENDING and (self.sel is None or not self.sel.taken)
-
-    def wait_async(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.fut = loop.create_future()
-        self.loop = loop
-        self.thread = _get_ident()
 
     def wait_thread(self) -> None:
         self.tlock = threading.Lock()
@@ -547,8 +552,7 @@ class Channel(Generic[T]):
                 return
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: send would block")
-            w = _Waiter(item)
-            w.wait_async()
+            w = _Waiter(item, asyncio.get_running_loop())
             self._sendq.append(w)
         finally:
             lock.release()
@@ -577,14 +581,17 @@ class Channel(Generic[T]):
                 raise EndOfChannel(f"{self._label()} is closed and drained")
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: receive would block")
-            w = _Waiter()
-            w.wait_async()
-            self._recvq.append(w)
-            if self._sendq:
-                self._grant_senders()  # a blocked sender can now hand its item over
+            w = self._enqueue_receiver()
         finally:
             lock.release()
         return await self._await(w, False, timeout)  # type: ignore[no-any-return]
+
+    def _enqueue_receiver(self) -> _Waiter:
+        w = _Waiter(None, asyncio.get_running_loop())
+        self._recvq.append(w)
+        if self._sendq:
+            self._grant_senders()  # a blocked sender can now hand its item over
+        return w
 
     async def _await(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         loop = w.loop
@@ -599,7 +606,9 @@ class Channel(Generic[T]):
                     with self._lock:
                         self._withdraw(w, sending)
                     raise
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     state = w.state
                     if state == _GRANTED:
                         if not sending:
@@ -612,6 +621,8 @@ class Channel(Generic[T]):
                             w.fut = loop.create_future()
                             continue
                         state = _TIMED_OUT
+                finally:
+                    lock.release()
                 if state == _CLOSED:
                     if sending:
                         raise self._closed_error()
@@ -625,6 +636,7 @@ class Channel(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        # receive() inlined, to save a coroutine frame on every wake-up.
         lock = self._lock
         lock.acquire()
         try:
@@ -635,10 +647,13 @@ class Channel(Generic[T]):
                 if self._sendq:
                     self._grant_senders()
                 return item
+            if self._closed and not buf:
+                raise StopAsyncIteration
+            w = self._enqueue_receiver()
         finally:
             lock.release()
         try:
-            return await self.receive()
+            return await self._await(w, False, None)  # type: ignore[no-any-return]
         except EndOfChannel:
             raise StopAsyncIteration from None
 
@@ -854,7 +869,7 @@ def _select_register(cases: tuple[SelectCase, ...], template: _Waiter) -> _Selec
     random.shuffle(order)  # so that hand-offs racing to wake us are not biased to the first case
     for i in order:
         case = cases[i]
-        w = _Waiter(case.item if isinstance(case, SendCase) else None, sel, i)
+        w = _Waiter(case.item if isinstance(case, SendCase) else None, None, sel, i)
         w.fut, w.loop, w.thread, w.tlock = (
             template.fut,
             template.loop,
@@ -940,14 +955,13 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
-        template = _Waiter()
         with _Locks(channels):
             done = _select_ready(cases)
             if done is not None:
                 return done
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError("select timed out")
-            template.wait_async()
+            template = _Waiter(None, loop)
             sel = _select_register(cases, template)
         fut = template.fut
         assert fut is not None
@@ -980,7 +994,6 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
     channels = _select_plan(cases)
     deadline = None if timeout is None else _monotonic() + timeout
     while True:
-        template = _Waiter()
         with _Locks(channels):
             done = _select_ready(cases)
             if done is not None:
@@ -988,6 +1001,7 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
             if deadline is not None and _monotonic() >= deadline:
                 raise TimeoutError("select timed out")
             _refuse_in_loop("select_blocking")
+            template = _Waiter()
             template.wait_thread()
             sel = _select_register(cases, template)
         tlock = template.tlock

@@ -1,0 +1,96 @@
+"""The benchmark registry, the timing loop and the table."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Case", "Suite", "register", "run_async", "suites", "timed"]
+
+
+@dataclass(slots=True)
+class Case:
+    """One implementation of a benchmark: returns seconds for ``items`` operations."""
+
+    name: str
+    run: Callable[[int], float]
+    poolkit: bool = False
+
+
+@dataclass(slots=True)
+class Suite:
+    """One benchmark: a task done by poolkit and by each alternative, at the same size."""
+
+    name: str
+    unit: str  # what the figure is per, e.g. "item"
+    items: int  # operations at scale 1.0
+    cases: list[Case] = field(default_factory=list)
+
+
+_SUITES: list[Suite] = []
+
+
+def register(suite: Suite) -> Suite:
+    _SUITES.append(suite)
+    return suite
+
+
+def suites() -> list[Suite]:
+    return list(_SUITES)
+
+
+LOOP_FACTORY: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, float]]) -> float:
+    """Run ``main`` on a fresh loop of the selected kind; return what it returns (seconds)."""
+    with asyncio.Runner(loop_factory=LOOP_FACTORY[0]) as runner:
+        return runner.run(main())
+
+
+async def timed(body: Awaitable[Any]) -> float:
+    t0 = time.perf_counter()
+    await body
+    return time.perf_counter() - t0
+
+
+@dataclass(slots=True)
+class Row:
+    suite: str
+    case: str
+    per_op_us: float  # best of the repeats
+    poolkit: bool
+
+
+def measure(suite: Suite, scale: float, repeat: int) -> list[Row]:
+    items = max(1, int(suite.items * scale))
+    samples: dict[str, list[float]] = {c.name: [] for c in suite.cases}
+    for _ in range(repeat):
+        for case in suite.cases:  # interleaved, so drift of the machine hits every case alike
+            gc.collect()
+            samples[case.name].append(case.run(items) / items * 1e6)
+    return [Row(suite.name, c.name, min(samples[c.name]), c.poolkit) for c in suite.cases]
+
+
+def table(results: list[tuple[Suite, list[Row]]]) -> str:
+    """One block per benchmark: poolkit first, then the alternatives, fastest first."""
+    titles = [f"{suite.name} (per {suite.unit})" for suite, _ in results]
+    w1 = max([len("benchmark"), *map(len, titles)])
+    w2 = max([len("implementation")] + [len(r.case) for _, rows in results for r in rows])
+    header = f"{'benchmark':<{w1}}  {'implementation':<{w2}}  {'µs/op':>9}  {'poolkit/alt':>11}"
+    lines = [header, "-" * len(header)]
+    for title, (_, rows) in zip(titles, results, strict=True):
+        mine = next(r for r in rows if r.poolkit)
+        for i, r in enumerate(sorted(rows, key=lambda r: (not r.poolkit, r.per_op_us))):
+            ratio = "" if r.poolkit else f"{mine.per_op_us / r.per_op_us:.2f}"
+            name = title if i == 0 else ""
+            lines.append(f"{name:<{w1}}  {r.case:<{w2}}  {r.per_op_us:>9.3f}  {ratio:>11}")
+        lines.append("")
+    lines.append(
+        "poolkit/alt: poolkit's time divided by the alternative's; below 1.00, poolkit is faster."
+    )
+    return "\n".join(lines)

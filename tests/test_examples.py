@@ -1,0 +1,69 @@
+"""The examples and the README's code run, so the documentation cannot rot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_channel_shutdown_example_runs_as_a_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "channel_shutdown.py"), "--jobs", "300"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted 1200 jobs" in proc.stdout
+    assert "duplicates: 0, missing: 0" in proc.stdout
+    assert "OK: every job ran exactly once" in proc.stdout
+
+
+def test_channel_shutdown_example_accounts_for_every_job() -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import channel_shutdown
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    import asyncio
+
+    report = asyncio.run(channel_shutdown.run(jobs_per_producer=250, workers=5, capacity=4))
+    assert report.submitted == report.processed == 1000
+    assert (report.duplicates, report.missing, report.tasks_left) == (0, 0, 0)
+    assert sum(report.per_worker.values()) == 1000
+    assert len(report.per_worker) == 5
+    assert report.jobs.closed
+    assert report.jobs.peak_buffered <= 4
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_readme_has_python_examples() -> None:
+    assert len(readme_blocks()) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(readme_blocks())))
+def test_readme_python_block_runs(index: int) -> None:
+    code = readme_blocks()[index]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, f"README block {index} failed:\n{code}\n{proc.stderr}"
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_uses_the_test_one() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"<!-- setup: (\w+) -->\n```(?:bash|sh)\n(.*?)\n```", text)
+    assert [kind for kind, _ in commands] == ["main", "test"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "<!-- setup: test -->" in ci, ".ci/run must read the test command from the README"
