@@ -2,30 +2,40 @@
 
 How a hand-off works
 --------------------
-A party that finds the channel ready (an item to take, room for an item) completes at once, without
-yielding to the event loop.  A party that has to wait is put in a FIFO queue.  When the channel
-becomes ready for it, it is not handed the result behind its back; it is *promised* it:
+A party that finds the channel ready (an item to take, room for an item, a receiver waiting)
+completes at once, without yielding to the event loop.  A party that has to wait joins a FIFO
+queue, and when its turn comes it is *promised* what it waited for rather than having its
+operation done behind its back:
 
-* a waiting receiver is promised an item that stays in the buffer until the receiver runs again and
-  takes it (``_promised`` counts those items);
-* a waiting sender is invited to try again, and room is kept for it until it runs (``_invited``).
+* a waiting receiver is promised an item: the item stays in the buffer, and the receiver takes the
+  item at the head of the buffer when it runs (``_promised`` counts such receivers);
+* a waiting sender is invited to try again, with room kept for it until it runs (``_invited``).
 
-Because the waiting party completes its own operation when it runs, a cancellation that arrives
-between the promise and the moment it runs simply withdraws from the promise: the item goes to the
-next receiver, the room to the next sender.  So a ``receive`` that raises ``CancelledError`` has
-taken nothing and a ``send`` that raises ``CancelledError`` has delivered nothing, always; the same
-holds for ``select`` and for timeouts.  This is asyncio's own convention (``asyncio.Semaphore`` and
-``asyncio.Queue`` undo a wake-up that arrives with a cancellation) with FIFO fairness added.
+If a cancellation (or timeout) reaches the party before it runs, it withdraws: its promise passes
+to the next waiting receiver (or lapses), its room to the next sender.  So a ``receive`` that
+raises ``CancelledError`` has taken nothing and a ``send`` that raises ``CancelledError`` has
+delivered nothing, always; the same holds for ``select`` and for timeouts.  This is asyncio's own
+convention (``asyncio.Semaphore`` and ``asyncio.Queue`` undo a wake-up that arrives with a
+cancellation) with FIFO fairness added: a newcomer sender never overtakes one that is queued or
+invited, and receivers are woken in the order they arrived.
 
-The price is one rule for unbuffered channels: a blocked sender's item changes hands only when the
-sender runs, so a receiver meeting a blocked sender first invites it and then waits for it (the
-number of task switches per item is the same as a direct hand-off).  ``receive_nowait()`` on an
-unbuffered channel therefore succeeds only if an item has already been handed over.
+Because every receiver takes the head of the buffer at the moment it runs, items always leave in
+the order they came in, even around cancellations.  (Handing a woken receiver a particular item
+and taking it back when it is cancelled would let a later item overtake it.)  The cost is that a
+receiver arriving while an earlier one is woken but has not run yet may take the earlier item;
+each still gets exactly one.
+
+One rule follows for unbuffered channels: a blocked sender's item changes hands only when the
+sender runs, so a receiver meeting a blocked sender invites it and waits (the number of task
+switches per item is the same as for a direct hand-off).  ``receive_nowait()`` on an unbuffered
+channel therefore succeeds only if an item has already been handed over.
 
 Threads
 -------
 Every method is thread-safe: state is guarded by one ``threading.Lock`` per channel that is never
-held while waiting.  A task waiting in one thread is woken from another thread with
+held while waiting.  A select registration can be claimed through several channels at once, so its
+claim goes through a small lock of its own, and a sender only counts on a waiting receiver after it
+has claimed it.  A task waiting in one thread is woken from another with
 ``loop.call_soon_threadsafe``; a thread waits on a lock of its own, so nobody polls.
 """
 
@@ -62,10 +72,11 @@ T = TypeVar("T")
 # What became of a waiter.  It starts _PENDING; whoever moves it on first (a hand-off, close(),
 # its timer, its own cancellation) "claims" it, and every later attempt sees that it lost.
 _PENDING = 0
-_GRANTED = 1  # receiver: an item is promised to you; sender: room is kept for you, try again
+_GRANTED = 1  # receiver: an item is promised to it; sender: room is kept for it, try again
 _CLOSED = 2  # receiver: end of channel; sender: the channel was closed
 _TIMED_OUT = 3
 _CANCELLED = 4
+_DONE = 5  # the owner has completed or abandoned its operation: nothing left to undo
 
 _get_ident = threading.get_ident
 
@@ -96,7 +107,7 @@ class _SelectClaim:
 class _Waiter:
     """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
 
-    __slots__ = ("fut", "index", "item", "loop", "sel", "state", "thread", "tlock")
+    __slots__ = ("expired", "fut", "index", "item", "loop", "sel", "state", "thread", "tlock")
 
     def __init__(
         self,
@@ -105,10 +116,11 @@ class _Waiter:
         sel: _SelectClaim | None = None,
         index: int = -1,
     ) -> None:
-        self.item = item
+        self.item = item  # a sender's item
         self.state = _PENDING
         self.sel = sel
         self.index = index
+        self.expired = False  # its timer has fired (even if the timer lost the race to claim it)
         # How to wake the owner: a future on its loop (given ``loop``: the calling task's), or a
         # held lock that its thread waits on (see wait_thread).
         self.loop = loop
@@ -124,7 +136,7 @@ class _Waiter:
         """Move a pending waiter to ``outcome``; False if someone else got there first.
 
         A plain waiter is only ever claimed under its channel's lock.  A select registration can be
-        claimed from several channels at once, so it goes through the shared test-and-set lock.
+        claimed through several channels at once, so it goes through the select's own mutex.
         """
         sel = self.sel
         if sel is None:
@@ -141,6 +153,7 @@ class _Waiter:
         return True
 
     def live(self) -> bool:
+        """Still waiting (a hint only, for a select: claim() is the one atomic test)."""
         return self.state == _PENDING and (self.sel is None or not self.sel.taken)
 
     def wait_thread(self) -> None:
@@ -271,7 +284,7 @@ class Channel(Generic[T]):
         self._buf: deque[T] = deque()
         self._recvq: deque[_Waiter] = deque()
         self._sendq: deque[_Waiter] = deque()
-        self._promised = 0  # items at the head of _buf kept for woken receivers
+        self._promised = 0  # woken receivers that will each take an item from _buf
         self._invited = 0  # woken senders for whom room is kept
         self._closed = False
         self._sent = 0
@@ -321,101 +334,130 @@ class Channel(Generic[T]):
         )
 
     # ----------------------------------------------------------------- core (lock held)
+    #
+    # _buf holds every item in the channel; _promised of them are spoken for by woken receivers.
+    # Invariants, true whenever the lock is free (the model test checks them):
+    # * a live receiver waits only if every item is spoken for (len(_buf) == _promised);
+    # * a live sender waits only if there is no room for it, capacity - unpromised - _invited <= 0,
+    #   and every waiting receiver already has a sender invited for it;
+    # * a newcomer sender goes ahead only if no sender is queued or invited (FIFO).
 
-    def _live_receiver(self) -> bool:
-        q = self._recvq
+    def _live_sender(self) -> bool:
+        q = self._sendq
         while q:
             if q[0].live():
                 return True
             q.popleft()  # a select that was satisfied elsewhere
         return False
 
-    def _accept(self, item: T) -> None:
-        buf = self._buf
-        buf.append(item)
-        self._sent += 1
-        if self._recvq:
-            self._grant_receivers()
-        n = len(buf) - self._promised
-        if n > self._peak:
-            self._peak = n
+    def _claim_receiver(self) -> _Waiter | None:
+        """Pop and claim the first receiver still waiting, or None.
 
-    def _offer(self, item: T) -> bool:
-        """An arriving sender: accept ``item`` if there is room or a receiver nobody serves yet."""
-        if self._closed:
-            raise self._closed_error()
-        if self._capacity - len(self._buf) + self._promised - self._invited > 0 or (
-            not self._invited and self._live_receiver()
-        ):
-            self._accept(item)
+        Only a successful claim counts: a select registration that looks live may be claimed
+        through another channel, by another thread, at any moment until then.
+        """
+        q = self._recvq
+        while q:
+            w = q.popleft()
+            if w.claim(_GRANTED):
+                return w
+        return None
+
+    def _promise_receivers(self) -> None:
+        """Wake waiting receivers while there are items nobody is promised; end them if over."""
+        buf = self._buf
+        while self._recvq and len(buf) > self._promised:
+            w = self._claim_receiver()
+            if w is None:
+                break
+            self._promised += 1
+            if not _wake(w):  # its loop is closed: it will never run
+                w.state = _DONE
+                self._promised -= 1
+        if self._closed and not buf:
+            self._end_receivers()
+
+    def _place(self, item: T) -> bool:
+        """Put ``item`` in: promised to a waiting receiver, else into the buffer if it has room."""
+        buf = self._buf
+        if self._recvq:
+            w = self._claim_receiver()
+            if w is not None:
+                buf.append(item)
+                self._sent += 1
+                self._promised += 1
+                if not _wake(w):
+                    w.state = _DONE
+                    self._promised -= 1
+                    self._promise_receivers()
+                return True
+        if self._capacity - len(buf) + self._promised - self._invited > 0:
+            buf.append(item)
+            self._sent += 1
+            n = len(buf) - self._promised
+            if n > self._peak:
+                self._peak = n
             return True
         return False
 
+    def _offer(self, item: T) -> bool:
+        """A newcomer sender: put ``item`` in unless it would have to wait."""
+        if self._closed:
+            raise self._closed_error()
+        if self._invited or (self._sendq and self._live_sender()):
+            return False  # senders ahead of us
+        return self._place(item)
+
     def _take(self) -> Any:
-        """An arriving receiver: the next unpromised item, or ``_EMPTY``.  Raises at end."""
+        """A newcomer receiver: the next item, or ``_EMPTY``.  Raises at the end of the channel."""
         buf = self._buf
         if len(buf) > self._promised:
             item = buf.popleft()
             self._received += 1
             if self._sendq:
-                self._grant_senders()
+                self._invite_senders()
             return item
         if self._closed and not buf:
-            raise EndOfChannel(f"{self._label()} is closed and drained")
+            raise self._end_error()
         return _EMPTY
 
-    def _collect(self) -> T:
-        """A woken receiver takes the item it was promised."""
+    def _collect(self, w: _Waiter) -> T:
+        """A woken receiver takes the item at the head of the buffer."""
         buf = self._buf
-        item = buf.popleft()
+        item: T = buf.popleft()
+        w.state = _DONE
         self._promised -= 1
         self._received += 1
-        if self._sendq:
-            self._grant_senders()
         if self._closed and not buf and self._recvq:
-            self._grant_receivers()  # tells the rest it is over
+            self._end_receivers()
         return item
 
     def _retry(self, w: _Waiter, requeue: bool) -> bool:
         """A woken sender tries again with the room kept for it.
 
-        True if its item went in.  Otherwise (the receiver it was invited for left) it goes back to
-        the head of the queue if ``requeue``; a select starts over instead.
+        True if its item went in.  Otherwise (the receiver it was invited for went elsewhere) it
+        goes back to the head of the queue if ``requeue``; a select starts over instead.
         """
         self._invited -= 1
+        w.state = _DONE
         if self._closed:
             raise self._closed_error()
-        if self._capacity - len(self._buf) + self._promised - self._invited > 0 or (
-            self._live_receiver()
-        ):
-            self._accept(w.item)
+        if self._place(w.item):
+            if self._sendq:
+                self._invite_senders()  # its item went to a receiver: the kept room is free
             return True
         if requeue:
             w.state = _PENDING
             self._sendq.appendleft(w)
         return False
 
-    def _grant_receivers(self) -> None:
-        q = self._recvq
-        buf = self._buf
-        while q and len(buf) > self._promised:
-            w = q.popleft()
-            if w.claim(_GRANTED):
-                self._promised += 1
-                if not _wake(w):
-                    self._promised -= 1
-        if self._closed and not buf:
-            while q:
-                w = q.popleft()
-                if w.claim(_CLOSED):
-                    _wake(w)
-
-    def _grant_senders(self) -> None:
+    def _invite_senders(self) -> None:
+        """Invite queued senders while there is room, or a receiver with no sender invited."""
         q = self._sendq
+        buf = self._buf
         while q:
-            # Room in the buffer, or more waiting receivers than senders already invited for them.
             if (
-                self._capacity - len(self._buf) + self._promised - self._invited <= 0
+                self._capacity - len(buf) + self._promised - self._invited <= 0
                 and len(self._recvq) <= self._invited
             ):
                 return
@@ -423,28 +465,46 @@ class Channel(Generic[T]):
             if w.claim(_GRANTED):
                 self._invited += 1
                 if not _wake(w):
+                    w.state = _DONE
                     self._invited -= 1
+
+    def _end_receivers(self) -> None:
+        """Closed and empty: every waiting receiver gets EndOfChannel."""
+        q = self._recvq
+        while q:
+            w = q.popleft()
+            if w.claim(_CLOSED):
+                _wake(w)
 
     def _withdraw(self, w: _Waiter, sending: bool) -> None:
         """The owner of ``w`` gives up (cancelled, interrupted): undo whatever it was promised."""
         if w.claim(_CANCELLED):
             _discard(self._sendq if sending else self._recvq, w)
         elif w.state == _GRANTED and (w.sel is None or w.sel.winner is w):
+            w.state = _DONE
             if sending:
                 self._invited -= 1
-                self._grant_senders()
+                if self._sendq:
+                    self._invite_senders()
             else:
                 self._promised -= 1
-                self._grant_receivers()
+                self._promise_receivers()
 
     def _expire(self, w: _Waiter, sending: bool) -> None:
         with self._lock:
+            w.expired = True
             if w.claim(_TIMED_OUT):
                 _discard(self._sendq if sending else self._recvq, w)
                 _wake(w)
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"send on {self._label()}, which was closed")
+
+    def _end_error(self) -> EndOfChannel:
+        return EndOfChannel(f"{self._label()} is closed and drained")
+
+    def _timeout_error(self, sending: bool) -> TimeoutError:
+        return TimeoutError(f"{self._label()}: {'send' if sending else 'receive'} timed out")
 
     def _label(self) -> str:
         return "channel" if self._name is None else f"channel {self._name!r}"
@@ -467,7 +527,7 @@ class Channel(Generic[T]):
                 if w.claim(_CLOSED):
                     _wake(w)
             if not self._buf:
-                self._grant_receivers()
+                self._end_receivers()
 
     def __enter__(self) -> Channel[T]:
         return self
@@ -534,14 +594,17 @@ class Channel(Generic[T]):
         if timeout is not None:
             timeout = check_timeout(timeout)
         # Hot path: explicit acquire/release is ~80 ns cheaper than "with" on CPython 3.11, and
-        # _offer() is inlined for the common case.
+        # the common case of _offer() is inlined.
         lock = self._lock
         lock.acquire()
         try:
             if self._closed:
                 raise self._closed_error()
             buf = self._buf
-            if self._capacity - len(buf) + self._promised - self._invited > 0 and not self._recvq:
+            if (
+                not (self._recvq or self._sendq or self._invited)
+                and self._capacity - len(buf) + self._promised > 0
+            ):
                 buf.append(item)
                 self._sent += 1
                 n = len(buf) - self._promised
@@ -553,7 +616,7 @@ class Channel(Generic[T]):
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: send would block")
             w = _Waiter(item, asyncio.get_running_loop())
-            self._sendq.append(w)
+            self._enqueue_sender(w)
         finally:
             lock.release()
         await self._await(w, True, timeout)
@@ -575,10 +638,10 @@ class Channel(Generic[T]):
                 item = buf.popleft()
                 self._received += 1
                 if self._sendq:
-                    self._grant_senders()
+                    self._invite_senders()
                 return item
             if self._closed and not buf:
-                raise EndOfChannel(f"{self._label()} is closed and drained")
+                raise self._end_error()
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: receive would block")
             w = self._enqueue_receiver()
@@ -586,18 +649,25 @@ class Channel(Generic[T]):
             lock.release()
         return await self._await(w, False, timeout)  # type: ignore[no-any-return]
 
+    def _enqueue_sender(self, w: _Waiter) -> None:
+        self._sendq.append(w)
+        if self._invited:
+            # It queued behind invited senders; if there is room or a receiver to spare beyond
+            # theirs, it is invited at once rather than left waiting beside it.
+            self._invite_senders()
+
     def _enqueue_receiver(self) -> _Waiter:
         w = _Waiter(None, asyncio.get_running_loop())
         self._recvq.append(w)
         if self._sendq:
-            self._grant_senders()  # a blocked sender can now hand its item over
+            self._invite_senders()  # a blocked sender can now hand its item over
         return w
 
     async def _await(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         loop = w.loop
-        assert w.fut is not None and loop is not None
-        deadline = None if timeout is None else loop.time() + timeout
-        timer = None if deadline is None else loop.call_at(deadline, self._expire, w, sending)
+        assert w.fut is not None
+        assert loop is not None
+        timer = None if timeout is None else loop.call_later(timeout, self._expire, w, sending)
         try:
             while True:
                 try:
@@ -612,9 +682,10 @@ class Channel(Generic[T]):
                     state = w.state
                     if state == _GRANTED:
                         if not sending:
-                            return self._collect()
-                        # If the timer already fired (and lost to the wake-up), do not wait again.
-                        requeue = deadline is None or loop.time() < deadline
+                            return self._collect(w)
+                        # If the timer has fired (and lost the race to the wake-up), stop here:
+                        # re-reading loop.time() is not enough, uvloop fires timers early.
+                        requeue = not w.expired
                         if self._retry(w, requeue):
                             return None
                         if requeue:
@@ -624,10 +695,8 @@ class Channel(Generic[T]):
                 finally:
                     lock.release()
                 if state == _CLOSED:
-                    if sending:
-                        raise self._closed_error()
-                    raise EndOfChannel(f"{self._label()} is closed and drained")
-                raise TimeoutError(f"{self._label()}: {'send' if sending else 'receive'} timed out")
+                    raise self._closed_error() if sending else self._end_error()
+                raise self._timeout_error(sending)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -645,7 +714,7 @@ class Channel(Generic[T]):
                 item = buf.popleft()
                 self._received += 1
                 if self._sendq:
-                    self._grant_senders()
+                    self._invite_senders()
                 return item
             if self._closed and not buf:
                 raise StopAsyncIteration
@@ -674,7 +743,7 @@ class Channel(Generic[T]):
             _refuse_in_loop("send_blocking")
             w = _Waiter(item)
             w.wait_thread()
-            self._sendq.append(w)
+            self._enqueue_sender(w)
         self._block(w, True, timeout)
 
     def receive_blocking(self, *, timeout: float | None = None) -> T:
@@ -695,40 +764,40 @@ class Channel(Generic[T]):
             w.wait_thread()
             self._recvq.append(w)
             if self._sendq:
-                self._grant_senders()
+                self._invite_senders()
         return self._block(w, False, timeout)  # type: ignore[no-any-return]
 
     def _block(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         tlock = w.tlock
         assert tlock is not None
         deadline = None if timeout is None else _monotonic() + timeout
-        while True:
-            try:
+        try:
+            while True:
                 if deadline is None:
                     woke = tlock.acquire()
                 else:
                     woke = tlock.acquire(True, max(0.0, deadline - _monotonic()))
-            except BaseException:  # KeyboardInterrupt in the main thread
                 with self._lock:
-                    self._withdraw(w, sending)
-                raise
+                    # Wake-ups happen under this lock, so a timed-out acquire either lost a race
+                    # that is already over (the lock is free now: take it back) or nobody has
+                    # claimed us yet.
+                    if not woke and not tlock.acquire(False) and w.claim(_TIMED_OUT):
+                        _discard(self._sendq if sending else self._recvq, w)
+                    state = w.state
+                    if state == _GRANTED:
+                        if not sending:
+                            return self._collect(w)
+                        if self._retry(w, True):
+                            return None
+                        continue  # queued again; tlock is held, since we acquired it
+                break
+        except BaseException:  # KeyboardInterrupt in the main thread, say: undo any promise
             with self._lock:
-                # Wake-ups happen under this lock, so a timed-out acquire either lost a race that is
-                # already over (the lock is free now: take it back) or nobody claimed us yet.
-                if not woke and not tlock.acquire(False) and w.claim(_TIMED_OUT):
-                    _discard(self._sendq if sending else self._recvq, w)
-                state = w.state
-                if state == _GRANTED:
-                    if not sending:
-                        return self._collect()
-                    if self._retry(w, True):
-                        return None
-                    continue  # requeued; tlock is held again, since we acquired it
-            if state == _CLOSED:
-                if sending:
-                    raise self._closed_error()
-                raise EndOfChannel(f"{self._label()} is closed and drained")
-            raise TimeoutError(f"{self._label()}: {'send' if sending else 'receive'} timed out")
+                self._withdraw(w, sending)
+            raise
+        if state == _CLOSED:
+            raise self._closed_error() if sending else self._end_error()
+        raise self._timeout_error(sending)
 
     def __iter__(self) -> Iterator[T]:
         """Receive items in this thread (blocking) until the channel is closed and drained."""
@@ -829,22 +898,27 @@ def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
             if len(ch._buf) > ch._promised or (ch._closed and not ch._buf):
                 ready.append(i)
         elif ch._closed or (
-            ch._capacity - len(ch._buf) + ch._promised - ch._invited > 0
-            or (not ch._invited and ch._live_receiver())
+            not ch._invited
+            and not (ch._sendq and ch._live_sender())
+            and (ch._recvq or ch._capacity - len(ch._buf) + ch._promised > 0)
         ):
             ready.append(i)
-    if not ready:
-        return None
-    i = ready[0] if len(ready) == 1 else random.choice(ready)
-    case = cases[i]
-    ch = case.channel
-    if isinstance(case, ReceiveCase):
-        try:
-            return Selected(i, case, ch._take(), False)
-        except EndOfChannel:
-            return Selected(i, case, None, True)
-    ch._offer(case.item)  # raises ChannelClosed on a closed channel, as Go panics
-    return Selected(i, case, None, False)
+    while ready:
+        k = 0 if len(ready) == 1 else random.randrange(len(ready))
+        i = ready[k]
+        case = cases[i]
+        ch = case.channel
+        if isinstance(case, ReceiveCase):
+            try:
+                return Selected(i, case, ch._take(), False)
+            except EndOfChannel:
+                return Selected(i, case, None, True)
+        if ch._closed:
+            raise ch._closed_error()  # as Go panics
+        if ch._place(case.item):
+            return Selected(i, case, None, False)
+        del ready[k]  # its only receiver was a select that another channel claimed meanwhile
+    return None
 
 
 class _Locks:
@@ -878,11 +952,11 @@ def _select_register(cases: tuple[SelectCase, ...], template: _Waiter) -> _Selec
         )
         ch = case.channel
         if isinstance(case, SendCase):
-            ch._sendq.append(w)
+            ch._enqueue_sender(w)
         else:
             ch._recvq.append(w)
             if ch._sendq:
-                ch._grant_senders()
+                ch._invite_senders()
     return sel
 
 
@@ -909,7 +983,7 @@ def _select_finish(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> Selected
         return Selected(w.index, case, None, True)
     with ch._lock:
         if isinstance(case, ReceiveCase):
-            return Selected(w.index, case, ch._collect(), False)
+            return Selected(w.index, case, ch._collect(w), False)
         if ch._retry(w, False):
             return Selected(w.index, case, None, False)
     return None

@@ -533,3 +533,85 @@ async def test_statistics_and_repr_show_live_figures() -> None:
         await blocked
     assert "closed=True" in repr(ch)
     assert "capacity=inf" in repr(Channel(math.inf))
+
+
+# ---------------------------------------------------------------- regressions from review
+
+
+async def test_blocked_sender_is_not_overtaken_when_its_room_frees_up() -> None:
+    # An invited sender's item went straight to a waiting receiver, so the room kept for it is
+    # free again: the next blocked sender must get it, not a newcomer.
+    ch: Channel[str] = Channel(1)
+    ch.send_nowait("a")
+    sb = asyncio.create_task(ch.send("b"))
+    sc = asyncio.create_task(ch.send("c"))
+    await asyncio.sleep(0)  # b and c are blocked, in that order
+    r2 = asyncio.create_task(ch.receive())
+    assert ch.receive_nowait() == "a"  # invites b
+    await asyncio.sleep(0)  # r2 waits; b runs and its item is promised to r2
+    with pytest.raises(WouldBlock):
+        ch.send_nowait("d")  # c is ahead of any newcomer
+    assert await r2 == "b"
+    await asyncio.gather(sb, sc)
+    assert ch.receive_nowait() == "c"
+
+
+async def test_newcomer_sender_queues_behind_blocked_senders() -> None:
+    ch: Channel[int] = Channel(1)
+    ch.send_nowait(0)
+    blocked = asyncio.create_task(ch.send(1))
+    await settle()
+    assert ch.receive_nowait() == 0  # room appears; it is kept for the blocked sender
+    with pytest.raises(WouldBlock):
+        ch.send_nowait(2)
+    await blocked
+    assert ch.receive_nowait() == 1
+
+
+def test_send_trusts_a_receiver_only_after_claiming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A select registration can look live and be claimed through another channel, by another
+    # thread, a moment later.  Emulate the hint being stale: the send must not count on it.
+    from poolkit import _channel
+
+    ch: Channel[int] = Channel(0)
+    claim = _channel._SelectClaim()
+    assert claim.take()  # the select already won elsewhere ...
+    ch._recvq.append(_channel._Waiter(None, None, claim, 0))  # ... but is still queued here
+    monkeypatch.setattr(_channel._Waiter, "live", lambda self: True)
+    with pytest.raises(WouldBlock):
+        ch.send_nowait(1)
+    ch._recvq.append(_channel._Waiter(None, None, claim, 0))
+    with pytest.raises(WouldBlock):
+        poolkit.select_nowait(ch.send_case(1))
+    s = ch.statistics()
+    assert (s.items_sent, s.buffered) == (0, 0)
+
+
+@pytest.mark.virtual_time
+async def test_timeout_is_not_lost_when_the_timer_fires_early() -> None:
+    # uvloop fires timers up to a millisecond before loop.time() reaches them.  If a sender's
+    # timer fires (losing the race to an invitation) while loop.time() is still short of the
+    # deadline, and the invitation then falls through, the sender must not queue up again with
+    # no timer left: it times out.  Emulated with a virtual loop that fires timers 10 ms early.
+    loop = asyncio.get_running_loop()
+    loop._clock_resolution = 0.01  # type: ignore[attr-defined]
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(1)
+    sender = asyncio.create_task(ch.send(1, timeout=1.0))
+    await settle()
+    tasks: list[asyncio.Task[poolkit.Selected]] = []
+
+    def at_098() -> None:
+        # Next iteration, at 0.995: the select registers (inviting the sender), other is fed (so
+        # the select goes elsewhere), then the sender's timer fires 5 ms early and loses the race
+        # to the invitation; the sender runs in the iteration after that.
+        tasks.append(asyncio.create_task(poolkit.select(ch.receive_case(), other.receive_case())))
+        loop.call_soon(other.send_nowait, 2)
+        loop.advance(0.015)
+
+    loop.call_at(0.98, at_098)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sender, 5)  # a lost timeout shows up as a hang until t=5
+    assert loop.time() == 0.995
+    assert (await tasks[0]).value == 2
+    assert ch.statistics().senders_waiting == 0

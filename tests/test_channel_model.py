@@ -173,6 +173,22 @@ class ChannelMachine(RuleBasedStateMachine):
         # Only a receive cancelled after being promised an item can push the buffer over capacity.
         assert s.buffered <= self.capacity + self.receive_cancels
 
+    @invariant()
+    def nobody_waits_needlessly(self) -> None:
+        # The fairness invariants of poolkit/_channel.py, read off its internals (single-threaded
+        # here, so no lock is needed; asserting under it would deadlock on the repr).
+        ch = self.ch
+        receivers = sum(1 for w in ch._recvq if w.live())
+        senders = sum(1 for w in ch._sendq if w.live())
+        promised, invited, held = ch._promised, ch._invited, len(ch._buf)
+        assert promised >= 0
+        assert invited >= 0
+        if receivers:
+            assert held == promised, "a receiver waits beside a free item"
+        if senders:
+            assert self.capacity - (held - promised) - invited <= 0, "a sender waits beside room"
+            assert receivers <= invited, "a sender and a receiver wait for each other"
+
     def teardown(self) -> None:
         try:
             self.ch.close()

@@ -240,3 +240,118 @@ async def test_select_blocking_thread_against_async_senders() -> None:
         await a.send(i)
         await b.send(100 + i)
     assert sorted(await fut) == list(range(50)) + list(range(100, 150))
+
+
+def test_cross_thread_stress_with_selects_timeouts_and_cancellation() -> None:
+    """Threads and two event loops hammer three channels with sends, receives and selects that
+    time out and get cancelled at random; every item whose send returned is received exactly once.
+
+    Bounded to about two seconds.  The thread switch interval is shortened so that races between
+    a select being claimed through one channel and inspected through another actually happen.
+    """
+    import random
+    import sys
+
+    unbuffered: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(0)
+    small: Channel[int] = Channel(2)
+    chans = [unbuffered, other, small]
+    sent: list[int] = []
+    received: list[int] = []
+    record = threading.Lock()
+    counter = iter(range(1, 10**9))
+    stop = time.monotonic() + 2.0
+
+    def note(where: list[int], item: int) -> None:
+        with record:
+            where.append(item)
+
+    def thread_sender(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            with record:
+                item = next(counter)
+            try:
+                if rng.random() < 0.5:
+                    rng.choice(chans).send_blocking(item, timeout=rng.choice([0, 1e-5, 1e-3]))
+                else:
+                    a, b = rng.sample(chans, 2)
+                    poolkit.select_blocking(a.send_case(item), b.send_case(item), timeout=1e-4)
+            except TimeoutError:
+                continue
+            note(sent, item)
+
+    def thread_receiver(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            try:
+                if rng.random() < 0.5:
+                    item = rng.choice(chans).receive_blocking(timeout=rng.choice([0, 1e-5, 1e-3]))
+                else:
+                    sel = poolkit.select_blocking(
+                        *(c.receive_case() for c in rng.sample(chans, 2)), timeout=1e-4
+                    )
+                    item = sel.value
+            except TimeoutError:
+                continue
+            note(received, item)
+
+    def loop_worker(seed: int, use_uvloop: bool) -> None:
+        async def main() -> None:
+            rng = random.Random(seed)
+            while time.monotonic() < stop:
+                ch = rng.choice(chans)
+                with record:
+                    item = next(counter)
+                if rng.random() < 0.5:
+                    op = asyncio.ensure_future(ch.send(item))
+                else:
+                    op = asyncio.ensure_future(
+                        poolkit.select(*(c.receive_case() for c in rng.sample(chans, 2)))
+                    )
+                done, _ = await asyncio.wait([op], timeout=rng.choice([0, 1e-4, 1e-3]))
+                if not done:
+                    op.cancel()
+                    await asyncio.wait([op])
+                if op.cancelled():
+                    continue
+                result = op.result()
+                if result is None:
+                    note(sent, item)
+                else:
+                    note(received, result.value)
+
+        if use_uvloop:
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=thread_sender, args=(s,)) for s in (1, 2)]
+        threads += [threading.Thread(target=thread_receiver, args=(s,)) for s in (3, 4)]
+        threads += [threading.Thread(target=loop_worker, args=(5, False))]
+        threads += [threading.Thread(target=loop_worker, args=(6, True))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    for ch in chans:
+        ch.close()
+        while True:
+            try:
+                received.append(ch.receive_nowait())
+            except EndOfChannel:
+                break
+        s = ch.statistics()
+        assert (s.senders_waiting, s.receivers_waiting, s.buffered) == (0, 0, 0)
+        assert ch._promised == 0
+        assert ch._invited == 0
+    assert len(sent) > 1000, "the stress did too little to mean anything"
+    assert sorted(received) == sorted(sent)
+    assert sum(c.statistics().items_sent for c in chans) == len(sent)

@@ -313,3 +313,27 @@ async def test_sender_invited_by_a_select_that_went_elsewhere_waits_again() -> N
     assert (s.buffered, s.items_sent, s.senders_waiting) == (0, 0, 1)
     assert await ch.receive() == 1
     await sender
+
+
+async def test_sender_cancelled_while_waiting_again_after_failed_invitation() -> None:
+    # The second await point of a send: invited, found no receiver, queued again, then cancelled.
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(1)
+    sender = asyncio.create_task(ch.send(1))
+    await settle()
+    selecting = asyncio.create_task(select(ch.receive_case(), other.receive_case()))
+    await asyncio.sleep(0)
+    other.send_nowait(2)
+    await selecting
+    await settle()  # the sender has run, found no receiver and is waiting again
+    assert ch.statistics().senders_waiting == 1
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    s = ch.statistics()
+    assert (s.senders_waiting, s.items_sent, s.buffered) == (0, 0, 0)
+    receiver = asyncio.create_task(ch.receive())
+    await settle()
+    assert not receiver.done()  # the cancelled sender delivered nothing
+    ch.send_nowait(3)
+    assert await receiver == 3
