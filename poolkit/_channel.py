@@ -42,6 +42,7 @@ has claimed it.  A task waiting in one thread is woken from another with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import threading
@@ -79,6 +80,11 @@ _CANCELLED = 4
 _DONE = 5  # the owner has completed or abandoned its operation: nothing left to undo
 
 _get_ident = threading.get_ident
+# Arrival numbers for senders, so a sender that has to queue again keeps its place (a select keeps
+# one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
+_next_arrival = itertools.count().__next__
+# A thread cannot wait longer than this in one lock.acquire(); longer timeouts mean "forever".
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
 
 
 class _SelectClaim:
@@ -107,7 +113,18 @@ class _SelectClaim:
 class _Waiter:
     """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
 
-    __slots__ = ("expired", "fut", "index", "item", "loop", "sel", "state", "thread", "tlock")
+    __slots__ = (
+        "arrival",
+        "expired",
+        "fut",
+        "index",
+        "item",
+        "loop",
+        "sel",
+        "state",
+        "thread",
+        "tlock",
+    )
 
     def __init__(
         self,
@@ -115,8 +132,10 @@ class _Waiter:
         loop: asyncio.AbstractEventLoop | None = None,
         sel: _SelectClaim | None = None,
         index: int = -1,
+        arrival: int = -1,
     ) -> None:
         self.item = item  # a sender's item
+        self.arrival = _next_arrival() if arrival < 0 else arrival
         self.state = _PENDING
         self.sel = sel
         self.index = index
@@ -380,17 +399,16 @@ class Channel(Generic[T]):
     def _place(self, item: T) -> bool:
         """Put ``item`` in: promised to a waiting receiver, else into the buffer if it has room."""
         buf = self._buf
-        if self._recvq:
+        while self._recvq:
             w = self._claim_receiver()
-            if w is not None:
+            if w is None:
+                break
+            if _wake(w):
                 buf.append(item)
                 self._sent += 1
                 self._promised += 1
-                if not _wake(w):
-                    w.state = _DONE
-                    self._promised -= 1
-                    self._promise_receivers()
                 return True
+            w.state = _DONE  # its loop is closed: it will never run; try the next one
         if self._capacity - len(buf) + self._promised - self._invited > 0:
             buf.append(item)
             self._sent += 1
@@ -435,21 +453,37 @@ class Channel(Generic[T]):
     def _retry(self, w: _Waiter, requeue: bool) -> bool:
         """A woken sender tries again with the room kept for it.
 
-        True if its item went in.  Otherwise (the receiver it was invited for went elsewhere) it
-        goes back to the head of the queue if ``requeue``; a select starts over instead.
+        True if its item went in.  Otherwise it goes back to its place in the queue if ``requeue``
+        (a select starts over instead, keeping its arrival number): either the receiver it was
+        invited for went elsewhere, or a sender that arrived before it is queued again (after its
+        own invitation fell through) and the room passes to that one, first come first served.
         """
         self._invited -= 1
         w.state = _DONE
         if self._closed:
             raise self._closed_error()
-        if self._place(w.item):
+        earlier_queued = self._sendq and self._live_sender() and self._sendq[0].arrival < w.arrival
+        if not earlier_queued and self._place(w.item):
             if self._sendq:
                 self._invite_senders()  # its item went to a receiver: the kept room is free
             return True
         if requeue:
             w.state = _PENDING
-            self._sendq.appendleft(w)
+            self._queue_sender(w)
+        if self._sendq:
+            self._invite_senders()
         return False
+
+    def _queue_sender(self, w: _Waiter) -> None:
+        """Queue a sender in arrival order (a plain append, unless it is queuing again)."""
+        q = self._sendq
+        if not q or q[-1].arrival < w.arrival:
+            q.append(w)
+            return
+        i = 0
+        while q[i].arrival < w.arrival:
+            i += 1
+        q.insert(i, w)
 
     def _invite_senders(self) -> None:
         """Invite queued senders while there is room, or a receiver with no sender invited."""
@@ -489,6 +523,19 @@ class Channel(Generic[T]):
             else:
                 self._promised -= 1
                 self._promise_receivers()
+
+    def _withdraw_locked(self, w: _Waiter, sending: bool, exc: BaseException) -> None:
+        if not isinstance(exc, GeneratorExit):
+            with self._lock:
+                self._withdraw(w, sending)
+        # GeneratorExit: the coroutine is being closed, perhaps by the garbage collector, which may
+        # run in this very thread while it holds the lock.  Give up rather than deadlock; a task
+        # whose waiter is still queued is reachable, so this only skips waiters already settled.
+        elif self._lock.acquire(True, 0.1):
+            try:
+                self._withdraw(w, sending)
+            finally:
+                self._lock.release()
 
     def _expire(self, w: _Waiter, sending: bool) -> None:
         with self._lock:
@@ -594,7 +641,7 @@ class Channel(Generic[T]):
         if timeout is not None:
             timeout = check_timeout(timeout)
         # Hot path: explicit acquire/release is ~80 ns cheaper than "with" on CPython 3.11, and
-        # the common case of _offer() is inlined.
+        # the common case of _offer() is inlined (about 10 % of a hand-off).
         lock = self._lock
         lock.acquire()
         try:
@@ -633,15 +680,9 @@ class Channel(Generic[T]):
         lock = self._lock
         lock.acquire()
         try:
-            buf = self._buf
-            if len(buf) > self._promised:  # _take() inlined
-                item = buf.popleft()
-                self._received += 1
-                if self._sendq:
-                    self._invite_senders()
-                return item
-            if self._closed and not buf:
-                raise self._end_error()
+            item = self._take()
+            if item is not _EMPTY:
+                return item  # type: ignore[no-any-return]
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: receive would block")
             w = self._enqueue_receiver()
@@ -650,7 +691,7 @@ class Channel(Generic[T]):
         return await self._await(w, False, timeout)  # type: ignore[no-any-return]
 
     def _enqueue_sender(self, w: _Waiter) -> None:
-        self._sendq.append(w)
+        self._queue_sender(w)
         if self._invited:
             # It queued behind invited senders; if there is room or a receiver to spare beyond
             # theirs, it is invited at once rather than left waiting beside it.
@@ -672,9 +713,8 @@ class Channel(Generic[T]):
             while True:
                 try:
                     await w.fut
-                except BaseException:
-                    with self._lock:
-                        self._withdraw(w, sending)
+                except BaseException as exc:
+                    self._withdraw_locked(w, sending, exc)
                     raise
                 lock = self._lock
                 lock.acquire()
@@ -705,19 +745,16 @@ class Channel(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        # receive() inlined, to save a coroutine frame on every wake-up.
+        # receive() without its timeout, and one coroutine frame fewer on every wake-up.
         lock = self._lock
         lock.acquire()
         try:
-            buf = self._buf
-            if len(buf) > self._promised:
-                item = buf.popleft()
-                self._received += 1
-                if self._sendq:
-                    self._invite_senders()
-                return item
-            if self._closed and not buf:
-                raise StopAsyncIteration
+            try:
+                item = self._take()
+            except EndOfChannel:
+                raise StopAsyncIteration from None
+            if item is not _EMPTY:
+                return item  # type: ignore[no-any-return]
             w = self._enqueue_receiver()
         finally:
             lock.release()
@@ -770,7 +807,7 @@ class Channel(Generic[T]):
     def _block(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         tlock = w.tlock
         assert tlock is not None
-        deadline = None if timeout is None else _monotonic() + timeout
+        deadline = None if timeout is None or timeout > _TIMEOUT_MAX else _monotonic() + timeout
         try:
             while True:
                 if deadline is None:
@@ -943,7 +980,8 @@ def _select_register(cases: tuple[SelectCase, ...], template: _Waiter) -> _Selec
     random.shuffle(order)  # so that hand-offs racing to wake us are not biased to the first case
     for i in order:
         case = cases[i]
-        w = _Waiter(case.item if isinstance(case, SendCase) else None, None, sel, i)
+        item = case.item if isinstance(case, SendCase) else None
+        w = _Waiter(item, None, sel, i, template.arrival)
         w.fut, w.loop, w.thread, w.tlock = (
             template.fut,
             template.loop,
@@ -1028,6 +1066,7 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
     channels = _select_plan(cases)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    arrival = _next_arrival()  # kept across restarts, so a send case keeps its place in queues
     while True:
         with _Locks(channels):
             done = _select_ready(cases)
@@ -1035,20 +1074,26 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
                 return done
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError("select timed out")
-            template = _Waiter(None, loop)
+            template = _Waiter(None, loop, None, -1, arrival)
             sel = _select_register(cases, template)
         fut = template.fut
         assert fut is not None
         timer = None if deadline is None else loop.call_at(deadline, _select_expire, sel, fut)
         try:
             await fut
+        except GeneratorExit:
+            # Being closed, perhaps by the garbage collector in a thread that holds one of the
+            # channel locks: make the registrations stale without taking any lock.
+            sel.take()
+            raise
         except BaseException:
             _select_withdraw(cases, sel)
+            _select_unregister(cases, sel)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
-            _select_unregister(cases, sel)
+        _select_unregister(cases, sel)
         done = _select_finish(cases, sel)
         if done is not None:
             return done
@@ -1066,7 +1111,10 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
     """
     timeout = check_timeout(timeout)
     channels = _select_plan(cases)
+    if timeout is not None and timeout > _TIMEOUT_MAX:
+        timeout = None  # longer than a thread can wait in one go: forever, in practice
     deadline = None if timeout is None else _monotonic() + timeout
+    arrival = _next_arrival()
     while True:
         with _Locks(channels):
             done = _select_ready(cases)
@@ -1075,7 +1123,7 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
             if deadline is not None and _monotonic() >= deadline:
                 raise TimeoutError("select timed out")
             _refuse_in_loop("select_blocking")
-            template = _Waiter()
+            template = _Waiter(None, None, None, -1, arrival)
             template.wait_thread()
             sel = _select_register(cases, template)
         tlock = template.tlock

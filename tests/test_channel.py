@@ -615,3 +615,24 @@ async def test_timeout_is_not_lost_when_the_timer_fires_early() -> None:
     assert loop.time() == 0.995
     assert (await tasks[0]).value == 2
     assert ch.statistics().senders_waiting == 0
+
+
+@pytest.mark.parametrize("capacity", [0, 1])
+def test_receiver_on_a_closed_loop_is_skipped(capacity: int) -> None:
+    # A task left waiting on a loop that was closed without cancelling it can never run; a sender
+    # must not count on it (nor leave the channel fuller than its capacity).
+    ch: Channel[str] = Channel(capacity)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(ch.receive())
+    for _ in range(3):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert ch.statistics().receivers_waiting == 1
+    loop.close()
+    for _ in range(capacity):
+        ch.send_nowait("fits")
+    with pytest.raises(WouldBlock):
+        ch.send_nowait("no room")
+    s = ch.statistics()
+    assert (s.buffered, s.items_sent, s.receivers_waiting) == (capacity, capacity, 0)
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose

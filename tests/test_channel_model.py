@@ -286,8 +286,9 @@ async def test_stress_with_random_cancellation(seed: int) -> None:
         if rng.random() < 0.05:
             victim = rng.choice(tasks + consumers)
             victim.cancel()
-            if victim in consumers:  # keep at least one way to drain each channel
-                consumers.append(asyncio.create_task(consumer(a if rng.random() < 0.5 else b)))
+            if victim in consumers:  # keep a way to drain each channel, whichever was lost
+                consumers.append(asyncio.create_task(consumer(a)))
+                consumers.append(asyncio.create_task(consumer(b)))
     await asyncio.gather(*tasks, return_exceptions=True)
     a.close()
     b.close()

@@ -355,3 +355,34 @@ def test_cross_thread_stress_with_selects_timeouts_and_cancellation() -> None:
     assert len(sent) > 1000, "the stress did too little to mean anything"
     assert sorted(received) == sorted(sent)
     assert sum(c.statistics().items_sent for c in chans) == len(sent)
+
+
+@pytest.mark.parametrize("call", ["receive", "send", "select"])
+def test_thread_timeouts_longer_than_a_lock_can_wait_mean_forever(call: str) -> None:
+    # threading.Lock.acquire() rejects timeouts above threading.TIMEOUT_MAX with OverflowError.
+    ch: Channel[int] = Channel(0)
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            if call == "receive":
+                ch.receive_blocking(timeout=1e12)
+            elif call == "send":
+                ch.send_blocking(1, timeout=1e12)
+            else:
+                outcome.append(poolkit.select_blocking(ch.receive_case(), timeout=1e12).closed)
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        s = ch.statistics()
+        if s.receivers_waiting + s.senders_waiting == 1 or outcome:
+            break
+        time.sleep(0.001)
+    ch.close()
+    t.join()
+    expected = {"receive": "EndOfChannel", "send": "ChannelClosed", "select": True}[call]
+    assert outcome == [expected]

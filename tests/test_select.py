@@ -337,3 +337,40 @@ async def test_sender_cancelled_while_waiting_again_after_failed_invitation() ->
     assert not receiver.done()  # the cancelled sender delivered nothing
     ch.send_nowait(3)
     assert await receiver == 3
+
+
+async def test_senders_requeued_after_failed_invitations_keep_their_order() -> None:
+    # Two blocked senders are invited by two selects that then win elsewhere; both go back to the
+    # queue, and must do so in the order they first blocked.
+    ch: Channel[str] = Channel(0)
+    o1: Channel[str] = Channel(0)
+    o2: Channel[str] = Channel(0)
+    s1 = asyncio.create_task(ch.send("first"))
+    await asyncio.sleep(0)
+    s2 = asyncio.create_task(ch.send("second"))
+    await asyncio.sleep(0)
+    r1 = asyncio.create_task(select(ch.receive_case(), o1.receive_case()))
+    r2 = asyncio.create_task(select(ch.receive_case(), o2.receive_case()))
+    await asyncio.sleep(0)  # r1 invites s1, r2 invites s2
+    o1.send_nowait("x")
+    o2.send_nowait("y")  # both selects win elsewhere before s1 and s2 run
+    await settle()
+    assert [(await r1).value, (await r2).value] == ["x", "y"]
+    assert [await ch.receive(), await ch.receive()] == ["first", "second"]
+    await asyncio.gather(s1, s2)
+
+
+async def test_select_send_case_keeps_its_place_when_its_receiver_goes_elsewhere() -> None:
+    ch: Channel[str] = Channel(0)
+    other: Channel[str | None] = Channel(0)
+    x = asyncio.create_task(select(ch.send_case("select-first"), other.send_case(None)))
+    await asyncio.sleep(0)
+    s2 = asyncio.create_task(ch.send("plain-second"))
+    await asyncio.sleep(0)  # queued: the select's send, then the plain send
+    o: Channel[str] = Channel(0)
+    r = asyncio.create_task(select(ch.receive_case(), o.receive_case()))
+    await asyncio.sleep(0)  # r invites the select's send case ...
+    o.send_nowait("elsewhere")  # ... and wins elsewhere before the select runs
+    await settle()
+    assert [await ch.receive(), await ch.receive()] == ["select-first", "plain-second"]
+    await asyncio.gather(x, s2, r)
