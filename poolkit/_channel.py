@@ -46,7 +46,6 @@ import itertools
 import math
 import random
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -55,6 +54,15 @@ from typing import Any, Generic, TypeVar, final
 
 from ._checks import check_timeout
 from ._exceptions import ChannelClosed, EndOfChannel, WouldBlock
+from ._wait import (
+    Sleeper,
+    discard,
+    monotonic,
+    refuse_in_loop,
+    resolve,
+    thread_deadline,
+    thread_wait,
+)
 
 __all__ = [
     "Channel",
@@ -79,12 +87,9 @@ _TIMED_OUT = 3
 _CANCELLED = 4
 _DONE = 5  # the owner has completed or abandoned its operation: nothing left to undo
 
-_get_ident = threading.get_ident
 # Arrival numbers for senders, so a sender that has to queue again keeps its place (a select keeps
 # one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
 _next_arrival = itertools.count().__next__
-# A thread cannot wait longer than this in one lock.acquire(); longer timeouts mean "forever".
-_TIMEOUT_MAX = threading.TIMEOUT_MAX
 
 
 class _SelectClaim:
@@ -110,21 +115,10 @@ class _SelectClaim:
             return True
 
 
-class _Waiter:
+class _Waiter(Sleeper):
     """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
 
-    __slots__ = (
-        "arrival",
-        "expired",
-        "fut",
-        "index",
-        "item",
-        "loop",
-        "sel",
-        "state",
-        "thread",
-        "tlock",
-    )
+    __slots__ = ("arrival", "expired", "index", "item", "sel", "state")
 
     def __init__(
         self,
@@ -134,22 +128,13 @@ class _Waiter:
         index: int = -1,
         arrival: int = -1,
     ) -> None:
+        Sleeper.__init__(self, loop)
         self.item = item  # a sender's item
         self.arrival = _next_arrival() if arrival < 0 else arrival
         self.state = _PENDING
         self.sel = sel
         self.index = index
         self.expired = False  # its timer has fired (even if the timer lost the race to claim it)
-        # How to wake the owner: a future on its loop (given ``loop``: the calling task's), or a
-        # held lock that its thread waits on (see wait_thread).
-        self.loop = loop
-        if loop is not None:
-            self.fut: asyncio.Future[None] | None = loop.create_future()
-            self.thread = _get_ident()
-        else:
-            self.fut = None
-            self.thread = 0
-        self.tlock: threading.Lock | None = None
 
     def claim(self, outcome: int) -> bool:
         """Move a pending waiter to ``outcome``; False if someone else got there first.
@@ -174,52 +159,6 @@ class _Waiter:
     def live(self) -> bool:
         """Still waiting (a hint only, for a select: claim() is the one atomic test)."""
         return self.state == _PENDING and (self.sel is None or not self.sel.taken)
-
-    def wait_thread(self) -> None:
-        self.tlock = threading.Lock()
-        self.tlock.acquire()
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _wake(w: _Waiter) -> bool:
-    """Wake the owner of a claimed waiter.  False if it can never run again (its loop is closed)."""
-    tlock = w.tlock
-    if tlock is not None:
-        tlock.release()
-        return True
-    fut = w.fut
-    assert fut is not None and w.loop is not None
-    try:
-        if w.thread == _get_ident():
-            if not fut.done():  # done means cancelled: the owner is already withdrawing
-                fut.set_result(None)
-        else:
-            w.loop.call_soon_threadsafe(_resolve, fut)
-    except RuntimeError:  # "Event loop is closed": the task that waited is gone for good
-        return False
-    return True
-
-
-def _discard(q: deque[_Waiter], w: _Waiter) -> None:
-    try:
-        q.remove(w)
-    except ValueError:
-        pass  # already popped by a hand-off that found it claimed
-
-
-def _refuse_in_loop(what: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(
-        f"{what}() would block the event loop running in this thread; "
-        f"await the asynchronous form instead"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +329,7 @@ class Channel(Generic[T]):
             if w is None:
                 break
             self._promised += 1
-            if not _wake(w):  # its loop is closed: it will never run
+            if not w.wake():  # its loop is closed: it will never run
                 w.state = _DONE
                 self._promised -= 1
         if self._closed and not buf:
@@ -403,7 +342,7 @@ class Channel(Generic[T]):
             w = self._claim_receiver()
             if w is None:
                 break
-            if _wake(w):
+            if w.wake():
                 buf.append(item)
                 self._sent += 1
                 self._promised += 1
@@ -498,7 +437,7 @@ class Channel(Generic[T]):
             w = q.popleft()
             if w.claim(_GRANTED):
                 self._invited += 1
-                if not _wake(w):
+                if not w.wake():
                     w.state = _DONE
                     self._invited -= 1
 
@@ -508,12 +447,12 @@ class Channel(Generic[T]):
         while q:
             w = q.popleft()
             if w.claim(_CLOSED):
-                _wake(w)
+                w.wake()
 
     def _withdraw(self, w: _Waiter, sending: bool) -> None:
         """The owner of ``w`` gives up (cancelled, interrupted): undo whatever it was promised."""
         if w.claim(_CANCELLED):
-            _discard(self._sendq if sending else self._recvq, w)
+            discard(self._sendq if sending else self._recvq, w)
         elif w.state == _GRANTED and (w.sel is None or w.sel.winner is w):
             w.state = _DONE
             if sending:
@@ -541,8 +480,8 @@ class Channel(Generic[T]):
         with self._lock:
             w.expired = True
             if w.claim(_TIMED_OUT):
-                _discard(self._sendq if sending else self._recvq, w)
-                _wake(w)
+                discard(self._sendq if sending else self._recvq, w)
+                w.wake()
 
     def _closed_error(self) -> ChannelClosed:
         return ChannelClosed(f"send on {self._label()}, which was closed")
@@ -572,7 +511,7 @@ class Channel(Generic[T]):
             while q:
                 w = q.popleft()
                 if w.claim(_CLOSED):
-                    _wake(w)
+                    w.wake()
             if not self._buf:
                 self._end_receivers()
 
@@ -777,9 +716,9 @@ class Channel(Generic[T]):
                 return
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: send would block")
-            _refuse_in_loop("send_blocking")
+            refuse_in_loop("send_blocking")
             w = _Waiter(item)
-            w.wait_thread()
+            w.arm_thread()
             self._enqueue_sender(w)
         self._block(w, True, timeout)
 
@@ -796,9 +735,9 @@ class Channel(Generic[T]):
                 return item  # type: ignore[no-any-return]
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: receive would block")
-            _refuse_in_loop("receive_blocking")
+            refuse_in_loop("receive_blocking")
             w = _Waiter()
-            w.wait_thread()
+            w.arm_thread()
             self._recvq.append(w)
             if self._sendq:
                 self._invite_senders()
@@ -807,19 +746,16 @@ class Channel(Generic[T]):
     def _block(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         tlock = w.tlock
         assert tlock is not None
-        deadline = None if timeout is None or timeout > _TIMEOUT_MAX else _monotonic() + timeout
+        deadline = thread_deadline(timeout)
         try:
             while True:
-                if deadline is None:
-                    woke = tlock.acquire()
-                else:
-                    woke = tlock.acquire(True, max(0.0, deadline - _monotonic()))
+                woke = thread_wait(tlock, deadline)
                 with self._lock:
                     # Wake-ups happen under this lock, so a timed-out acquire either lost a race
                     # that is already over (the lock is free now: take it back) or nobody has
                     # claimed us yet.
                     if not woke and not tlock.acquire(False) and w.claim(_TIMED_OUT):
-                        _discard(self._sendq if sending else self._recvq, w)
+                        discard(self._sendq if sending else self._recvq, w)
                     state = w.state
                     if state == _GRANTED:
                         if not sending:
@@ -856,7 +792,6 @@ class Channel(Generic[T]):
 
 
 _EMPTY: Any = object()
-_monotonic = time.monotonic
 
 
 @final
@@ -1101,7 +1036,7 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
 
 def _select_expire(sel: _SelectClaim, fut: asyncio.Future[None]) -> None:
     if sel.take():
-        _resolve(fut)
+        resolve(fut)
 
 
 def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selected:
@@ -1111,27 +1046,23 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
     """
     timeout = check_timeout(timeout)
     channels = _select_plan(cases)
-    if timeout is not None and timeout > _TIMEOUT_MAX:
-        timeout = None  # longer than a thread can wait in one go: forever, in practice
-    deadline = None if timeout is None else _monotonic() + timeout
+    deadline = thread_deadline(timeout)
     arrival = _next_arrival()
     while True:
         with _Locks(channels):
             done = _select_ready(cases)
             if done is not None:
                 return done
-            if deadline is not None and _monotonic() >= deadline:
+            if deadline is not None and monotonic() >= deadline:
                 raise TimeoutError("select timed out")
-            _refuse_in_loop("select_blocking")
+            refuse_in_loop("select_blocking")
             template = _Waiter(None, None, None, -1, arrival)
-            template.wait_thread()
+            template.arm_thread()
             sel = _select_register(cases, template)
         tlock = template.tlock
         assert tlock is not None
         try:
-            if deadline is None:
-                tlock.acquire()
-            elif not tlock.acquire(True, max(0.0, deadline - _monotonic())):
+            if not thread_wait(tlock, deadline):
                 sel.take()  # claim it for the timeout, unless a case won just now
         except BaseException:
             _select_withdraw(cases, sel)

@@ -1,0 +1,113 @@
+"""How a blocked task or thread is put to sleep and woken: shared by every poolkit primitive.
+
+A task sleeps on a future of its own event loop; a thread sleeps on a ``threading.Lock`` that it
+holds and tries to acquire again.  Whoever wakes it (possibly from another thread or another
+event loop) resolves the future with ``call_soon_threadsafe``, or releases the lock.  Nobody polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Any
+
+__all__ = [
+    "Sleeper",
+    "discard",
+    "refuse_in_loop",
+    "resolve",
+    "thread_deadline",
+    "thread_wait",
+]
+
+get_ident = threading.get_ident
+monotonic = time.monotonic
+
+# A thread cannot wait longer than this in one lock.acquire(); longer timeouts mean "forever".
+TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+class Sleeper:
+    """Whom to wake: a task (a future on its loop) or a thread (a held lock it waits on).
+
+    ``Sleeper(loop)`` is for the task running on ``loop``; ``Sleeper(None)`` then
+    :meth:`arm_thread` is for the calling thread.
+    """
+
+    __slots__ = ("fut", "loop", "thread", "tlock")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        if loop is not None:
+            self.fut: asyncio.Future[None] | None = loop.create_future()
+            self.thread = get_ident()
+        else:
+            self.fut = None
+            self.thread = 0
+        self.tlock: threading.Lock | None = None
+
+    def arm_thread(self) -> None:
+        self.tlock = threading.Lock()
+        self.tlock.acquire()
+
+    def wake(self) -> bool:
+        """Wake the owner.  False if it can never run again (its event loop is closed)."""
+        tlock = self.tlock
+        if tlock is not None:
+            if tlock.locked():
+                tlock.release()
+            return True
+        fut = self.fut
+        loop = self.loop
+        assert fut is not None
+        assert loop is not None
+        try:
+            if self.thread == get_ident():
+                if not fut.done():  # done means cancelled: the owner is already withdrawing
+                    fut.set_result(None)
+            else:
+                loop.call_soon_threadsafe(resolve, fut)
+        except RuntimeError:  # "Event loop is closed": the task that waited is gone for good
+            return False
+        return True
+
+
+def resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def discard(q: deque[Any], w: object) -> None:
+    """Remove ``w`` from ``q`` if it is still there."""
+    try:
+        q.remove(w)
+    except ValueError:
+        pass  # already popped by whoever woke it
+
+
+def refuse_in_loop(what: str) -> None:
+    """Raise ``RuntimeError`` if this thread runs an event loop: blocking would freeze it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{what}() would block the event loop running in this thread; "
+        f"await the asynchronous form instead"
+    )
+
+
+def thread_deadline(timeout: float | None) -> float | None:
+    """The monotonic deadline of a thread wait (``None``: forever, also past ``TIMEOUT_MAX``)."""
+    if timeout is None or timeout > TIMEOUT_MAX:
+        return None
+    return monotonic() + timeout
+
+
+def thread_wait(tlock: threading.Lock, deadline: float | None) -> bool:
+    """Block until ``tlock`` is released to us or ``deadline`` passes; True if woken."""
+    if deadline is None:
+        return tlock.acquire()
+    return tlock.acquire(True, max(0.0, deadline - monotonic()))
