@@ -4,8 +4,14 @@ This module is the map of the library: every public name is imported here, and n
 needs to be looked at to know what poolkit offers.  The layers, bottom up (a module only imports
 from layers below it)::
 
-    _exceptions, _checks        errors and argument checks
-    _channel                    Channel, select            (asyncio tasks and threads)
+    _exceptions, _checks, _wait errors, argument checks, waking a blocked task or thread
+    _channel                    Channel, select
+    _limiter                    CapacityLimiter            how many at once
+    _ratelimit                  TokenBucket                how many per unit of time
+    _combined                   Limits                     several limits as one
+    _keyed                      PerKey                     a limit per key (host, user, ...)
+
+Everything works from asyncio tasks (on any event loop) and from threads.
 
 ``poolkit.testing`` (a public module) holds the virtual-time event loop used by the tests.
 """
@@ -19,24 +25,44 @@ from ._channel import SendCase as SendCase
 from ._channel import select as select
 from ._channel import select_blocking as select_blocking
 from ._channel import select_nowait as select_nowait
+from ._combined import Limits as Limits
+from ._combined import LimitsStatistics as LimitsStatistics
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
+from ._exceptions import NotAcquired as NotAcquired
 from ._exceptions import PoolkitError as PoolkitError
 from ._exceptions import WouldBlock as WouldBlock
+from ._keyed import PerKey as PerKey
+from ._keyed import PerKeyStatistics as PerKeyStatistics
+from ._limiter import CapacityLimiter as CapacityLimiter
+from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
+from ._ratelimit import TokenBucket as TokenBucket
+from ._ratelimit import TokenBucketStatistics as TokenBucketStatistics
+from ._ratelimit import parse_rate as parse_rate
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CapacityLimiter",
+    "CapacityLimiterStatistics",
     "Channel",
     "ChannelClosed",
     "ChannelStatistics",
     "EndOfChannel",
+    "Limits",
+    "LimitsStatistics",
+    "NotAcquired",
+    "PerKey",
+    "PerKeyStatistics",
     "PoolkitError",
     "ReceiveCase",
     "SelectCase",
     "Selected",
     "SendCase",
+    "TokenBucket",
+    "TokenBucketStatistics",
     "WouldBlock",
+    "parse_rate",
     "select",
     "select_blocking",
     "select_nowait",

@@ -6,8 +6,10 @@ The tree::
     ├── WouldBlock               a *_nowait() call could not proceed without waiting
     ├── ChannelClosed            you (or your side of the program) closed the channel and then
     │                            tried to send on it
-    └── EndOfChannel             the channel was closed and every item in it has been received:
-                                 the data ran out, nobody did anything wrong
+    ├── EndOfChannel             the channel was closed and every item in it has been received:
+    │                            the data ran out, nobody did anything wrong
+    └── NotAcquired              (also a RuntimeError) you released a limiter more than you
+                                 had acquired from it
 
 Timeouts raise the builtin :class:`TimeoutError`; cancellation is asyncio's own
 :class:`asyncio.CancelledError`.  Bad arguments raise :class:`ValueError` or :class:`TypeError`
@@ -16,7 +18,7 @@ naming the argument and the value received.
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "EndOfChannel", "PoolkitError", "WouldBlock"]
+__all__ = ["ChannelClosed", "EndOfChannel", "NotAcquired", "PoolkitError", "WouldBlock"]
 
 
 class PoolkitError(Exception):
@@ -45,4 +47,12 @@ class EndOfChannel(PoolkitError):
 
     This is the normal end of a stream, not an error: ``async for`` and ``for`` loops over a
     channel stop quietly when they meet it.
+    """
+
+
+class NotAcquired(PoolkitError, RuntimeError):
+    """Raised by ``release()`` when it would give back more than is held.
+
+    The caller is at fault: every release must match an earlier successful acquire.  The
+    limiter's count is left unchanged.
     """

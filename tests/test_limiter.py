@@ -1,0 +1,415 @@
+"""poolkit.CapacityLimiter: FIFO with weights, cancellation safety, runtime total, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poolkit import CapacityLimiter, NotAcquired
+
+from .conftest import LOOP_FACTORIES
+
+
+async def settle(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("total", "exc"),
+    [(0, ValueError), (-3, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)],
+)
+def test_bad_total(total: Any, exc: type) -> None:
+    with pytest.raises(exc, match=f"total must be .*got {total!r}"):
+        CapacityLimiter(total)
+
+
+@pytest.mark.parametrize(
+    ("weight", "exc"), [(0, ValueError), (-1, ValueError), (2.0, TypeError), (None, TypeError)]
+)
+async def test_bad_weight(weight: Any, exc: type) -> None:
+    lim = CapacityLimiter(3)
+    with pytest.raises(exc, match=f"weight must be .*got {weight!r}"):
+        await lim.acquire(weight)
+    with pytest.raises(exc, match="weight"):
+        lim.try_acquire(weight)
+    with pytest.raises(exc, match="weight"):
+        lim.release(weight)
+    assert lim.borrowed == 0
+
+
+async def test_weight_above_total_fails_at_once() -> None:
+    lim = CapacityLimiter(3)
+    with pytest.raises(ValueError, match="weight 4 exceeds the limiter's total 3"):
+        await lim.acquire(4)
+    with pytest.raises(ValueError, match="could never fit"):
+        lim.acquire_blocking(4)
+    assert lim.statistics().waiting == 0
+
+
+def test_release_more_than_borrowed_is_an_error() -> None:
+    lim = CapacityLimiter(3, name="db")
+    with pytest.raises(NotAcquired, match=r"release\(1\) on capacity limiter 'db', but only 0"):
+        lim.release()
+    assert lim.try_acquire(2)
+    with pytest.raises(NotAcquired):
+        lim.release(3)
+    assert lim.borrowed == 2  # unchanged by the failed release
+    assert isinstance(NotAcquired("x"), RuntimeError)
+
+
+# ---------------------------------------------------------------- basic behaviour
+
+
+async def test_acquire_release_and_context_manager() -> None:
+    lim = CapacityLimiter(2)
+    async with lim:
+        assert lim.borrowed == 1
+        await lim.acquire()
+        assert lim.borrowed == 2
+        assert not lim.try_acquire()
+        lim.release()
+    assert lim.borrowed == 0
+    s = lim.statistics()
+    assert (s.total, s.peak_borrowed, s.acquired_total, s.waiting) == (2, 2, 2, 0)
+
+
+async def test_waiters_are_served_in_fifo_order() -> None:
+    lim = CapacityLimiter(1)
+    await lim.acquire()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        await lim.acquire()
+        order.append(i)
+        lim.release()
+
+    tasks = []
+    for i in range(5):
+        tasks.append(asyncio.create_task(take(i)))
+        await settle(1)
+    lim.release()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_heavy_waiter_is_not_starved_by_light_ones() -> None:
+    # A weight-3 request at the head blocks the weight-1 requests behind it even though they
+    # would fit: otherwise a stream of light requests could starve it forever.
+    lim = CapacityLimiter(3)
+    await lim.acquire(1)
+    heavy = asyncio.create_task(lim.acquire(3))
+    await settle()
+    light = asyncio.create_task(lim.acquire(1))
+    await settle()
+    assert not heavy.done()
+    assert not light.done(), "a light request overtook the heavy one at the head"
+    assert not lim.try_acquire(1)
+    lim.release(1)
+    await heavy
+    assert lim.borrowed == 3
+    assert not light.done()
+    lim.release(3)
+    await light
+    assert lim.borrowed == 1
+
+
+async def test_starvation_case_with_a_stream_of_light_requests() -> None:
+    # The issue's case: while light requests keep coming, a heavy one still gets in promptly.
+    lim = CapacityLimiter(4)
+    stop = False
+    served_heavy_after: list[int] = []
+    light_done = 0
+
+    async def light() -> None:
+        nonlocal light_done
+        while not stop:
+            async with lim:
+                light_done += 1
+                await asyncio.sleep(0)
+
+    lights = [asyncio.create_task(light()) for _ in range(6)]
+    await settle(3)
+    before = light_done
+    await lim.acquire(4)
+    served_heavy_after.append(light_done - before)
+    lim.release(4)
+    stop = True
+    await asyncio.gather(*lights)
+    assert served_heavy_after[0] < 20, "the heavy request waited for many light ones"
+
+
+# ---------------------------------------------------------------- cancellation and timeouts
+
+
+async def test_cancelled_waiter_holds_nothing_and_wakes_the_next() -> None:
+    lim = CapacityLimiter(2)
+    await lim.acquire(2)
+    a = asyncio.create_task(lim.acquire(2))
+    b = asyncio.create_task(lim.acquire(1))
+    await settle()
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    lim.release(1)  # b (now at the head) fits
+    await b
+    assert lim.borrowed == 2
+    assert lim.statistics().waiting == 0
+
+
+async def test_cancelled_at_the_instant_of_the_grant_holds_nothing() -> None:
+    # gh-90155: the waiter is granted, then cancelled before it runs.
+    lim = CapacityLimiter(1)
+    await lim.acquire()
+    waiter = asyncio.create_task(lim.acquire())
+    nxt = asyncio.create_task(lim.acquire())
+    await settle()
+    lim.release()  # grants `waiter` ...
+    waiter.cancel()  # ... which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await nxt  # the grant passed on
+    assert lim.borrowed == 1
+    lim.release()
+    assert lim.borrowed == 0
+
+
+@pytest.mark.virtual_time
+async def test_timeout_is_exact_and_holds_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    lim = CapacityLimiter(1)
+    await lim.acquire()
+    with pytest.raises(TimeoutError, match=r"no capacity within 2\.5 s"):
+        await lim.acquire(timeout=2.5)
+    assert loop.time() == 2.5
+    assert lim.statistics().waiting == 0
+    with pytest.raises(TimeoutError):
+        await lim.acquire(timeout=0)
+    lim.release()
+    assert lim.borrowed == 0
+
+
+@pytest.mark.virtual_time
+async def test_timed_out_head_lets_the_next_waiter_in() -> None:
+    lim = CapacityLimiter(3)
+    await lim.acquire(2)
+    heavy = asyncio.create_task(lim.acquire(3, timeout=1))
+    await settle()
+    light = asyncio.create_task(lim.acquire(1))
+    await settle()
+    assert not light.done()
+    with pytest.raises(TimeoutError):
+        await heavy
+    await light  # the head left; the light one fits
+    assert lim.borrowed == 3
+
+
+# ---------------------------------------------------------------- changing total
+
+
+async def test_growing_total_wakes_waiters() -> None:
+    lim = CapacityLimiter(1)
+    await lim.acquire()
+    waiters = [asyncio.create_task(lim.acquire()) for _ in range(3)]
+    await settle()
+    lim.total = 4
+    await asyncio.gather(*waiters)
+    assert lim.borrowed == 4
+
+
+async def test_shrinking_total_lets_holders_finish() -> None:
+    lim = CapacityLimiter(4)
+    await lim.acquire(3)
+    lim.total = 2
+    assert lim.borrowed == 3  # current holders keep what they have
+    assert not lim.try_acquire()
+    waiter = asyncio.create_task(lim.acquire())
+    await settle()
+    lim.release(2)  # borrowed 1 < total 2: the waiter fits
+    await waiter
+    assert lim.borrowed == 2
+    assert "borrowed=2/2" in repr(lim)
+
+
+async def test_shrinking_below_a_waiters_weight_fails_it() -> None:
+    lim = CapacityLimiter(4)
+    await lim.acquire(4)
+    heavy = asyncio.create_task(lim.acquire(3))
+    light = asyncio.create_task(lim.acquire(1))
+    await settle()
+    lim.total = 2
+    with pytest.raises(ValueError, match="lowered while waiting"):
+        await heavy
+    lim.release(4)
+    await light
+    with pytest.raises(TypeError):
+        lim.total = 2.5  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------- threads
+
+
+def test_threads_share_the_count_with_tasks() -> None:
+    lim = CapacityLimiter(3)
+    current = 0
+    peak = 0
+    guard = threading.Lock()
+
+    def enter() -> None:
+        nonlocal current, peak
+        with guard:
+            current += 1
+            peak = max(peak, current)
+
+    def leave() -> None:
+        nonlocal current
+        with guard:
+            current -= 1
+
+    def thread_worker() -> None:
+        for _ in range(200):
+            with lim:
+                enter()
+                time.sleep(0)
+                leave()
+
+    async def task_worker() -> None:
+        for _ in range(200):
+            async with lim:
+                enter()
+                await asyncio.sleep(0)
+                leave()
+
+    async def main() -> None:
+        await asyncio.gather(*(task_worker() for _ in range(4)))
+
+    threads = [threading.Thread(target=thread_worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    asyncio.run(main())
+    for t in threads:
+        t.join()
+    assert peak <= 3
+    assert peak >= 2, "the test never overlapped anything"
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total) == (0, 0, 1600)
+    assert s.peak_borrowed <= 3
+
+
+def test_acquire_blocking_timeout_and_refusal_in_loop() -> None:
+    lim = CapacityLimiter(1)
+    lim.acquire_blocking()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        lim.acquire_blocking(timeout=0.05)
+    assert time.monotonic() - t0 >= 0.04
+    assert lim.statistics().waiting == 0
+
+    async def in_loop() -> None:
+        with pytest.raises(RuntimeError, match="would block the event loop"):
+            lim.acquire_blocking()
+
+    asyncio.run(in_loop())
+    lim.release()
+
+
+# ---------------------------------------------------------------- invariants
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    total=st.integers(1, 5),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["acquire", "release", "cancel", "step", "total"]), st.integers(1, 5)
+        ),
+        max_size=60,
+    ),
+    loop_kind=st.sampled_from([k for k in ("asyncio", "uvloop") if k in LOOP_FACTORIES]),
+)
+def test_random_acquire_release_cancel_never_exceeds_total(
+    total: int, ops: list[tuple[str, int]], loop_kind: str
+) -> None:
+    """borrowed never exceeds total (when total was not lowered below it) and ends at zero."""
+
+    async def main() -> None:
+        lim = CapacityLimiter(total)
+        holders: list[int] = []  # weights held by finished acquires
+        tasks: list[tuple[asyncio.Task[None], int]] = []
+        lowered = False
+        for op, n in ops:
+            if op == "acquire":
+                w = min(n, lim.total)
+
+                async def acq(w: int = w) -> None:
+                    await lim.acquire(w)
+                    holders.append(w)
+
+                tasks.append((asyncio.create_task(acq()), w))
+            elif op == "release" and holders:
+                lim.release(holders.pop(n % len(holders)))
+            elif op == "cancel" and tasks:
+                tasks[n % len(tasks)][0].cancel()
+            elif op == "total":
+                lowered = lowered or n < lim.total
+                lim.total = n
+            else:
+                await asyncio.sleep(0)
+            if not lowered:
+                assert lim.borrowed <= lim.total
+            # Weight granted to waiters that have not run yet is borrowed but not yet "held".
+            assert sum(holders) <= lim.borrowed
+        for task, _ in tasks:
+            task.cancel()
+        await asyncio.gather(*(t for t, _ in tasks), return_exceptions=True)
+        for w in holders:
+            lim.release(w)
+        assert lim.borrowed == 0
+        assert lim.statistics().waiting == 0
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_kind]) as runner:
+        runner.run(main())
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_stress_random_cancellation_keeps_the_cap(seed: int) -> None:
+    rng = random.Random(seed)
+    lim = CapacityLimiter(rng.randint(2, 5))
+    inside = 0
+    peak = 0
+
+    async def worker() -> None:
+        nonlocal inside, peak
+        for _ in range(50):
+            w = rng.randint(1, lim.total)
+            await lim.acquire(w)
+            inside += w
+            peak = max(peak, inside)
+            try:
+                for _ in range(rng.randint(0, 2)):
+                    await asyncio.sleep(0)
+            finally:
+                inside -= w
+                lim.release(w)
+
+    workers = [asyncio.create_task(worker()) for _ in range(8)]
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if rng.random() < 0.05:
+            rng.choice(workers).cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    assert peak <= lim.total
+    assert lim.borrowed == 0
+    assert lim.statistics().waiting == 0
+    assert math.isfinite(peak)
