@@ -8,7 +8,8 @@ import platform
 import sys
 
 from . import _harness
-from . import bench_channel as bench_channel  # registers its suites
+from . import bench_channel as bench_channel  # each module registers its suites
+from . import bench_limits as bench_limits
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,11 @@ __all__ = ["Case", "Suite", "register", "run_async", "suites", "timed"]
 
 @dataclass(slots=True)
 class Case:
-    """One implementation of a benchmark: returns seconds for ``items`` operations."""
+    """One implementation of a benchmark.
+
+    In a "time" suite ``run(items)`` returns the seconds taken by ``items`` operations; in a
+    "figure" suite it returns the figure itself (a rate, a ratio to a bound, a size).
+    """
 
     name: str
     run: Callable[[int], float]
@@ -26,9 +30,11 @@ class Suite:
     """One benchmark: a task done by poolkit and by each alternative, at the same size."""
 
     name: str
-    unit: str  # what the figure is per, e.g. "item"
+    unit: str  # "time": what the figure is per ("item"); "figure": its unit ("% of target")
     items: int  # operations at scale 1.0
     cases: list[Case] = field(default_factory=list)
+    kind: str = "time"  # or "figure"
+    higher_is_better: bool = False  # for "figure" suites: which of the repeats to keep
 
 
 _SUITES: list[Suite] = []
@@ -72,24 +78,35 @@ def measure(suite: Suite, scale: float, repeat: int) -> list[Row]:
     for _ in range(repeat):
         for case in suite.cases:  # interleaved, so drift of the machine hits every case alike
             gc.collect()
-            samples[case.name].append(case.run(items) / items * 1e6)
-    return [Row(suite.name, c.name, min(samples[c.name]), c.poolkit) for c in suite.cases]
+            value = case.run(items)
+            samples[case.name].append(value / items * 1e6 if suite.kind == "time" else value)
+    pick = max if suite.kind == "figure" and suite.higher_is_better else min
+    return [Row(suite.name, c.name, pick(samples[c.name]), c.poolkit) for c in suite.cases]
 
 
 def table(results: list[tuple[Suite, list[Row]]]) -> str:
-    """One block per benchmark: poolkit first, then the alternatives, fastest first."""
-    titles = [f"{suite.name} (per {suite.unit})" for suite, _ in results]
+    """One block per benchmark: poolkit first, then the alternatives, best first."""
+    titles = [
+        f"{suite.name} (per {suite.unit})"
+        if suite.kind == "time"
+        else f"{suite.name} [{suite.unit}]"
+        for suite, _ in results
+    ]
     w1 = max([len("benchmark"), *map(len, titles)])
     w2 = max([len("implementation")] + [len(r.case) for _, rows in results for r in rows])
     header = f"{'benchmark':<{w1}}  {'implementation':<{w2}}  {'µs/op':>9}  {'poolkit/alt':>11}"
     lines = [header, "-" * len(header)]
-    for title, (_, rows) in zip(titles, results, strict=True):
+    for title, (suite, rows) in zip(titles, results, strict=True):
         mine = next(r for r in rows if r.poolkit)
         for i, r in enumerate(sorted(rows, key=lambda r: (not r.poolkit, r.per_op_us))):
-            ratio = "" if r.poolkit else f"{mine.per_op_us / r.per_op_us:.2f}"
+            if suite.kind == "figure":
+                ratio = "-"
+            else:
+                ratio = "" if r.poolkit else f"{mine.per_op_us / r.per_op_us:.2f}"
             name = title if i == 0 else ""
             lines.append(f"{name:<{w1}}  {r.case:<{w2}}  {r.per_op_us:>9.3f}  {ratio:>11}")
         lines.append("")
+    lines.append("µs/op: best of the repeats; for a benchmark with [brackets], the figure itself.")
     lines.append(
         "poolkit/alt: poolkit's time divided by the alternative's; below 1.00, poolkit is faster."
     )

@@ -245,7 +245,10 @@ class CapacityLimiter:
         lock.acquire()
         try:
             if not self._queue and self._borrowed + weight <= self._total:
-                self._take(weight)
+                self._borrowed += weight  # _take() inlined
+                self._acquired += 1
+                if self._borrowed > self._peak:
+                    self._peak = self._borrowed
                 return
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: no capacity right now")
@@ -310,8 +313,11 @@ class CapacityLimiter:
 
         Raises :class:`~poolkit.NotAcquired` if that is more than is borrowed.
         """
-        check_weight(weight)
-        with self._lock:
+        if weight.__class__ is not int or weight < 1:
+            check_weight(weight)
+        lock = self._lock
+        lock.acquire()  # explicit acquire/release: ~80 ns cheaper than "with" on CPython 3.11
+        try:
             if weight > self._borrowed:
                 raise NotAcquired(
                     f"release({weight}) on {self._label()}, but only {self._borrowed} is borrowed"
@@ -319,8 +325,22 @@ class CapacityLimiter:
             self._borrowed -= weight
             if self._queue:
                 self._serve()
+        finally:
+            lock.release()
 
     async def __aenter__(self) -> None:
+        # acquire(1) without a second coroutine frame when there is room (the usual case).
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not self._queue and self._borrowed < self._total:
+                self._borrowed += 1
+                self._acquired += 1
+                if self._borrowed > self._peak:
+                    self._peak = self._borrowed
+                return
+        finally:
+            lock.release()
         await self.acquire()
 
     async def __aexit__(

@@ -415,10 +415,10 @@ class TokenBucket:
     # ----------------------------------------------------------------- time and tokens
 
     def _refill(self, now: float) -> float:
+        # The first reading refills from -inf: an infinite refill, capped at burst (full).
         if now > self._stamp:
-            if self._stamp != -math.inf:
-                tokens = self._tokens + (now - self._stamp) * self._rate
-                self._tokens = tokens if tokens < self._burst else self._burst
+            tokens = self._tokens + (now - self._stamp) * self._rate
+            self._tokens = tokens if tokens < self._burst else self._burst
             self._stamp = now
         return self._tokens
 
@@ -541,9 +541,20 @@ class TokenBucket:
         try:
             now = clock() if clock is not None else loop.time()
             queue = self._queue
-            if (not queue or _first(queue) is None) and self._refill(now) >= cost:
-                self._take(cost)
-                return
+            if not queue or _first(queue) is None:
+                # _refill() and _take() inlined: this is the hot path.
+                tokens = self._tokens
+                if now > self._stamp:
+                    tokens += (now - self._stamp) * self._rate
+                    if tokens > self._burst:
+                        tokens = self._burst
+                    self._stamp = now
+                if tokens >= cost:
+                    self._tokens = tokens - cost
+                    self._granted += 1
+                    self._cost_granted += cost
+                    return
+                self._tokens = tokens
             w = enqueue(((self, cost),), loop, now, timeout, self._label())
         finally:
             lock.release()

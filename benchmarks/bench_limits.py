@@ -1,0 +1,181 @@
+"""Limiter benchmarks: token-bucket cost and real-time accuracy, capacity limiter cost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import aiolimiter
+import anyio
+
+import poolkit
+
+from ._harness import Case, Suite, register, run_async, timed
+
+# ----------------------------------------------------------------- uncontended acquire
+
+uncontended = register(Suite("token bucket acquire, never waits", unit="acquire", items=200_000))
+
+
+def _bucket_uncontended(n: int) -> float:
+    async def main() -> float:
+        bucket = poolkit.TokenBucket(1e9, 1e9)
+
+        async def loop() -> None:
+            for _ in range(n):
+                await bucket.acquire()
+
+        return await timed(loop())
+
+    return run_async(main)
+
+
+def _aiolimiter_uncontended(n: int) -> float:
+    async def main() -> float:
+        limiter = aiolimiter.AsyncLimiter(1e9, 1)
+
+        async def loop() -> None:
+            for _ in range(n):
+                await limiter.acquire()
+
+        return await timed(loop())
+
+    return run_async(main)
+
+
+uncontended.cases += [
+    Case("poolkit.TokenBucket", _bucket_uncontended, poolkit=True),
+    Case("aiolimiter.AsyncLimiter", _aiolimiter_uncontended),
+]
+
+# ----------------------------------------------------------------- accuracy on real time
+
+RATE = 2000.0
+BURST = 100
+TASKS = 100
+WINDOW = 0.5
+_accuracy: dict[tuple[str, int], tuple[float, float]] = {}
+
+
+def _accuracy_run(kind: str, items: int) -> tuple[float, float]:
+    """(achieved rate as % of the target, worst window as % of rate*w + burst), memoized so that
+    the two figure suites share one run of each implementation."""
+    key = (kind, items)
+    if key in _accuracy:
+        return _accuracy[key]
+    duration = max(0.05, items / RATE)
+
+    async def main() -> float:
+        stamps: list[float] = []
+        acquire: Callable[[], Awaitable[None]]
+        if kind == "poolkit":
+            acquire = poolkit.TokenBucket(RATE, BURST).acquire
+        else:
+            acquire = aiolimiter.AsyncLimiter(BURST, BURST / RATE).acquire
+        t0 = time.monotonic()
+        end = t0 + duration
+
+        async def worker() -> None:
+            while True:
+                await acquire()
+                t = time.monotonic()
+                if t >= end:
+                    return
+                stamps.append(t)
+
+        await asyncio.gather(*(worker() for _ in range(TASKS)))
+        achieved = (len(stamps) - BURST) / duration
+        stamps.sort()
+        worst, j = 0, 0
+        for i, t in enumerate(stamps):  # the most grants in any window of WINDOW seconds
+            while stamps[j] < t - WINDOW:
+                j += 1
+            worst = max(worst, i - j + 1)
+        window = min(WINDOW, duration)
+        _accuracy[key] = (100 * achieved / RATE, 100 * worst / (RATE * window + BURST))
+        return 0.0
+
+    run_async(main)
+    return _accuracy[key]
+
+
+rate_figure = register(
+    Suite(
+        f"rate accuracy, {RATE:g}/s burst {BURST} for 3 s, {TASKS} tasks",
+        unit="achieved % of the rate",
+        items=int(RATE * 3),
+        kind="figure",
+    )
+)
+window_figure = register(
+    Suite(
+        f"worst {WINDOW} s window, same run",
+        unit="% of rate*w + burst (<= 100 holds)",
+        items=int(RATE * 3),
+        kind="figure",
+    )
+)
+rate_figure.cases += [
+    Case("poolkit.TokenBucket", lambda n: _accuracy_run("poolkit", n)[0], poolkit=True),
+    Case("aiolimiter.AsyncLimiter", lambda n: _accuracy_run("aiolimiter", n)[0]),
+]
+window_figure.cases += [
+    Case("poolkit.TokenBucket", lambda n: _accuracy_run("poolkit", n)[1], poolkit=True),
+    Case("aiolimiter.AsyncLimiter", lambda n: _accuracy_run("aiolimiter", n)[1]),
+]
+
+# ----------------------------------------------------------------- capacity limiter
+
+
+def _pair(make: Callable[[], object]) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        async def main() -> float:
+            lim = make()
+
+            async def loop() -> None:
+                for _ in range(n):
+                    async with lim:  # type: ignore[attr-defined]
+                        pass
+
+            return await timed(loop())
+
+        return run_async(main)
+
+    return run
+
+
+pair = register(Suite("capacity limiter acquire+release, uncontended", unit="pair", items=200_000))
+pair.cases += [
+    Case("poolkit.CapacityLimiter", _pair(lambda: poolkit.CapacityLimiter(8)), poolkit=True),
+    Case("asyncio.Semaphore", _pair(lambda: asyncio.Semaphore(8))),
+    Case("anyio.CapacityLimiter", _pair(lambda: anyio.CapacityLimiter(8))),
+]
+
+
+def _contended(make: Callable[[], object]) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        async def main() -> float:
+            lim = make()
+            per = max(1, n // 64)
+
+            async def worker() -> None:
+                for _ in range(per):
+                    async with lim:  # type: ignore[attr-defined]
+                        await asyncio.sleep(0)
+
+            return await timed(asyncio.gather(*(worker() for _ in range(64))))
+
+        return run_async(main)
+
+    return run
+
+
+contended = register(
+    Suite("capacity limiter, 64 tasks through 8 slots", unit="pair", items=100_000)
+)
+contended.cases += [
+    Case("poolkit.CapacityLimiter", _contended(lambda: poolkit.CapacityLimiter(8)), poolkit=True),
+    Case("asyncio.Semaphore", _contended(lambda: asyncio.Semaphore(8))),
+    Case("anyio.CapacityLimiter", _contended(lambda: anyio.CapacityLimiter(8))),
+]
