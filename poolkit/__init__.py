@@ -8,8 +8,7 @@ from layers below it)::
     _channel                    Channel, select
     _limiter                    CapacityLimiter            how many at once
     _ratelimit                  TokenBucket                how many per unit of time
-    _combined                   Limits                     several limits as one
-    _keyed                      PerKey                     a limit per key (host, user, ...)
+    _composite                  Limits, PerKey             several limits as one; a limit per key
 
 Everything works from asyncio tasks (on any event loop) and from threads.
 
@@ -25,15 +24,15 @@ from ._channel import SendCase as SendCase
 from ._channel import select as select
 from ._channel import select_blocking as select_blocking
 from ._channel import select_nowait as select_nowait
-from ._combined import Limits as Limits
-from ._combined import LimitsStatistics as LimitsStatistics
+from ._composite import Limits as Limits
+from ._composite import LimitsStatistics as LimitsStatistics
+from ._composite import PerKey as PerKey
+from ._composite import PerKeyStatistics as PerKeyStatistics
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
 from ._exceptions import NotAcquired as NotAcquired
 from ._exceptions import PoolkitError as PoolkitError
 from ._exceptions import WouldBlock as WouldBlock
-from ._keyed import PerKey as PerKey
-from ._keyed import PerKeyStatistics as PerKeyStatistics
 from ._limiter import CapacityLimiter as CapacityLimiter
 from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
 from ._ratelimit import TokenBucket as TokenBucket

@@ -43,6 +43,40 @@ def test_channel_shutdown_example_accounts_for_every_job() -> None:
     assert report.jobs.peak_buffered <= 4
 
 
+def test_rate_limited_fanout_example_runs_on_virtual_time() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "rate_limited_fanout.py"), "--virtual"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "120 fetches to 6 hosts" in proc.stdout
+    assert "OK: every limit held" in proc.stdout
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rate_limited_fanout_example_holds_every_limit(seed: int) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import rate_limited_fanout
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    import asyncio
+
+    from poolkit.testing import VirtualTimeLoop
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        report = runner.run(rate_limited_fanout.run(items=80, concurrency=3, rate=20, seed=seed))
+    assert report.items == 80
+    assert report.peak_in_flight == 3
+    assert report.worst_global_excess <= 1e-9
+    assert report.worst_host_excess <= 1e-9
+    # 80 starts at 20/s with a burst of 2 cannot take less than (80 - 2) / 20 seconds
+    assert report.seconds >= (80 - 2) / 20
+
+
 def readme_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)

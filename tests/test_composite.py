@@ -1,0 +1,420 @@
+"""poolkit.Limits and poolkit.PerKey: several limits as one; a limit per key."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import poolkit
+from poolkit import CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
+
+
+async def settle(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def test_construction_rules() -> None:
+    a, b, c = TokenBucket(10), TokenBucket("500/min"), CapacityLimiter(4)
+    assert Limits(a, Limits(b, c)).members == (a, b, c)
+    with pytest.raises(ValueError, match="at least one"):
+        Limits()
+    with pytest.raises(ValueError, match="same limit twice"):
+        Limits(a, Limits(a))
+    with pytest.raises(
+        TypeError, match="takes CapacityLimiter, TokenBucket, PerKey or Limits objects, got 3"
+    ):
+        Limits(a, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="share one clock"):
+        Limits(a, TokenBucket(1, clock=lambda: 0.0))
+
+
+async def test_cost_is_checked_against_every_member() -> None:
+    limits = Limits(TokenBucket(10, 5), CapacityLimiter(8))
+    with pytest.raises(ValueError, match="exceeds the bucket's burst 5"):
+        await limits.acquire(6)
+    with pytest.raises(ValueError, match="exceeds the limiter's total 8"):
+        await Limits(TokenBucket(10, 10), CapacityLimiter(8)).acquire(9)
+    with pytest.raises(TypeError, match="cost must be a positive int"):
+        await limits.acquire(1.5)
+    assert Limits(TokenBucket(10)).try_acquire(0.5)  # fractional costs are fine without limiters
+
+
+@pytest.mark.virtual_time
+async def test_every_limit_holds() -> None:
+    fast, slow, cap = TokenBucket(10, 10), TokenBucket("120/min", 5), CapacityLimiter(3)
+    limits = Limits(fast, slow, cap)
+    starts: list[float] = []
+    inside = 0
+    peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        async with limits:
+            starts.append(now())
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.7)
+            inside -= 1
+
+    await asyncio.gather(*(job() for _ in range(30)))
+    assert peak == 3
+    starts.sort()
+    for rate, burst in ((10, 10), (2, 5)):
+        for i in range(len(starts)):
+            for j in range(i, len(starts)):
+                assert j - i + 1 <= rate * (starts[j] - starts[i]) + burst + 1e-9
+    assert cap.borrowed == 0
+
+
+@pytest.mark.virtual_time
+async def test_no_token_is_taken_from_one_bucket_while_waiting_for_another() -> None:
+    a, b = TokenBucket(10, 10), TokenBucket(1, 1)
+    limits = Limits(a, b)
+    await limits.acquire()  # both at once: a has 9, b has 0
+    second = asyncio.create_task(limits.acquire())
+    await asyncio.sleep(0.5)
+    assert not second.done()
+    assert a.statistics().tokens == 10, "a's token was taken while waiting for b"
+    await second
+    assert now() == pytest.approx(1.0)
+    assert a.statistics().tokens == 9
+    assert b.statistics().tokens == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.virtual_time
+async def test_slots_first_then_tokens() -> None:
+    bucket, cap = TokenBucket(10, 10), CapacityLimiter(1)
+    limits = Limits(bucket, cap)
+    await limits.acquire()
+    waiting = asyncio.create_task(limits.acquire())
+    await asyncio.sleep(5)
+    assert bucket.statistics().tokens == 10, "tokens were spent before the slot was free"
+    limits.release()
+    await waiting
+    assert bucket.statistics().tokens == 9
+    assert cap.borrowed == 1
+
+
+@pytest.mark.virtual_time
+async def test_cancel_while_waiting_for_tokens_gives_the_slot_back() -> None:
+    bucket, cap = TokenBucket(1, 1), CapacityLimiter(2)
+    limits = Limits(bucket, cap)
+    await limits.acquire()
+    waiting = asyncio.create_task(limits.acquire())
+    await asyncio.sleep(0.5)
+    assert cap.borrowed == 2  # holding its slot while it waits for a token
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert cap.borrowed == 1
+    assert bucket.statistics().granted_total == 1
+
+
+@pytest.mark.virtual_time
+async def test_timeout_that_the_buckets_cannot_meet_fails_at_once() -> None:
+    bucket, cap = TokenBucket(1, 1), CapacityLimiter(2)
+    limits = Limits(bucket, cap)
+    await limits.acquire()
+    with pytest.raises(TimeoutError, match="cannot get the tokens"):
+        await limits.acquire(timeout=0.5)
+    assert now() == 0
+    assert cap.borrowed == 1
+    await limits.acquire(timeout=1.0)
+    assert now() == pytest.approx(1.0)
+
+
+@pytest.mark.virtual_time
+async def test_combined_waiters_queue_with_single_bucket_users() -> None:
+    shared, other = TokenBucket(1, 1), TokenBucket(1, 1)
+    await shared.acquire()
+    await other.acquire()
+    order: list[str] = []
+
+    async def combined() -> None:
+        await Limits(shared, other).acquire()
+        order.append("combined")
+
+    async def single() -> None:
+        await shared.acquire()
+        order.append("single")
+
+    c = asyncio.create_task(combined())
+    await settle()
+    s = asyncio.create_task(single())
+    await asyncio.gather(c, s)
+    assert order == ["combined", "single"]
+    assert now() == pytest.approx(2.0)
+
+
+async def test_try_acquire_takes_all_or_nothing() -> None:
+    bucket, cap = TokenBucket(1, 1), CapacityLimiter(1)
+    limits = Limits(bucket, cap)
+    assert limits.try_acquire()
+    assert not limits.try_acquire()  # no slot
+    limits.release()
+    assert not limits.try_acquire()  # a slot, but no token: the slot goes back
+    assert cap.borrowed == 0
+    assert bucket.statistics().granted_total == 1
+
+
+def test_threads_use_the_blocking_form() -> None:
+    limits = Limits(TokenBucket(500, 5), CapacityLimiter(2))
+    inside = 0
+    peak = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal inside, peak
+        for _ in range(10):
+            with limits:
+                with guard:
+                    inside += 1
+                    peak = max(peak, inside)
+                time.sleep(0.001)
+                with guard:
+                    inside -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak <= 2
+    s = limits.statistics()
+    assert isinstance(s, poolkit.LimitsStatistics)
+    bucket_stats: Any = s.members[0]
+    assert bucket_stats.granted_total == 40
+    assert "TokenBucket" in repr(limits)
+    assert "CapacityLimiter" in repr(limits)
+
+
+# ================================================================ PerKey
+
+
+def test_per_key_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="factory must be a callable"):
+        PerKey(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sweep_per_use must be >= 1, got 0"):
+        PerKey(lambda: CapacityLimiter(1), sweep_per_use=0)
+    bad = PerKey(lambda: "not a limit")  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="must return a CapacityLimiter, TokenBucket or Limits"):
+        bad.try_acquire("k")
+
+
+@pytest.mark.virtual_time
+async def test_each_key_is_paced_on_its_own() -> None:
+    per_host: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket("2/s", 1))
+    done: dict[str, list[float]] = {"a": [], "b": []}
+
+    async def fetch(host: str) -> None:
+        await per_host.acquire(host)
+        done[host].append(now())
+
+    await asyncio.gather(*(fetch(h) for h in "ababab"))
+    assert done["a"] == pytest.approx([0.0, 0.5, 1.0])
+    assert done["b"] == pytest.approx([0.0, 0.5, 1.0])
+    assert sorted(per_host.keys()) == ["a", "b"]
+    s = per_host.statistics()
+    assert (s.keys, s.created_total, s.acquired_total) == (2, 2, 6)
+
+
+async def test_cap_and_rate_per_key_with_hold() -> None:
+    per_host = PerKey(lambda: Limits(CapacityLimiter(2), TokenBucket(1000, 100)))
+    inside: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    async def job(host: str) -> None:
+        async with per_host.hold(host):
+            inside[host] = inside.get(host, 0) + 1
+            peak[host] = max(peak.get(host, 0), inside[host])
+            await asyncio.sleep(0)
+            inside[host] -= 1
+
+    await asyncio.gather(*(job(h) for h in "xyzxyzxyzxyz"))
+    assert peak == {"x": 2, "y": 2, "z": 2}
+
+
+async def test_idle_limiters_are_forgotten_so_many_keys_stay_cheap() -> None:
+    per_key: PerKey[int, CapacityLimiter] = PerKey(lambda: CapacityLimiter(1), sweep_per_use=2)
+    for key in range(200_000):
+        async with per_key.hold(key):
+            pass
+    s = per_key.statistics()
+    assert s.created_total == 200_000
+    assert s.keys <= 3, "idle limits are being kept"
+    assert s.forgotten_total == s.created_total - s.keys
+
+
+async def test_busy_keys_are_kept_and_rotated_not_forgotten() -> None:
+    per_key: PerKey[str, CapacityLimiter] = PerKey(lambda: CapacityLimiter(1), sweep_per_use=1)
+    await per_key.acquire("busy")  # held for the whole test
+    for key in range(1000):
+        await per_key.acquire(f"k{key}")
+        per_key.release(f"k{key}")
+    assert "busy" in per_key
+    assert len(per_key) <= 3
+    s = per_key.statistics_for("busy")
+    assert s is not None and getattr(s, "borrowed", None) == 1
+    assert per_key.statistics_for("never used") is None
+    per_key.release("busy")
+    assert "busy" not in per_key  # idle on release: forgotten there and then
+    assert per_key.sweep() == 0
+
+
+@pytest.mark.virtual_time
+async def test_token_buckets_are_forgotten_only_once_full_again() -> None:
+    per_key: PerKey[int, TokenBucket] = PerKey(lambda: TokenBucket(1, 1))
+    for key in range(50):
+        await per_key.acquire(key)
+    assert len(per_key) == 50, "a bucket that still owes tokens was forgotten"
+    assert per_key.sweep() == 0
+    await asyncio.sleep(1)  # every bucket is full again
+    assert per_key.sweep() == 50
+    assert len(per_key) == 0
+    # A forgotten key starts over with a full bucket, exactly as if it had been kept.
+    await per_key.acquire(7)
+    assert now() == pytest.approx(1.0)
+
+
+async def test_a_key_being_acquired_is_never_forgotten() -> None:
+    per_key: PerKey[str, CapacityLimiter] = PerKey(lambda: CapacityLimiter(1), sweep_per_use=8)
+    await per_key.acquire("k")
+    waiter = asyncio.create_task(per_key.acquire("k"))  # pinned while it waits
+    await settle()
+    per_key.release("k")  # "k" is handed straight to the waiter
+    for other in range(20):
+        await per_key.acquire(other)
+        per_key.release(other)
+    await waiter
+    assert "k" in per_key
+    limit = per_key.statistics_for("k")
+    assert limit is not None and getattr(limit, "borrowed", None) == 1
+
+
+def test_release_of_an_unknown_key_is_an_error() -> None:
+    per_key: PerKey[str, CapacityLimiter] = PerKey(lambda: CapacityLimiter(1), name="hosts")
+    with pytest.raises(NotAcquired, match="for key 'nope', which holds nothing"):
+        per_key.release("nope")
+    assert repr(per_key) == "<PerKey 'hosts' keys=0 created=0 forgotten=0 acquired=0>"
+
+
+def test_threads_hold_blocking() -> None:
+    per_key = PerKey(lambda: CapacityLimiter(1))
+    inside: dict[int, int] = {}
+    clash = []
+    guard = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(300):
+            key = (n + i) % 3
+            with per_key.hold_blocking(key):
+                with guard:
+                    inside[key] = inside.get(key, 0) + 1
+                    if inside[key] > 1:
+                        clash.append(key)
+                with guard:
+                    inside[key] -= 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clash == []
+    assert per_key.statistics().acquired_total == 1200
+
+
+# ================================================================ Limits with PerKey members
+
+
+@pytest.mark.virtual_time
+async def test_global_cap_with_a_cap_and_a_rate_per_key() -> None:
+    per_host = PerKey(lambda: Limits(CapacityLimiter(2), TokenBucket(5, 1)))
+    limits = Limits(CapacityLimiter(3), TokenBucket(100, 100), per_host)
+    starts: dict[str, list[float]] = {}
+    inside: dict[str, int] = {}
+    total_inside = 0
+    peaks = [0, 0]
+
+    async def fetch(host: str) -> None:
+        nonlocal total_inside
+        async with limits.hold(host):
+            starts.setdefault(host, []).append(now())
+            inside[host] = inside.get(host, 0) + 1
+            total_inside += 1
+            peaks[0] = max(peaks[0], total_inside)
+            peaks[1] = max(peaks[1], inside[host])
+            await asyncio.sleep(0.5)
+            inside[host] -= 1
+            total_inside -= 1
+
+    await asyncio.gather(*(fetch(h) for h in "aabbccaabbcc"))
+    assert peaks == [3, 2]
+    for host, times in starts.items():  # 5/s per host with a burst of 1: 0.2 s apart
+        times.sort()
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.2 - 1e-9, (host, times)
+    assert per_host.statistics().acquired_total == 12
+
+
+@pytest.mark.virtual_time
+async def test_keyed_tokens_are_taken_with_the_global_ones_after_the_slot() -> None:
+    # The example's lesson: a per-host token taken before waiting for a global slot lets that
+    # host's starts bunch up later.  Through one Limits, the host's token is taken last.
+    per_host = PerKey(lambda: TokenBucket(1, 1))
+    limits = Limits(CapacityLimiter(1), per_host)
+    await limits.acquire(key="h")
+    second = asyncio.create_task(limits.acquire(key="h"))
+    await asyncio.sleep(3)  # the host bucket refilled meanwhile, but the slot is busy
+    host = per_host.statistics_for("h")
+    assert host is not None and getattr(host, "tokens", None) == 1
+    limits.release(key="h")
+    await second
+    host = per_host.statistics_for("h")
+    assert host is not None and getattr(host, "tokens", None) == 0
+    limits.release(key="h")
+
+
+async def test_key_is_required_exactly_when_there_are_keyed_members() -> None:
+    keyed = Limits(PerKey(lambda: CapacityLimiter(1)))
+    plain = Limits(CapacityLimiter(1))
+    with pytest.raises(ValueError, match="pass key="):
+        await keyed.acquire()
+    with pytest.raises(ValueError, match="pass key="):
+        keyed.release()
+    with pytest.raises(ValueError, match="no PerKey member"):
+        await plain.acquire(key="x")
+    assert keyed.try_acquire(key="x")
+    assert not keyed.try_acquire(key="x")
+    assert keyed.try_acquire(key="y")
+    keyed.release(key="x")
+    keyed.release(key="y")
+    with pytest.raises(TypeError, match="may not itself contain a PerKey"):
+        PerKey(lambda: keyed).try_acquire("k")
+
+
+@pytest.mark.virtual_time
+async def test_cancelled_keyed_acquire_holds_nothing_anywhere() -> None:
+    per_host = PerKey(lambda: Limits(CapacityLimiter(1), TokenBucket(1, 1)))
+    shared = CapacityLimiter(5)
+    limits = Limits(shared, per_host)
+    await limits.acquire(key="h")
+    waiting = asyncio.create_task(limits.acquire(key="h"))
+    await asyncio.sleep(1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert shared.borrowed == 1
+    limits.release(key="h")
+    assert shared.borrowed == 0
+    assert "h" not in per_host or per_host.statistics_for("h") is not None
