@@ -179,3 +179,82 @@ contended.cases += [
     Case("asyncio.Semaphore", _contended(lambda: asyncio.Semaphore(8))),
     Case("anyio.CapacityLimiter", _contended(lambda: anyio.CapacityLimiter(8))),
 ]
+
+# ----------------------------------------------------------------- starvation (FIFO across costs)
+
+starvation = register(
+    Suite(
+        "acquire(80) on 100/s while 5 tasks loop on acquire(1); loopers stop at 3 s",
+        unit="seconds waited; in turn: 0.85",
+        items=1,
+        kind="figure",
+    )
+)
+
+
+def _starvation(kind: str) -> Callable[[int], float]:
+    def run(_: int) -> float:
+        async def main() -> float:
+            acquire: Callable[[float], Awaitable[None]]
+            if kind == "poolkit":
+                acquire = poolkit.TokenBucket(100, 100).acquire
+            else:
+                acquire = aiolimiter.AsyncLimiter(100, 1).acquire
+            stop = time.monotonic() + 3.0
+
+            async def small() -> None:
+                while time.monotonic() < stop:
+                    await acquire(1)
+
+            smalls = [asyncio.create_task(small()) for _ in range(5)]
+            await asyncio.sleep(0)
+            t0 = time.monotonic()
+            await acquire(80)
+            waited = time.monotonic() - t0
+            await asyncio.gather(*smalls)
+            return waited
+
+        return run_async(main)
+
+    return run
+
+
+starvation.cases += [
+    Case("poolkit.TokenBucket", _starvation("poolkit"), poolkit=True),
+    Case("aiolimiter.AsyncLimiter", _starvation("aiolimiter")),
+]
+
+# ----------------------------------------------------------------- a million keys
+
+keys = register(
+    Suite(
+        "PerKey(CapacityLimiter) over 1,000,000 distinct keys",
+        unit="limits alive at the end",
+        items=1_000_000,
+        kind="figure",
+    )
+)
+
+
+def _million_keys(n: int) -> float:
+    per_key: poolkit.PerKey[int, poolkit.CapacityLimiter] = poolkit.PerKey(
+        lambda: poolkit.CapacityLimiter(1)
+    )
+    for key in range(n):
+        per_key.try_acquire(key)
+        per_key.release(key)
+    return float(len(per_key))
+
+
+def _dict_of_limiters(n: int) -> float:
+    """The naive alternative: a dict that makes a limiter per key and never forgets one."""
+    table: dict[int, asyncio.Semaphore] = {}
+    for key in range(n):
+        table.setdefault(key, asyncio.Semaphore(1))
+    return float(len(table))
+
+
+keys.cases += [
+    Case("poolkit.PerKey", _million_keys, poolkit=True),
+    Case("dict of asyncio.Semaphore", _dict_of_limiters),
+]
