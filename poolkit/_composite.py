@@ -116,6 +116,7 @@ class PerKey(Generic[K, L]):
         "_forgotten",
         "_lock",
         "_name",
+        "_rate_only",
         "_sweep",
     )
 
@@ -138,6 +139,9 @@ class PerKey(Generic[K, L]):
         self._created = 0
         self._forgotten = 0
         self._acquired = 0
+        # Set by the first limit made: True if it holds nothing to give back (token buckets
+        # only), so that release() has nothing to do even for a key forgotten meanwhile.
+        self._rate_only: bool | None = None
 
     # ----------------------------------------------------------------- keys
 
@@ -149,6 +153,10 @@ class PerKey(Generic[K, L]):
             )
         if isinstance(limit, Limits) and limit._keyed:
             raise TypeError("the factory's Limits may not itself contain a PerKey")
+        if self._rate_only is None:
+            self._rate_only = isinstance(limit, TokenBucket) or (
+                isinstance(limit, Limits) and not limit._limiters
+            )
         return limit
 
     def _pin(self, key: K) -> _Entry[L]:
@@ -242,6 +250,8 @@ class PerKey(Generic[K, L]):
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
+            if self._rate_only:
+                return  # a token bucket, full again and forgotten: nothing to give back
             raise NotAcquired(f"release({cost}) for key {key!r}, which holds nothing")
         limit = entry.limit
         if not isinstance(limit, TokenBucket):
@@ -417,11 +427,27 @@ class Limits:
         else:
             if key is None:
                 raise ValueError("these Limits have a PerKey member: pass key=")
-            entries = [(pk, pk._pin(key)) for pk in self._keyed]
+            entries: list[tuple[PerKey[Any, Any], _Entry[Any]]] = []
+            try:
+                for pk in self._keyed:
+                    entries.append((pk, pk._pin(key)))
+            except BaseException:
+                for pk, entry in entries:
+                    pk._unpin(entry, False)
+                raise
+            seen = {id(m) for m in self._members}
             limiters = list(self._limiters)
             buckets = list(self._buckets)
             for _, entry in entries:
                 for m in _flatten(entry.limit):
+                    if id(m) in seen:
+                        for pk, e in entries:
+                            pk._unpin(e, False)
+                        raise ValueError(
+                            f"the limit for key {key!r} ({m!r}) is also another member of "
+                            f"these Limits; it would be charged twice"
+                        )
+                    seen.add(id(m))
                     (limiters if isinstance(m, CapacityLimiter) else buckets).append(m)  # type: ignore[arg-type]
             limiters.sort(key=id)
             plan = _Plan(tuple(limiters), tuple(buckets), entries)
@@ -552,9 +578,20 @@ class Limits:
         """Give ``cost`` back to every concurrency limiter, ``key``'s too (tokens are spent)."""
         if self._keyed and key is None:
             raise ValueError("these Limits have a PerKey member: pass key=")
-        self._give_back(list(self._limiters), cost)
+        # Every member gets its share back, even if one of them complains.
+        error: BaseException | None = None
+        for lim in reversed(self._limiters):
+            try:
+                lim.release(cost)  # type: ignore[arg-type]
+            except BaseException as exc:
+                error = error or exc
         for pk in reversed(self._keyed):
-            pk.release(key, cost)
+            try:
+                pk.release(key, cost)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     @asynccontextmanager
     async def hold(self, key: object = None, cost: float = 1) -> AsyncIterator[None]:

@@ -250,6 +250,8 @@ class CapacityLimiter:
                 if self._borrowed > self._peak:
                     self._peak = self._borrowed
                 return
+            if weight > self._total:  # again, under the lock: another thread may have lowered it
+                self._check(weight)
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: no capacity right now")
             loop = asyncio.get_running_loop()
@@ -288,6 +290,8 @@ class CapacityLimiter:
             if not self._queue and self._borrowed + weight <= self._total:
                 self._take(weight)
                 return
+            if weight > self._total:  # again, under the lock: another thread may have lowered it
+                self._check(weight)
             if timeout == 0:
                 raise TimeoutError(f"{self._label()}: no capacity right now")
             refuse_in_loop("acquire_blocking")

@@ -82,6 +82,8 @@ _TOO_BIG = 3  # burst lowered below its cost while it waited
 # A waiter whose timer fires at the computed instant may find float error leaving it a hair short;
 # counting that as enough (1e-9 of a token per token of burst) avoids re-arming a zero-length timer.
 _SLACK = 1e-9
+# The shortest sleep after a look at a clock that had not moved since the previous look.
+_MIN_SLEEP = 0.001
 
 _UNITS = {
     "s": 1.0,
@@ -192,19 +194,29 @@ def _shortfall(w: _Waiter, now: float) -> float:
     every bucket; ``inf`` if someone is ahead of it somewhere (it waits to be nudged)."""
     wait = 0.0
     for b, cost in w.parts:
-        if _first(b._queue) is not w:
-            return math.inf
+        head = _first(b._queue)
+        while head is not w:
+            assert head is not None
+            loop = head.loop
+            if loop is None or not loop.is_closed():
+                return math.inf
+            _leave(head, _GONE)  # stranded on a closed event loop: it will never run
+            head = _first(b._queue)
         short = cost - b._refill(now)
         if short > _SLACK * b._burst:
             wait = max(wait, short / b._rate)
+    if now + wait == now:
+        return 0.0  # a wait too short for the clock to represent: as good as there
     return wait
 
 
 def _nudge(b: TokenBucket) -> None:
     """Wake the first in line so that it recomputes (it may be able to go now)."""
-    w = _first(b._queue)
-    if w is not None:
-        w.wake()
+    while True:
+        w = _first(b._queue)
+        if w is None or w.wake():
+            return
+        _leave(w, _GONE)  # its event loop is closed: it will never run, so it must not block
 
 
 def _grant(w: _Waiter) -> None:
@@ -258,6 +270,9 @@ def enqueue(
     timeout: float | None,
     label: str,
 ) -> _Waiter:
+    for b, cost in parts:  # checked again under the lock: another thread may have lowered burst
+        if cost > b._burst:
+            b._check_cost(cost)
     if timeout is not None and _estimate(parts, now) > timeout:
         raise TimeoutError(f"{label}: cannot get the tokens within {timeout} s")
     w = _Waiter(parts, loop)
@@ -280,6 +295,7 @@ async def wait_async(
     label: str,
 ) -> None:
     """Drive ``w`` until it has its tokens; it takes them itself, while running."""
+    last = -math.inf
     try:
         while True:
             with _LOCK:
@@ -290,6 +306,11 @@ async def wait_async(
                 if wait == 0.0:
                     _grant(w)
                     return
+                if now <= last and wait < _MIN_SLEEP:
+                    # The clock did not move since the last look (uvloop's moves in 1 ms steps
+                    # and its timers round to whole ms): sleep a tick instead of spinning.
+                    wait = _MIN_SLEEP
+                last = now
                 if deadline is not None:
                     if now >= deadline:
                         _leave(w, _GONE)

@@ -84,6 +84,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if not autojump_threshold >= 0:
             raise ValueError(f"autojump_threshold must be >= 0, got {autojump_threshold!r}")
         self._now = float(start)
+        self._clock_resolution: float
         self.autojump_threshold = float(autojump_threshold)
         super().__init__(selector=_JumpingSelector(self, selectors.DefaultSelector()))
 
@@ -94,4 +95,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Move the clock forward by ``seconds``; timers that come due run on the next iteration."""
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        self._now += seconds
+        now = self._now + seconds
+        if seconds and now + self._clock_resolution == now:
+            # Far from zero a float cannot hold now + the clock resolution, so asyncio would
+            # never see a timer at ``now`` as due: step one representable value past it.
+            now = math.nextafter(now, math.inf)
+        self._now = now

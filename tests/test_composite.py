@@ -418,3 +418,54 @@ async def test_cancelled_keyed_acquire_holds_nothing_anywhere() -> None:
     limits.release(key="h")
     assert shared.borrowed == 0
     assert "h" not in per_host or per_host.statistics_for("h") is not None
+
+
+# ================================================================ regressions from review
+
+
+@pytest.mark.virtual_time
+async def test_bucket_forgotten_while_held_does_not_break_release() -> None:
+    caps = PerKey(lambda: CapacityLimiter(1))
+    rates = PerKey(lambda: TokenBucket("2/s"))
+    limits = Limits(caps, rates)
+    async with limits.hold("host"):
+        await asyncio.sleep(1.0)  # the host's bucket refills to full ...
+        assert rates.sweep() == 1  # ... and is forgotten while the body still runs
+    assert "host" not in caps  # its slot was given back (and the idle limiter forgotten)
+    await limits.acquire(key="host", timeout=1)
+    limits.release(key="host")
+    async with rates.hold("other"):
+        rates.sweep()
+
+
+def test_release_gives_every_member_its_share_even_if_one_complains() -> None:
+    cap = CapacityLimiter(1)
+    picky = PerKey(lambda: CapacityLimiter(1))
+    limits = Limits(cap, picky)
+    assert cap.try_acquire()
+    with pytest.raises(NotAcquired):
+        limits.release(key="never acquired")
+    assert cap.borrowed == 0
+
+
+def test_factory_failure_leaves_no_key_pinned() -> None:
+    good = PerKey(lambda: CapacityLimiter(1))
+    calls = []
+
+    def failing() -> CapacityLimiter:
+        calls.append(1)
+        raise RuntimeError("factory failed")
+
+    limits = Limits(good, PerKey(failing))
+    with pytest.raises(RuntimeError, match="factory failed"):
+        limits.try_acquire(key="k")
+    assert good.sweep() == 1  # "k" was not left pinned
+    assert "k" not in good
+
+
+def test_a_limit_both_fixed_and_per_key_is_refused() -> None:
+    shared = CapacityLimiter(1)
+    limits = Limits(shared, PerKey(lambda: shared))
+    with pytest.raises(ValueError, match="would be charged twice"):
+        limits.try_acquire(key="k")
+    assert shared.borrowed == 0

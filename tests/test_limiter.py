@@ -413,3 +413,62 @@ async def test_stress_random_cancellation_keeps_the_cap(seed: int) -> None:
     assert lim.borrowed == 0
     assert lim.statistics().waiting == 0
     assert math.isfinite(peak)
+
+
+# ---------------------------------------------------------------- regressions from review
+
+
+class _LowerFirst:
+    """A lock stand-in that lets "another thread" change the limiter just before it is taken."""
+
+    def __init__(self, real: Any, hook: Any) -> None:
+        self.real, self.hook, self.fired = real, hook, False
+
+    def acquire(self, *args: Any) -> bool:
+        if not self.fired:
+            self.fired = True
+            t = threading.Thread(target=self.hook)
+            t.start()
+            t.join()
+        return bool(self.real.acquire(*args))
+
+    def release(self) -> None:
+        self.real.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.real.release()
+
+
+async def test_total_lowered_between_check_and_queue_fails_the_acquire() -> None:
+    lim = CapacityLimiter(4)
+    lim.try_acquire(1)
+    real = lim._lock
+
+    def lower() -> None:
+        object.__setattr__(lim, "_lock", real)
+        lim.total = 2
+
+    object.__setattr__(lim, "_lock", _LowerFirst(real, lower))
+    with pytest.raises(ValueError, match="weight 3 exceeds the limiter's total 2"):
+        await lim.acquire(3)  # 3 <= 4 when first checked; 2 by the time it would queue
+    assert lim.statistics().waiting == 0
+    lim.release(1)
+    assert lim.try_acquire(1)
+
+
+def test_waiter_on_a_closed_loop_does_not_block_the_limiter() -> None:
+    lim = CapacityLimiter(1)
+    lim.try_acquire()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(lim.acquire())
+    for _ in range(3):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    loop.close()
+    lim.release()
+    lim.acquire_blocking(timeout=1)
+    assert lim.borrowed == 1
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose

@@ -460,3 +460,73 @@ def test_no_window_grants_more_than_rate_times_w_plus_burst(
             total += grants[j][1]
             window = grants[j][0] - grants[i][0]
             assert total <= rate * window + burst + 1e-6, (i, j, grants)
+
+
+# ---------------------------------------------------------------- regressions from review
+
+
+def test_waiter_on_a_closed_loop_does_not_block_the_bucket() -> None:
+    bucket = TokenBucket(10, 1)
+    bucket.try_acquire()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(bucket.acquire())
+    for _ in range(3):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    loop.close()  # the waiter at the head will never run again
+    bucket.acquire_blocking(timeout=2)
+    assert bucket.statistics().waiting == 0
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
+
+
+async def test_burst_lowered_between_check_and_queue_fails_the_acquire() -> None:
+    import poolkit._ratelimit as rl
+
+    bucket = TokenBucket(100, 10)
+    assert bucket.try_acquire(10)
+    real = rl._LOCK
+    fired = []
+
+    class LowerFirst:
+        def __enter__(self) -> None:
+            if not fired:
+                fired.append(1)
+                rl._LOCK = real
+                t = threading.Thread(target=lambda: setattr(bucket, "burst", 4))
+                t.start()
+                t.join()
+            real.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+        def acquire(self, *args: Any) -> bool:
+            self.__enter__()
+            return True
+
+        def release(self) -> None:
+            real.release()
+
+    rl._LOCK = LowerFirst()  # type: ignore[assignment]
+    try:
+        with pytest.raises(ValueError, match="cost 8 exceeds the bucket's burst 4"):
+            await bucket.acquire(8)  # 8 <= 10 when first checked; 4 by the time it would queue
+    finally:
+        rl._LOCK = real
+    assert bucket.statistics().waiting == 0
+
+
+@pytest.mark.parametrize("start", [1e6, 1e9])
+def test_virtual_time_far_from_zero_neither_spins_nor_stalls(start: float) -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(333.33, 1)
+        t0 = loop.time()
+        for _ in range(100):
+            await asyncio.wait_for(bucket.acquire(), 10)
+        await asyncio.sleep(0.1)
+        return loop.time() - t0
+
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
+        elapsed = runner.run(main())
+    assert elapsed == pytest.approx(99 / 333.33 + 0.1, rel=1e-3)
