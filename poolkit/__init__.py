@@ -9,6 +9,8 @@ from layers below it)::
     _limiter                    CapacityLimiter            how many at once
     _ratelimit                  TokenBucket                how many per unit of time
     _composite                  Limits, PerKey             several limits as one; a limit per key
+    _retry                      RetryPolicy                retries, with tenacity
+    _pool                       WorkerPool, Job            asyncio workers
 
 Everything works from asyncio tasks (on any event loop) and from threads.
 
@@ -30,14 +32,23 @@ from ._composite import PerKey as PerKey
 from ._composite import PerKeyStatistics as PerKeyStatistics
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
+from ._exceptions import JobHandedBack as JobHandedBack
 from ._exceptions import NotAcquired as NotAcquired
+from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolkitError as PoolkitError
+from ._exceptions import QueueFull as QueueFull
 from ._exceptions import WouldBlock as WouldBlock
 from ._limiter import CapacityLimiter as CapacityLimiter
 from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
+from ._pool import Job as Job
+from ._pool import Outcome as Outcome
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import UnstartedJob as UnstartedJob
+from ._pool import WorkerPool as WorkerPool
 from ._ratelimit import TokenBucket as TokenBucket
 from ._ratelimit import TokenBucketStatistics as TokenBucketStatistics
 from ._ratelimit import parse_rate as parse_rate
+from ._retry import RetryPolicy as RetryPolicy
 
 __version__ = "0.1.0.dev0"
 
@@ -48,18 +59,27 @@ __all__ = [
     "ChannelClosed",
     "ChannelStatistics",
     "EndOfChannel",
+    "Job",
+    "JobHandedBack",
     "Limits",
     "LimitsStatistics",
     "NotAcquired",
+    "Outcome",
     "PerKey",
     "PerKeyStatistics",
+    "PoolClosed",
+    "PoolStatistics",
     "PoolkitError",
+    "QueueFull",
     "ReceiveCase",
+    "RetryPolicy",
     "SelectCase",
     "Selected",
     "SendCase",
     "TokenBucket",
     "TokenBucketStatistics",
+    "UnstartedJob",
+    "WorkerPool",
     "WouldBlock",
     "parse_rate",
     "select",

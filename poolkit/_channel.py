@@ -539,6 +539,39 @@ class Channel(Generic[T]):
 
     # ----------------------------------------------------------------- non-blocking
 
+    def _try_send(self, item: T) -> bool:
+        """``send_nowait`` without the exception: False when it would block (for the pools).
+
+        Raises :class:`~poolkit.ChannelClosed` on a closed channel.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            buf = self._buf
+            if (  # the common case of _offer(), inlined as in send()
+                not (self._recvq or self._sendq or self._invited or self._closed)
+                and self._capacity - len(buf) + self._promised > 0
+            ):
+                buf.append(item)
+                self._sent += 1
+                n = len(buf) - self._promised
+                if n > self._peak:
+                    self._peak = n
+                return True
+            return self._offer(item)
+        finally:
+            lock.release()
+
+    def _try_receive(self) -> Any:
+        """``receive_nowait`` without the exception: ``_EMPTY`` when it would block (for the
+        pools).  Raises :class:`~poolkit.EndOfChannel` at the end."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._take()
+        finally:
+            lock.release()
+
     def send_nowait(self, item: T) -> None:
         """Send ``item`` if that needs no waiting; otherwise raise :class:`~poolkit.WouldBlock`.
 

@@ -4,6 +4,10 @@ The tree::
 
     PoolkitError                 base of everything below; never raised itself
     ├── WouldBlock               a *_nowait() call could not proceed without waiting
+    │   └── QueueFull            submit_nowait(): the pool's queue is full (counted as rejected)
+    ├── PoolClosed               you submitted to a pool that is shutting down or shut down
+    ├── JobHandedBack            awaiting a job that never started: the pool was shut down with
+    │                            cancel=True and handed it back to the caller of shutdown()
     ├── ChannelClosed            you (or your side of the program) closed the channel and then
     │                            tried to send on it
     ├── EndOfChannel             the channel was closed and every item in it has been received:
@@ -18,7 +22,16 @@ naming the argument and the value received.
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "EndOfChannel", "NotAcquired", "PoolkitError", "WouldBlock"]
+__all__ = [
+    "ChannelClosed",
+    "EndOfChannel",
+    "JobHandedBack",
+    "NotAcquired",
+    "PoolClosed",
+    "PoolkitError",
+    "QueueFull",
+    "WouldBlock",
+]
 
 
 class PoolkitError(Exception):
@@ -55,4 +68,28 @@ class NotAcquired(PoolkitError, RuntimeError):
 
     The caller is at fault: every release must match an earlier successful acquire.  The
     limiter's count is left unchanged.
+    """
+
+
+class QueueFull(WouldBlock):
+    """Raised by ``submit_nowait()`` when the pool's queue is full.
+
+    Nobody is at fault; the pool counts the job as rejected.  ``await submit()`` waits instead.
+    """
+
+
+class PoolClosed(PoolkitError):
+    """Raised when submitting to a pool that is shutting down or has shut down.
+
+    The caller is at fault: the job was not accepted, and nothing was counted.  Submitters that
+    were waiting for room in the queue when the shutdown began get this error too.
+    """
+
+
+class JobHandedBack(PoolkitError):
+    """Raised by awaiting a job that never started because the pool shut down with cancel=True.
+
+    Nobody did anything wrong with the job: it was handed back, with its function and arguments,
+    in the list that ``shutdown(cancel=True)`` returned (and in ``pool.handed_back``), so that it
+    can be stored or submitted again.
     """

@@ -6,11 +6,14 @@
   that assert exact timings.
 * After the test body returns, no other task may still be alive on its loop, and no thread started
   during the test may still be running: a poolkit object that leaks either fails here.
+* An error that nobody retrieved (asyncio's "Future exception was never retrieved", reported to the
+  loop's exception handler) fails the test too: no error may be lost silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
 import time
@@ -56,9 +59,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def run_on(kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` to completion on a fresh loop of the given kind (helper for sync tests)."""
+    """Run ``coro`` to completion on a fresh loop of the given kind (helper for sync tests).
+
+    Fails if the loop's exception handler was called, e.g. for an exception never retrieved.
+    """
+    reported: list[dict[str, Any]] = []
     with asyncio.Runner(loop_factory=LOOP_FACTORIES[kind]) as runner:
-        return runner.run(coro)
+        runner.get_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        try:
+            return runner.run(coro)
+        finally:
+            gc.collect()  # futures dropped by the test report unretrieved errors now, not later
+            runner.run(asyncio.sleep(0))
+            if reported:
+                pytest.fail(f"the event loop reported: {[c.get('message') for c in reported]!r}")
 
 
 async def _no_leftover_tasks(body: Coroutine[Any, Any, Any]) -> None:

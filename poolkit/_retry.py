@@ -1,0 +1,122 @@
+"""RetryPolicy: when and how a pool retries a failed job, in tenacity's terms.
+
+Pools run every attempt of a job through tenacity: ``tenacity.AsyncRetrying`` in a
+``WorkerPool``, ``tenacity.Retrying`` in a ``ThreadPool``.  A policy is either a
+:class:`RetryPolicy` (tenacity's ``stop``/``wait``/``retry`` strategies, with poolkit's defaults)
+or a tenacity ``AsyncRetrying``/``Retrying`` object, which is copied for every job.
+
+Each attempt is a fresh call of the job's function; between attempts the job sleeps (on the
+event loop's clock in a ``WorkerPool``, so retries run on virtual time in tests).  The last
+attempt's exception is what the job's future reports.  Cancellation is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+__all__ = ["RetryPolicy", "async_retrying", "sync_retrying"]
+
+Retrying = tenacity.Retrying | tenacity.AsyncRetrying
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry failed jobs: ``stop``, ``wait`` and ``retry`` are tenacity strategies.
+
+    ``RetryPolicy()`` tries 3 times in all, waiting 0.1 s, 0.2 s, ... (doubling, at most 10 s,
+    plus up to 0.1 s of random jitter) and retries on any ``Exception``.
+    ``RetryPolicy.attempts(5, on=(ConnectionError,))`` is the usual shorthand; pass tenacity
+    objects for anything else, e.g. ``RetryPolicy(wait=tenacity.wait_fixed(1))``.
+    """
+
+    stop: Any = field(default_factory=lambda: tenacity.stop_after_attempt(3))
+    """When to give up (a ``tenacity.stop`` strategy)."""
+    wait: Any = field(default_factory=lambda: _backoff(0.1, 10.0, 0.1))
+    """How long to sleep before the next attempt (a ``tenacity.wait`` strategy)."""
+    retry: Any = field(default_factory=lambda: tenacity.retry_if_exception_type(Exception))
+    """Which outcomes to retry (a ``tenacity.retry`` strategy)."""
+    before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None
+    """Called before each sleep, e.g. to log the failed attempt."""
+
+    @classmethod
+    def attempts(
+        cls,
+        attempts: int,
+        *,
+        initial: float = 0.1,
+        maximum: float = 10.0,
+        jitter: float = 0.1,
+        on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    ) -> RetryPolicy:
+        """``attempts`` tries in all, backing off from ``initial`` seconds (doubling, at most
+        ``maximum``) plus up to ``jitter`` seconds at random, retrying the exceptions ``on``."""
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise TypeError(f"attempts must be an int, got {attempts!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts!r}")
+        for name, value in (("initial", initial), ("maximum", maximum), ("jitter", jitter)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        return cls(
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=_backoff(initial, maximum, jitter),
+            retry=tenacity.retry_if_exception_type(on),
+        )
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "stop": self.stop,
+            "wait": self.wait,
+            "retry": self.retry,
+            "reraise": True,
+        }
+        if self.before_sleep is not None:
+            kwargs["before_sleep"] = self.before_sleep
+        return kwargs
+
+
+def _backoff(initial: float, maximum: float, jitter: float) -> Any:
+    """initial, 2*initial, 4*initial, ... at most ``maximum``, plus up to ``jitter`` at random."""
+    wait = tenacity.wait_exponential(multiplier=initial, max=maximum)
+    return wait + tenacity.wait_random(0, jitter) if jitter else wait
+
+
+def check_policy(policy: object, kind: type[tenacity.BaseRetrying]) -> None:
+    if policy is None or isinstance(policy, RetryPolicy):
+        return
+    if not isinstance(policy, kind):
+        raise TypeError(
+            f"retry must be a poolkit.RetryPolicy or a tenacity.{kind.__name__}, got {policy!r}"
+        )
+
+
+# Whatever the policy says, these are never retried: a cancelled job stays cancelled.
+_NEVER = tenacity.retry_if_not_exception_type(
+    (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+)
+
+
+def async_retrying(policy: RetryPolicy | tenacity.AsyncRetrying) -> tenacity.AsyncRetrying:
+    """A fresh ``AsyncRetrying`` for one job."""
+    if isinstance(policy, RetryPolicy):
+        kwargs = policy._kwargs()
+        kwargs["retry"] = kwargs["retry"] & _NEVER
+        return tenacity.AsyncRetrying(**kwargs)
+    return policy.copy(retry=policy.retry & _NEVER, reraise=True)
+
+
+def sync_retrying(policy: RetryPolicy | tenacity.Retrying) -> tenacity.Retrying:
+    """A fresh ``Retrying`` for one job."""
+    if isinstance(policy, RetryPolicy):
+        kwargs = policy._kwargs()
+        kwargs["retry"] = kwargs["retry"] & _NEVER
+        return tenacity.Retrying(**kwargs)
+    return policy.copy(retry=policy.retry & _NEVER, reraise=True)

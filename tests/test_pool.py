@@ -1,0 +1,748 @@
+"""poolkit.WorkerPool: submit, map, limits, retries, shutdown that loses nothing, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+import pytest
+import tenacity
+
+import poolkit
+from poolkit import (
+    CapacityLimiter,
+    JobHandedBack,
+    Limits,
+    PerKey,
+    PoolClosed,
+    QueueFull,
+    RetryPolicy,
+    TokenBucket,
+    WorkerPool,
+)
+
+
+async def settle(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def check_identity(pool: WorkerPool) -> poolkit.PoolStatistics:
+    s = pool.statistics()
+    assert s.submitted == (
+        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
+    ), s
+    assert s.busy == s.running
+    assert s.idle == s.workers - s.running
+    assert min(s.queued, s.running, s.idle) >= 0, s
+    return s
+
+
+async def double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"workers": 0}, ValueError, "workers must be >= 1, got 0"),
+        ({"workers": 2.5}, TypeError, "workers must be an int, got 2.5"),
+        ({"workers": True}, TypeError, "workers must be an int, got True"),
+        ({"queue_size": -1}, ValueError, "queue_size must be >= 0, got -1"),
+        ({"queue_size": "3"}, TypeError, "queue_size must be an int"),
+        ({"name": 3}, TypeError, "name must be a str or None, got 3"),
+        ({"limit": 5}, TypeError, "limit must be a CapacityLimiter, TokenBucket, Limits or PerKey"),
+        ({"key": 5}, TypeError, "key must be a function of the job, got 5"),
+        ({"timeout": -1}, ValueError, "timeout must be >= 0"),
+        ({"timeout": 0}, ValueError, "timeout must be > 0 seconds or None, got 0"),
+        (
+            {"retry": 3},
+            TypeError,
+            "retry must be a poolkit.RetryPolicy or a tenacity.AsyncRetrying",
+        ),
+        ({"fail_fast": 1}, TypeError, "fail_fast must be a bool, got 1"),
+        ({"workers": 2, "min_workers": 3}, ValueError, "min_workers (3) must not exceed workers"),
+        ({"idle_timeout": math.nan}, ValueError, "idle_timeout must be >= 0"),
+    ],
+)
+def test_bad_options_name_argument_and_value(kwargs: dict[str, Any], exc: type, words: str) -> None:
+    with pytest.raises(exc) as info:
+        WorkerPool(**kwargs)
+    assert words in str(info.value)
+
+
+def test_keyed_limit_needs_a_key_function() -> None:
+    with pytest.raises(ValueError, match="pass key="):
+        WorkerPool(limit=PerKey(lambda: CapacityLimiter(1)))
+
+
+async def test_non_callable_is_a_type_error_at_submit() -> None:
+    async with WorkerPool(workers=1) as pool:
+        with pytest.raises(TypeError, match="fn must be callable, got 3"):
+            await pool.submit(3)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="fn must be callable"):
+            pool.submit_nowait("nope")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="needs an iterable"):
+            pool.map(double, 5)  # type: ignore[arg-type]
+    assert pool.statistics().submitted == 0
+
+
+# ---------------------------------------------------------------- submit
+
+
+async def test_submit_runs_coroutine_and_plain_functions() -> None:
+    def plain(a: int, *, b: int) -> int:
+        return a + b
+
+    async def later() -> str:
+        return "from an awaitable"
+
+    async with WorkerPool(workers=2, name="basics") as pool:
+        assert await (await pool.submit(double, 21)) == 42
+        assert await (await pool.submit(plain, 1, b=2)) == 3
+        assert await (await pool.submit(lambda: later())) == "from an awaitable"
+        job = await pool.submit(plain, 5, b=5)
+        assert (job.fn, job.args, job.kwargs) == (plain, (5,), {"b": 5})
+        await job
+    s = check_identity(pool)
+    assert (s.submitted, s.succeeded, s.workers) == (4, 4, 0)
+
+
+async def test_job_errors_are_captured_and_never_kill_a_worker() -> None:
+    async def boom(n: int) -> int:
+        raise ValueError(f"bad {n}")
+
+    async with WorkerPool(workers=1) as pool:
+        failing = [await pool.submit(boom, n) for n in range(3)]
+        ok = await pool.submit(double, 4)
+        for n, job in enumerate(failing):
+            with pytest.raises(ValueError, match=f"bad {n}"):
+                await job
+        assert await ok == 8
+        assert pool.statistics().workers == 1
+    s = check_identity(pool)
+    assert (s.failed, s.succeeded) == (3, 1)
+
+
+async def test_a_job_that_raises_cancelled_error_itself_does_not_kill_its_worker() -> None:
+    async def awaits_a_cancelled_future() -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.cancel()
+        await fut
+
+    async with WorkerPool(workers=1) as pool:
+        job = await pool.submit(awaits_a_cancelled_future)
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert await (await pool.submit(double, 1)) == 2
+    assert check_identity(pool).cancelled == 1
+
+
+async def test_backpressure_blocks_submit_and_nowait_rejects() -> None:
+    gate = asyncio.Event()
+
+    async def wait_for_gate() -> None:
+        await gate.wait()
+
+    async with WorkerPool(workers=1, queue_size=2) as pool:
+        await pool.submit(wait_for_gate)  # running
+        await pool.submit(wait_for_gate)  # queued
+        await pool.submit(wait_for_gate)  # queued: the queue is full now
+        blocked = asyncio.create_task(pool.submit(wait_for_gate))
+        await settle()
+        assert not blocked.done(), "submit did not wait for room"
+        with pytest.raises(QueueFull, match="queue is full"):
+            pool.submit_nowait(wait_for_gate)
+        s = check_identity(pool)
+        assert (s.running, s.queued, s.rejected, s.submitted) == (1, 2, 1, 3)
+        gate.set()
+        await blocked
+    assert check_identity(pool).succeeded == 4
+
+
+async def test_blocked_submitters_are_served_in_order() -> None:
+    gate = asyncio.Event()
+    order: list[int] = []
+
+    async def job(i: int) -> None:
+        await gate.wait()
+        order.append(i)
+
+    async with WorkerPool(workers=1, queue_size=1) as pool:
+        await pool.submit(job, 0)
+        await pool.submit(job, 1)
+        waiters = []
+        for i in range(2, 6):
+            waiters.append(asyncio.create_task(pool.submit(job, i)))
+            await settle(1)
+        gate.set()
+        await asyncio.gather(*waiters)
+    assert order == [0, 1, 2, 3, 4, 5]
+
+
+async def test_cancelled_blocked_submit_submits_nothing() -> None:
+    gate = asyncio.Event()
+    async with WorkerPool(workers=1, queue_size=0) as pool:
+        await pool.submit(gate.wait)
+        blocked = asyncio.create_task(pool.submit(double, 1))
+        await settle()
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        assert check_identity(pool).submitted == 1
+        gate.set()
+    assert check_identity(pool).succeeded == 1
+
+
+async def test_submit_after_shutdown_and_blocked_submitters_get_pool_closed() -> None:
+    gate = asyncio.Event()
+    pool = WorkerPool(workers=1, queue_size=0, name="p")
+    await pool.submit(gate.wait)
+    blocked = asyncio.create_task(pool.submit(double, 1))
+    await settle()
+    stopping = asyncio.create_task(pool.shutdown(cancel=True))
+    with pytest.raises(PoolClosed, match="pool 'p' is shut down"):
+        await blocked
+    await stopping
+    with pytest.raises(PoolClosed):
+        await pool.submit(double, 2)
+    with pytest.raises(PoolClosed):
+        pool.submit_nowait(double, 2)
+    assert pool.closed
+    assert check_identity(pool).submitted == 1
+
+
+async def test_pool_is_bound_to_its_event_loop() -> None:
+    pool = WorkerPool(workers=1)
+    await pool.submit(double, 1)
+
+    def elsewhere() -> None:
+        async def use() -> None:
+            with pytest.raises(RuntimeError, match="belongs to another event loop"):
+                await pool.submit(double, 1)
+
+        asyncio.run(use())
+
+    await asyncio.to_thread(elsewhere)
+    await pool.shutdown()
+
+
+# ---------------------------------------------------------------- cancelling jobs
+
+
+async def test_cancel_a_queued_job_and_a_running_job() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with WorkerPool(workers=1) as pool:
+        running = await pool.submit(forever)
+        queued = await pool.submit(double, 1)
+        await started.wait()
+        assert queued.cancel()
+        assert running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert queued.cancelled()
+        assert await (await pool.submit(double, 2)) == 4  # the worker survived
+        s = check_identity(pool)
+        assert (s.cancelled, s.started, s.workers) == (2, 2, 1)
+
+
+async def test_cancelling_the_awaiter_cancels_the_job_unless_shielded() -> None:
+    async def slow() -> str:
+        await asyncio.sleep(10)
+        return "done"
+
+    async with WorkerPool(workers=2) as pool:
+        job = await pool.submit(slow)
+        waiter = asyncio.create_task(asyncio.wait_for(job, 0.01))
+        with pytest.raises(TimeoutError):
+            await waiter
+        assert job.cancelled()
+        shielded = await pool.submit(slow)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(shielded), 0.01)
+        assert not shielded.done()
+        shielded.cancel()
+    assert check_identity(pool).cancelled == 2
+
+
+# ---------------------------------------------------------------- timeouts and retries
+
+
+@pytest.mark.virtual_time
+async def test_per_job_timeout() -> None:
+    async def sleepy(t: float) -> float:
+        await asyncio.sleep(t)
+        return t
+
+    async def raises_its_own_timeout() -> None:
+        raise TimeoutError("mine")
+
+    async with WorkerPool(workers=2, timeout=1.0, name="t") as pool:
+        slow = await pool.submit(sleepy, 5)
+        fast = await pool.submit(sleepy, 0.5)
+        own = await pool.submit(raises_its_own_timeout)
+        with pytest.raises(TimeoutError, match="ran past the pool 't''s timeout of 1.0 s"):
+            await slow
+        assert now() == 1.0
+        assert await fast == 0.5
+        with pytest.raises(TimeoutError, match="mine"):
+            await own
+    s = check_identity(pool)
+    assert (s.timed_out, s.succeeded, s.failed) == (1, 1, 1)
+
+
+@pytest.mark.virtual_time
+async def test_retries_back_off_and_are_counted() -> None:
+    attempts: list[float] = []
+
+    async def flaky(fail_times: int) -> str:
+        attempts.append(now())
+        if len(attempts) <= fail_times:
+            raise ConnectionError("try again")
+        return "ok"
+
+    policy = RetryPolicy.attempts(4, initial=1.0, maximum=10, jitter=0)
+    async with WorkerPool(workers=1, retry=policy) as pool:
+        assert await (await pool.submit(flaky, 2)) == "ok"
+        assert attempts == [0.0, 1.0, 3.0]  # 1 s, then 2 s
+        attempts.clear()
+        with pytest.raises(ConnectionError):
+            await (await pool.submit(flaky, 10))
+        assert len(attempts) == 4
+    s = check_identity(pool)
+    assert (s.retried, s.succeeded, s.failed, s.started) == (5, 1, 1, 2)
+
+
+@pytest.mark.virtual_time
+async def test_tenacity_object_accepted_and_cancellation_never_retried() -> None:
+    calls = 0
+
+    async def hangs() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(100)
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(5),
+        retry=tenacity.retry_if_exception(lambda e: True),  # even this does not retry cancels
+        wait=tenacity.wait_none(),
+    )
+    async with WorkerPool(workers=1, retry=retrying, timeout=1) as pool:
+        job = await pool.submit(hangs)
+        await asyncio.sleep(0.5)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert calls == 1
+        timed = await pool.submit(hangs)  # timeouts are retried: 5 attempts of 1 s
+        with pytest.raises(TimeoutError):
+            await timed
+        assert calls == 6
+    s = check_identity(pool)
+    assert (s.cancelled, s.timed_out, s.retried) == (1, 1, 4)
+
+
+def test_retry_policy_bad_input() -> None:
+    with pytest.raises(ValueError, match="attempts must be >= 1, got 0"):
+        RetryPolicy.attempts(0)
+    with pytest.raises(TypeError, match="attempts must be an int"):
+        RetryPolicy.attempts(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="initial must be a finite number >= 0, got -1"):
+        RetryPolicy.attempts(2, initial=-1)
+
+
+# ---------------------------------------------------------------- limits
+
+
+@pytest.mark.virtual_time
+async def test_token_bucket_paces_job_starts() -> None:
+    starts: list[float] = []
+
+    async def record() -> None:
+        starts.append(now())
+
+    async with WorkerPool(workers=4, limit=TokenBucket(2, 1)) as pool:
+        jobs = [await pool.submit(record) for _ in range(5)]
+        await asyncio.gather(*jobs)
+    assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+async def test_capacity_limiter_caps_below_the_worker_count() -> None:
+    inside = 0
+    peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        await settle(2)
+        inside -= 1
+
+    shared = CapacityLimiter(3)
+    async with WorkerPool(workers=8, limit=shared) as pool:
+        await asyncio.gather(*[await pool.submit(job) for _ in range(40)])
+    assert peak == 3
+    assert shared.borrowed == 0
+
+
+@pytest.mark.virtual_time
+async def test_per_key_limits_and_each_retry_pays_the_rate() -> None:
+    starts: dict[str, list[float]] = {}
+    fails = {"a": 1}
+
+    async def fetch(host: str) -> None:
+        starts.setdefault(host, []).append(now())
+        if fails.get(host):
+            fails[host] -= 1
+            raise ConnectionError
+
+    per_host = PerKey(lambda: TokenBucket(1, 1))
+    async with WorkerPool(
+        workers=4,
+        limit=Limits(per_host),
+        key=lambda job: job.args[0],
+        retry=RetryPolicy.attempts(3, initial=0, jitter=0),
+    ) as pool:
+        await asyncio.gather(*[await pool.submit(fetch, h) for h in "aab"])
+    assert starts["b"] == [0.0]
+    assert starts["a"] == pytest.approx([0.0, 1.0, 2.0])  # the retry waited for a token too
+
+
+# ---------------------------------------------------------------- map
+
+
+async def test_map_ordered_unordered_and_async_input() -> None:
+    async def source() -> Any:
+        for i in range(30):
+            yield i
+
+    async def jittery(x: int) -> int:
+        for _ in range(x % 4):
+            await asyncio.sleep(0)
+        return x * x
+
+    async with WorkerPool(workers=4, queue_size=2) as pool:
+        assert [r async for r in pool.map(jittery, range(30))] == [i * i for i in range(30)]
+        unordered = [r async for r in pool.map(jittery, source(), ordered=False)]
+        assert sorted(unordered) == [i * i for i in range(30)]
+        assert unordered != sorted(unordered)  # they really came in completion order
+    assert check_identity(pool).succeeded == 60
+
+
+async def test_map_reads_its_input_lazily() -> None:
+    pulled = 0
+
+    def source() -> Any:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield i
+
+    async with WorkerPool(workers=2, queue_size=3) as pool:
+        results = pool.map(double, source())
+        first = [await results.__anext__() for _ in range(3)]
+        await settle(20)
+        assert first == [0, 2, 4]
+        assert pulled <= 3 + 2 + 3 + 1, "map read ahead beyond workers + queue"
+        await results.aclose()  # type: ignore[attr-defined]
+
+
+async def test_map_raises_the_first_error_after_cancelling_the_rest() -> None:
+    async def job(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        await asyncio.sleep(0.01 if x > 3 else 0)
+        return x
+
+    async with WorkerPool(workers=4) as pool:
+        got = []
+        with pytest.raises(ValueError, match="three"):
+            async for r in pool.map(job, range(20)):
+                got.append(r)
+        assert got == [0, 1, 2]
+        await settle()
+        s = check_identity(pool)
+        assert s.cancelled > 0
+        assert s.running == 0 and s.queued == 0
+
+
+async def test_map_outcomes_report_failures_without_raising() -> None:
+    async def job(x: int) -> int:
+        if x % 3 == 0:
+            raise ValueError(x)
+        return x
+
+    async with WorkerPool(workers=3) as pool:
+        outcomes = [o async for o in pool.map(job, range(7), outcomes=True)]
+    assert [o.item for o in outcomes] == list(range(7))
+    assert [o.ok for o in outcomes] == [False, True, True, False, True, True, False]
+    assert [o.value for o in outcomes if o.ok] == [1, 2, 4, 5]
+    assert all(isinstance(o.error, ValueError) for o in outcomes if not o.ok)
+
+
+async def test_breaking_out_of_map_cancels_in_flight_jobs_and_leaves_no_task() -> None:
+    from contextlib import aclosing
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(10)
+        return x
+
+    async def fast(x: int) -> int:
+        return x
+
+    async with WorkerPool(workers=4, queue_size=4) as pool:
+        async with aclosing(pool.map(fast, range(1000))) as results:
+            async for r in results:
+                if r == 5:
+                    break
+        async with aclosing(pool.map(slow, range(1000))) as results:
+            consumer = asyncio.create_task(results.__anext__())
+            await settle()
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+        await settle()
+        s = check_identity(pool)
+        assert (s.running, s.queued) == (0, 0)
+        assert s.cancelled >= 4
+        assert not [t for t in asyncio.all_tasks() if "map feeder" in t.get_name()]
+
+
+async def test_map_stops_with_pool_closed_when_the_pool_shuts_down() -> None:
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.05)
+        return x
+
+    pool = WorkerPool(workers=2, queue_size=1)
+    results = pool.map(slow, range(100))
+    first = await results.__anext__()
+    await pool.shutdown(cancel=True)
+    with pytest.raises((JobHandedBack, PoolClosed, asyncio.CancelledError)):
+        async for _ in results:
+            pass
+    assert first == 0
+    check_identity(pool)
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+async def test_drain_finishes_queued_and_running_jobs() -> None:
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    pool = WorkerPool(workers=2, queue_size=10)
+    jobs = [await pool.submit(slow, i) for i in range(10)]
+    assert await pool.shutdown() == []
+    assert [j.result() for j in jobs] == list(range(10))
+    s = check_identity(pool)
+    assert (s.succeeded, s.workers, s.closed) == (10, 0, True)
+    assert await pool.shutdown() == []  # idempotent
+
+
+async def test_cancel_hands_back_unstarted_jobs_and_cancels_running_ones() -> None:
+    gate = asyncio.Event()
+
+    async def wait(tag: str, *, extra: int = 0) -> str:
+        await gate.wait()
+        return tag
+
+    pool = WorkerPool(workers=2, queue_size=10, name="hb")
+    running = [await pool.submit(wait, f"r{i}") for i in range(2)]
+    queued = [await pool.submit(wait, f"q{i}", extra=i) for i in range(5)]
+    await settle()
+    handed = await pool.shutdown(cancel=True)
+    assert [h.args for h in handed] == [(f"q{i}",) for i in range(5)]
+    assert [h.kwargs for h in handed] == [{"extra": i} for i in range(5)]
+    assert [h.job for h in handed] == queued
+    assert all(h.fn is wait for h in handed)
+    for job in queued:
+        with pytest.raises(JobHandedBack, match="pool 'hb' shut down with cancel=True"):
+            await job
+    for job in running:
+        assert job.cancelled()
+    assert pool.handed_back == handed
+    s = check_identity(pool)
+    assert (s.handed_back, s.cancelled, s.workers) == (5, 2, 0)
+    # handed-back jobs can be run again elsewhere
+    gate.set()
+    async with WorkerPool(workers=2) as other:
+        again = [await other.submit(h.fn, *h.args, **h.kwargs) for h in handed]
+        assert [await j for j in again] == [f"q{i}" for i in range(5)]
+
+
+@pytest.mark.virtual_time
+async def test_drain_with_a_deadline_turns_into_a_cancel() -> None:
+    async def sleepy(t: float) -> float:
+        await asyncio.sleep(t)
+        return t
+
+    pool = WorkerPool(workers=1, queue_size=5)
+    jobs = [await pool.submit(sleepy, 1.0) for _ in range(5)]
+    handed = await pool.shutdown(timeout=2.5)
+    assert now() == 2.5
+    assert [j.done() and not j.cancelled() and j.exception() is None for j in jobs[:2]] == [
+        True
+    ] * 2
+    assert jobs[2].cancelled()  # running at the deadline
+    assert len(handed) == 2
+    s = check_identity(pool)
+    assert (s.succeeded, s.cancelled, s.handed_back, s.workers) == (2, 1, 2, 0)
+
+
+@pytest.mark.virtual_time
+async def test_cancel_with_a_deadline_reports_jobs_that_ignore_cancellation() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                continue  # ignores cancellation: a bug in the job
+
+    pool = WorkerPool(workers=1)
+    await pool.submit(stubborn)
+    await settle()
+    with pytest.raises(TimeoutError, match="ignore their cancellation"):
+        await pool.shutdown(cancel=True, timeout=3)
+    release.set()
+    await pool.shutdown()
+    assert check_identity(pool).workers == 0
+
+
+async def test_async_with_takes_the_cancel_path_on_error_or_cancellation() -> None:
+    gate = asyncio.Event()
+    pool = WorkerPool(workers=1)
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with pool:
+            await pool.submit(gate.wait)
+            await pool.submit(gate.wait)
+            await settle()
+            raise RuntimeError("body failed")
+    s = check_identity(pool)
+    assert (s.cancelled, s.handed_back, s.workers) == (1, 1, 0)
+    assert len(pool.handed_back) == 1
+
+    pool2 = WorkerPool(workers=1)
+
+    async def owner() -> None:
+        async with pool2:
+            await pool2.submit(gate.wait)
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(owner())
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (pool2.statistics().cancelled, pool2.statistics().workers) == (1, 0)
+
+
+async def test_fail_fast_cancels_the_rest_and_raises_the_first_error() -> None:
+    gate = asyncio.Event()
+
+    async def boom() -> None:
+        await settle(2)
+        raise KeyError("first")
+
+    with pytest.raises(KeyError, match="first"):
+        async with WorkerPool(workers=2, queue_size=10, fail_fast=True) as pool:
+            waiting = await pool.submit(gate.wait)
+            await pool.submit(boom)
+            queued = [await pool.submit(gate.wait) for _ in range(3)]
+            await settle(10)
+            with pytest.raises(PoolClosed):
+                await pool.submit(gate.wait)
+    assert waiting.cancelled()
+    assert all(q.cancelled() for q in queued)
+    s = check_identity(pool)
+    assert (s.failed, s.cancelled, s.handed_back) == (1, 4, 0)
+
+
+# ---------------------------------------------------------------- workers
+
+
+async def test_resize_up_and_down_loses_nothing() -> None:
+    gate = asyncio.Event()
+    async with WorkerPool(workers=2, queue_size=math.inf) as pool:
+        jobs = [await pool.submit(gate.wait) for _ in range(6)]
+        await settle()
+        assert pool.statistics().running == 2
+        pool.resize(4)
+        await settle()
+        assert pool.statistics().running == 4
+        pool.resize(1)  # busy workers finish their job, then retire
+        gate.set()
+        await asyncio.gather(*jobs)
+        await settle()
+        s = check_identity(pool)
+        assert (s.workers, s.target_workers, s.succeeded) == (1, 1, 6)
+        with pytest.raises(ValueError, match="workers must be >= 1"):
+            pool.resize(0)
+
+
+async def test_resize_retires_idle_workers_at_once() -> None:
+    async with WorkerPool(workers=5) as pool:
+        await settle()
+        pool.resize(2)
+        await settle()
+        assert pool.statistics().workers == 2
+        assert await (await pool.submit(double, 3)) == 6
+
+
+@pytest.mark.virtual_time
+async def test_elastic_pool_grows_on_demand_and_shrinks_when_idle() -> None:
+    async def work() -> None:
+        await asyncio.sleep(1)
+
+    async with WorkerPool(workers=6, min_workers=1, idle_timeout=10) as pool:
+        assert pool.statistics().workers == 1
+        jobs = [await pool.submit(work) for _ in range(6)]
+        await settle()
+        assert pool.statistics().workers == 6
+        await asyncio.gather(*jobs)
+        assert now() == 1.0  # all six ran at once
+        await asyncio.sleep(10.5)
+        assert pool.statistics().workers == 1  # the rest exited after 10 idle seconds
+
+
+async def test_worker_start_and_exit_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="poolkit.pool"):
+        async with WorkerPool(workers=2, name="logged"):
+            pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "poolkit.pool"]
+    assert "pool 'logged': worker 1 started" in messages
+    assert "pool 'logged': worker 2 exited" in messages
+    assert len(messages) == 4
+
+
+async def test_statistics_and_repr() -> None:
+    gate = asyncio.Event()
+    async with WorkerPool(workers=2, name="fetch") as pool:
+        for _ in range(3):
+            await pool.submit(gate.wait)
+        await settle()
+        assert repr(pool) == "<WorkerPool 'fetch' workers=2/2 busy=2 queued=1 closed=False>"
+        s = check_identity(pool)
+        assert s.queue_wait_total >= 0
+        gate.set()
+    s = check_identity(pool)
+    assert s.run_time_total > 0
+    assert (s.started, s.succeeded) == (3, 3)

@@ -1,0 +1,174 @@
+"""WorkerPool under random load: the accounting identity at every step, nothing lost, no leak."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from poolkit import JobHandedBack, PoolClosed, WorkerPool
+from poolkit.testing import VirtualTimeLoop
+
+from .conftest import LOOP_FACTORIES
+
+KINDS = ["fast", "slow", "failing", "hanging"]
+
+
+async def run_job(kind: str, duration: float) -> str:
+    if kind == "fast":
+        return "ok"
+    if kind == "slow":
+        await asyncio.sleep(duration)
+        return "ok"
+    if kind == "failing":
+        await asyncio.sleep(duration / 2)
+        raise ValueError("failed")
+    await asyncio.Event().wait()  # hanging: only a cancellation ends it
+    raise AssertionError("unreachable")
+
+
+def identity(pool: WorkerPool) -> None:
+    s = pool.statistics()
+    assert s.submitted == (
+        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
+    ), s
+    assert s.running <= s.target_workers or s.workers > s.target_workers, s
+    assert min(s.queued, s.running, s.idle) >= 0, s
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    workers=st.integers(1, 4),
+    queue_size=st.integers(0, 4),
+    jobs=st.lists(
+        st.tuples(st.sampled_from(KINDS), st.floats(0.01, 2.0), st.booleans()),
+        max_size=25,
+    ),
+    shutdown_at=st.floats(0, 3),
+    cancel=st.booleans(),
+    deadline=st.one_of(st.none(), st.floats(0.1, 2.0)),
+    timeout=st.one_of(st.none(), st.floats(0.5, 3.0)),
+)
+def test_random_jobs_and_shutdown_lose_nothing(
+    workers: int,
+    queue_size: int,
+    jobs: list[tuple[str, float, bool]],
+    shutdown_at: float,
+    cancel: bool,
+    deadline: float | None,
+    timeout: float | None,
+) -> None:
+    """Jobs fast, slow, failing or hanging; some cancelled by their submitter; the pool shut
+    down at a random moment, draining or cancelling, with or without a deadline."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(workers=workers, queue_size=queue_size, timeout=timeout)
+        handles: list[Any] = []
+        submitted_ok = 0
+        refused = 0
+
+        async def submitter() -> None:
+            nonlocal submitted_ok, refused
+            for kind, duration, cancel_it in jobs:
+                try:
+                    job = await pool.submit(run_job, kind, duration)
+                except PoolClosed:
+                    refused += 1
+                    continue
+                submitted_ok += 1
+                handles.append(job)
+                identity(pool)
+                if cancel_it:
+                    loop.call_later(duration / 3, job.cancel)
+                await asyncio.sleep(duration / 10)
+
+        feeding = asyncio.create_task(submitter())
+        stop_at = loop.time() + shutdown_at
+        while loop.time() < stop_at:
+            await asyncio.sleep(0.05)
+            identity(pool)
+        # Hanging jobs never finish on their own: draining them needs a deadline (then a cancel).
+        hangs = any(kind == "hanging" for kind, _, _ in jobs) and timeout is None
+        if cancel or deadline is not None or not hangs:
+            handed = await pool.shutdown(cancel=cancel, timeout=deadline)
+        else:
+            handed = await pool.shutdown(timeout=5.0)
+        await feeding
+        identity(pool)
+        s = pool.statistics()
+        assert s.workers == 0
+        assert s.queued == 0 and s.running == 0
+        assert s.submitted == submitted_ok == len(handles)
+        assert submitted_ok + refused == len(jobs)
+        assert len(handed) == s.handed_back
+        for job in handles:  # every handle is resolved, consistently with the counters
+            assert job.done()
+        outcomes = {"ok": 0, "failed": 0, "cancelled": 0, "timed_out": 0, "handed_back": 0}
+        for job in handles:
+            if job.cancelled():
+                outcomes["cancelled"] += 1
+            elif isinstance(job.exception(), JobHandedBack):
+                outcomes["handed_back"] += 1
+            elif isinstance(job.exception(), TimeoutError):
+                outcomes["timed_out"] += 1
+            elif job.exception() is not None:
+                outcomes["failed"] += 1
+            else:
+                outcomes["ok"] += 1
+        assert outcomes == {
+            "ok": s.succeeded,
+            "failed": s.failed,
+            "cancelled": s.cancelled,
+            "timed_out": s.timed_out,
+            "handed_back": s.handed_back,
+        }, (outcomes, s)
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.get_loop().set_exception_handler(lambda loop, ctx: None)  # failed jobs unread
+        runner.run(main())
+        leftover = [t for t in asyncio.all_tasks(runner.get_loop()) if not t.done()]
+        assert not leftover, leftover
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("loop_kind", [k for k in ("asyncio", "uvloop") if k in LOOP_FACTORIES])
+def test_concurrency_cap_holds_under_random_cancellation(seed: int, loop_kind: str) -> None:
+    rng = random.Random(seed)
+    workers = rng.randint(1, 6)
+    inside = 0
+    peak = 0
+
+    async def job() -> None:
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        try:
+            for _ in range(rng.randint(0, 4)):
+                await asyncio.sleep(0)
+        finally:
+            inside -= 1
+
+    async def main() -> None:
+        async with WorkerPool(workers=workers, queue_size=rng.randint(0, 8)) as pool:
+            handles = []
+            for _ in range(300):
+                handles.append(await pool.submit(job))
+                if rng.random() < 0.2:
+                    rng.choice(handles).cancel()
+                if rng.random() < 0.3:
+                    await asyncio.sleep(0)
+                if rng.random() < 0.02:
+                    pool.resize(rng.randint(1, workers))
+            await asyncio.gather(*handles, return_exceptions=True)
+            identity(pool)
+        assert pool.statistics().workers == 0
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_kind]) as runner:
+        runner.run(main())
+    assert 1 <= peak <= workers
+    assert inside == 0
