@@ -296,7 +296,7 @@ async def test_per_job_timeout() -> None:
         slow = await pool.submit(sleepy, 5)
         fast = await pool.submit(sleepy, 0.5)
         own = await pool.submit(raises_its_own_timeout)
-        with pytest.raises(TimeoutError, match="ran past the pool 't''s timeout of 1.0 s"):
+        with pytest.raises(TimeoutError, match=r"ran past the pool 't''s timeout of 1\.0 s"):
             await slow
         assert now() == 1.0
         assert await fast == 0.5
@@ -469,11 +469,15 @@ async def test_map_raises_the_first_error_after_cancelling_the_rest() -> None:
         await asyncio.sleep(0.01 if x > 3 else 0)
         return x
 
+    got = []
+
+    async def consume(pool: WorkerPool) -> None:
+        async for r in pool.map(job, range(20)):
+            got.append(r)
+
     async with WorkerPool(workers=4) as pool:
-        got = []
         with pytest.raises(ValueError, match="three"):
-            async for r in pool.map(job, range(20)):
-                got.append(r)
+            await consume(pool)
         assert got == [0, 1, 2]
         await settle()
         s = check_identity(pool)
@@ -630,12 +634,16 @@ async def test_cancel_with_a_deadline_reports_jobs_that_ignore_cancellation() ->
 async def test_async_with_takes_the_cancel_path_on_error_or_cancellation() -> None:
     gate = asyncio.Event()
     pool = WorkerPool(workers=1)
-    with pytest.raises(RuntimeError, match="body failed"):
+
+    async def failing_body() -> None:
         async with pool:
             await pool.submit(gate.wait)
             await pool.submit(gate.wait)
             await settle()
             raise RuntimeError("body failed")
+
+    with pytest.raises(RuntimeError, match="body failed"):
+        await failing_body()
     s = check_identity(pool)
     assert (s.cancelled, s.handed_back, s.workers) == (1, 1, 0)
     assert len(pool.handed_back) == 1
@@ -662,14 +670,21 @@ async def test_fail_fast_cancels_the_rest_and_raises_the_first_error() -> None:
         await settle(2)
         raise KeyError("first")
 
-    with pytest.raises(KeyError, match="first"):
-        async with WorkerPool(workers=2, queue_size=10, fail_fast=True) as pool:
-            waiting = await pool.submit(gate.wait)
+    pool = WorkerPool(workers=2, queue_size=10, fail_fast=True)
+    handles: list[Any] = []
+
+    async def body() -> None:
+        async with pool:
+            handles.append(await pool.submit(gate.wait))
             await pool.submit(boom)
-            queued = [await pool.submit(gate.wait) for _ in range(3)]
+            handles.extend([await pool.submit(gate.wait) for _ in range(3)])
             await settle(10)
             with pytest.raises(PoolClosed):
                 await pool.submit(gate.wait)
+
+    with pytest.raises(KeyError, match="first"):
+        await body()
+    waiting, *queued = handles
     assert waiting.cancelled()
     assert all(q.cancelled() for q in queued)
     s = check_identity(pool)
