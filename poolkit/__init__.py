@@ -10,7 +10,9 @@ from layers below it)::
     _ratelimit                  TokenBucket                how many per unit of time
     _composite                  Limits, PerKey             several limits as one; a limit per key
     _retry                      RetryPolicy                retries, with tenacity
+    _jobs                       UnstartedJob, Outcome, PoolStatistics (both pools)
     _pool                       WorkerPool, Job            asyncio workers
+    _thread_pool                ThreadPool, ThreadJob      worker threads
 
 Everything works from asyncio tasks (on any event loop) and from threads.
 
@@ -38,17 +40,19 @@ from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolkitError as PoolkitError
 from ._exceptions import QueueFull as QueueFull
 from ._exceptions import WouldBlock as WouldBlock
+from ._jobs import Outcome as Outcome
+from ._jobs import PoolStatistics as PoolStatistics
+from ._jobs import UnstartedJob as UnstartedJob
 from ._limiter import CapacityLimiter as CapacityLimiter
 from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
 from ._pool import Job as Job
-from ._pool import Outcome as Outcome
-from ._pool import PoolStatistics as PoolStatistics
-from ._pool import UnstartedJob as UnstartedJob
 from ._pool import WorkerPool as WorkerPool
 from ._ratelimit import TokenBucket as TokenBucket
 from ._ratelimit import TokenBucketStatistics as TokenBucketStatistics
 from ._ratelimit import parse_rate as parse_rate
 from ._retry import RetryPolicy as RetryPolicy
+from ._thread_pool import ThreadJob as ThreadJob
+from ._thread_pool import ThreadPool as ThreadPool
 
 __version__ = "0.1.0.dev0"
 
@@ -76,6 +80,8 @@ __all__ = [
     "SelectCase",
     "Selected",
     "SendCase",
+    "ThreadJob",
+    "ThreadPool",
     "TokenBucket",
     "TokenBucketStatistics",
     "UnstartedJob",

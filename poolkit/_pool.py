@@ -43,19 +43,19 @@ import time
 import types
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, final
+from typing import Any, TypeVar, final
 
 import tenacity
 
 from ._checks import check_timeout
 from ._composite import Limits, PerKey
 from ._exceptions import JobHandedBack, PoolClosed, QueueFull
+from ._jobs import Outcome, PoolStatistics, UnstartedJob
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._retry import RetryPolicy, async_retrying, check_policy
 
-__all__ = ["Job", "Outcome", "PoolStatistics", "UnstartedJob", "WorkerPool"]
+__all__ = ["Job", "WorkerPool"]
 
 T = TypeVar("T")
 logger = logging.getLogger("poolkit.pool")
@@ -226,78 +226,6 @@ class _MapItem:
 
 
 AnyJob = Job[Any] | _MapItem
-
-
-@dataclass(frozen=True, slots=True)
-class UnstartedJob:
-    """A job that never started, handed back by ``shutdown(cancel=True)``."""
-
-    fn: Callable[..., Any]
-    """The function it would have run."""
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    job: Job[Any] | None
-    """Its handle, which raises :class:`~poolkit.JobHandedBack` when awaited (``None`` for a
-    ``map()`` item: that map raises it instead)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome(Generic[T]):
-    """One result of ``map(..., outcomes=True)``: the input and what became of it."""
-
-    item: Any
-    """The input item."""
-    value: T | None
-    """The job's result (``None`` if it failed)."""
-    error: BaseException | None
-    """The job's exception, or ``None`` if it succeeded."""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    """A snapshot of a pool's counters; see the module docstring for the accounting identity."""
-
-    name: str | None
-    """The pool's name, if any."""
-    workers: int
-    """Workers alive."""
-    busy: int
-    """Workers running a job (equal to ``running``)."""
-    idle: int
-    """Workers waiting for a job."""
-    target_workers: int
-    """How many workers the pool keeps (its maximum, in elastic mode)."""
-    queued: int
-    """Jobs accepted and waiting for a worker."""
-    running: int
-    """Jobs being run."""
-    submitted: int
-    """Jobs accepted since the pool was created."""
-    started: int
-    """Jobs a worker has begun (retries do not count again)."""
-    succeeded: int
-    failed: int
-    """Jobs whose function raised (after any retries)."""
-    cancelled: int
-    """Jobs cancelled, queued or running."""
-    timed_out: int
-    """Jobs whose (last) attempt ran past the pool's ``timeout``."""
-    rejected: int
-    """``submit_nowait`` calls refused because the queue was full."""
-    retried: int
-    """Attempts beyond each job's first."""
-    handed_back: int
-    """Jobs that never started, handed back by ``shutdown(cancel=True)``."""
-    queue_wait_total: float
-    """Seconds jobs spent queued, summed (divide by ``started`` for the mean)."""
-    run_time_total: float
-    """Seconds jobs spent running, summed (divide by finished jobs for the mean)."""
-    closed: bool
-    """Whether the pool has stopped accepting jobs."""
 
 
 class _Worker:

@@ -1,0 +1,85 @@
+"""What both pools report: jobs handed back, outcomes of ``map``, and the counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Outcome", "PoolStatistics", "UnstartedJob"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class UnstartedJob:
+    """A job that never started, handed back by ``shutdown(cancel=True)``."""
+
+    fn: Callable[..., Any]
+    """The function it would have run."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    job: Any
+    """Its handle (a ``WorkerPool`` :class:`~poolkit.Job`, a ``ThreadPool``
+    :class:`~poolkit.ThreadJob`), which raises :class:`~poolkit.JobHandedBack`; ``None`` for a
+    ``map()`` item, whose map raises it instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """One result of ``map(..., outcomes=True)``: the input and what became of it."""
+
+    item: Any
+    """The input item."""
+    value: T | None
+    """The job's result (``None`` if it failed)."""
+    error: BaseException | None
+    """The job's exception, or ``None`` if it succeeded."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a pool's counters; see the module docstring for the accounting identity."""
+
+    name: str | None
+    """The pool's name, if any."""
+    workers: int
+    """Workers alive."""
+    busy: int
+    """Workers running a call (equal to ``running``, except in a ``ThreadPool`` whose timed-out
+    calls still occupy their thread until they return)."""
+    idle: int
+    """Workers waiting for a job."""
+    target_workers: int
+    """How many workers the pool keeps (its maximum, in elastic mode)."""
+    queued: int
+    """Jobs accepted and waiting for a worker."""
+    running: int
+    """Jobs being run."""
+    submitted: int
+    """Jobs accepted since the pool was created."""
+    started: int
+    """Jobs a worker has begun (retries do not count again)."""
+    succeeded: int
+    failed: int
+    """Jobs whose function raised (after any retries)."""
+    cancelled: int
+    """Jobs cancelled, queued or running."""
+    timed_out: int
+    """Jobs whose (last) attempt ran past the pool's ``timeout``."""
+    rejected: int
+    """``submit_nowait`` calls refused because the queue was full."""
+    retried: int
+    """Attempts beyond each job's first."""
+    handed_back: int
+    """Jobs that never started, handed back by ``shutdown(cancel=True)``."""
+    queue_wait_total: float
+    """Seconds jobs spent queued, summed (divide by ``started`` for the mean)."""
+    run_time_total: float
+    """Seconds jobs spent running, summed (divide by finished jobs for the mean)."""
+    closed: bool
+    """Whether the pool has stopped accepting jobs."""

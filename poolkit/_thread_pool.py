@@ -1,0 +1,738 @@
+"""ThreadPool: the WorkerPool model for blocking code, on threads.
+
+Jobs wait in a :class:`~poolkit.Channel` (thread-safe, FIFO, bounded: ``submit`` blocks the
+calling thread while it is full); each worker is a thread that takes a job and calls it.  The
+handle ``submit`` returns is a :class:`ThreadJob`, a ``concurrent.futures.Future``, so existing
+code and ``asyncio.wrap_future`` work with it; workers follow the executor protocol
+(``set_running_or_notify_cancel``), so a job cancelled while queued never runs.
+
+Counters and the accounting identity are those of ``WorkerPool`` (see ``poolkit._pool``); they
+are kept under one lock, so a snapshot taken from any thread is consistent.
+
+What a timeout means for a thread
+---------------------------------
+A thread cannot be interrupted.  With ``timeout=``, the job's future fails with ``TimeoutError``
+at the deadline (the job counts as timed out, and whoever waits for it is released), but the call
+goes on in its thread until it returns; its result is then discarded.  Its worker stays occupied
+meanwhile, so the pool never runs more than ``workers`` calls at once (``busy`` counts it,
+``running`` no longer does).  For the same reason the timeout bounds the whole job, all retries
+included, and cancelling a running job is not possible (``cancel()`` returns False, as for
+``concurrent.futures``): a cancelling shutdown hands back the queued jobs and then waits for the
+running calls to return.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import heapq
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Hashable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar, final
+
+import tenacity
+
+from ._channel import Channel
+from ._checks import check_timeout
+from ._composite import Limits, PerKey
+from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack, PoolClosed, QueueFull
+from ._jobs import Outcome, PoolStatistics, UnstartedJob
+from ._limiter import CapacityLimiter
+from ._ratelimit import TokenBucket
+from ._retry import RetryPolicy, check_policy, sync_retrying
+from ._wait import refuse_in_loop
+
+__all__ = ["ThreadJob", "ThreadPool"]
+
+T = TypeVar("T")
+logger = logging.getLogger("poolkit.pool")
+_monotonic = time.monotonic
+
+_RETIRE: Any = object()  # sent to idle workers by resize(); never counted as a job
+
+Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
+
+
+class ThreadJob(cf.Future[T]):
+    """The handle of a job submitted to a :class:`ThreadPool`: a ``concurrent.futures.Future``.
+
+    ``job.result(timeout)`` waits for it; ``asyncio.wrap_future(job)`` awaits it from a task.
+    ``cancel()`` succeeds only while the job is queued (a running call cannot be interrupted).
+    """
+
+    def __init__(
+        self,
+        pool: ThreadPool,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self._pool = pool
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._queued_at = _monotonic()
+        self._counted = False  # counted as submitted (by its submitter or by its worker)
+        self._expired = False  # failed by the watchdog; its call may still be running
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        return self._fn
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return self._args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    def cancel(self) -> bool:
+        pool = self._pool
+        with pool._lock:  # count it in the same step as it is cancelled
+            queued = not (self.running() or self.done())
+            cancelled = super().cancel()
+            if cancelled and queued:
+                if not self._counted:
+                    self._counted = True
+                    pool._submitted += 1
+                pool._cancelled_queued += 1
+        return cancelled
+
+
+class _Worker:
+    __slots__ = ("deadline", "ident", "job", "thread")
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.job: ThreadJob[Any] | None = None
+        self.thread: threading.Thread | None = None
+        self.deadline = math.inf
+
+
+def _check_count(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+@final
+class ThreadPool:
+    """A pool of worker threads: ``with ThreadPool(workers=8) as pool:``.
+
+    The options are ``WorkerPool``'s (keyword-only): ``workers``, ``queue_size`` (default
+    ``workers``; ``math.inf`` for no bound), ``name``, ``limit``/``key``, ``timeout`` (seconds
+    for the whole job: see the module docstring for what that means on a thread), ``retry`` (a
+    :class:`RetryPolicy` or a ``tenacity.Retrying``), ``fail_fast``, and
+    ``min_workers``/``idle_timeout`` for an elastic pool.
+
+    ``submit(fn, *args, **kwargs)`` returns a :class:`ThreadJob` and blocks the calling thread
+    while the queue is full (it refuses to run on a thread whose event loop is running, where it
+    would freeze the loop: use ``submit_nowait`` there, or ``asyncio.to_thread``).  ``map``
+    streams results with bounded memory.  ``shutdown(cancel=...)`` drains or hands back queued
+    jobs, as in ``WorkerPool``; ``with`` drains when the body succeeds and cancels when it
+    raises.  No thread is left behind.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_cancelled_queued",
+        "_cancelled_running",
+        "_deadlines",
+        "_elastic",
+        "_fail_fast",
+        "_failed",
+        "_first_error",
+        "_handed",
+        "_handed_back",
+        "_idle_timeout",
+        "_jobs",
+        "_key",
+        "_limit",
+        "_live",
+        "_lock",
+        "_min_workers",
+        "_name",
+        "_next_id",
+        "_queue_size",
+        "_rejected",
+        "_retire",
+        "_retried",
+        "_retry",
+        "_run_total",
+        "_started",
+        "_state",
+        "_submitted",
+        "_succeeded",
+        "_target",
+        "_threads",
+        "_timed_out",
+        "_timeout",
+        "_wait_total",
+        "_watchdog",
+        "_watchdog_wake",
+        "_workers",
+        "_workers_gone",
+    )
+
+    def __init__(
+        self,
+        *,
+        workers: int = 8,
+        queue_size: int | float | None = None,
+        name: str | None = None,
+        limit: Limit | None = None,
+        key: Callable[[Any], Hashable] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | tenacity.Retrying | None = None,
+        fail_fast: bool = False,
+        min_workers: int | None = None,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self._target = _check_count(workers, "workers", 1)
+        if queue_size is None:
+            queue_size = workers
+        elif queue_size != math.inf:
+            _check_count(queue_size, "queue_size", 0)
+        self._queue_size = queue_size
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        self._name = name
+        if limit is not None and not isinstance(
+            limit, (CapacityLimiter, TokenBucket, Limits, PerKey)
+        ):
+            raise TypeError(
+                f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey, got {limit!r}"
+            )
+        self._limit: Limits | None = None if limit is None else Limits(limit)
+        if key is not None and not callable(key):
+            raise TypeError(f"key must be a function of the job, got {key!r}")
+        if self._limit is not None and self._limit._keyed and key is None:
+            raise ValueError("limit has per-key parts: pass key=, a function of the job")
+        self._key = key
+        self._timeout = check_timeout(timeout, "timeout")
+        if self._timeout == 0:
+            raise ValueError("timeout must be > 0 seconds or None, got 0")
+        check_policy(retry, tenacity.Retrying)
+        self._retry = retry
+        if not isinstance(fail_fast, bool):
+            raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
+        self._fail_fast = fail_fast
+        self._elastic = min_workers is not None
+        self._min_workers = (
+            0 if min_workers is None else _check_count(min_workers, "min_workers", 0)
+        )
+        if self._min_workers > self._target:
+            raise ValueError(f"min_workers ({min_workers}) must not exceed workers ({workers})")
+        it = check_timeout(idle_timeout, "idle_timeout")
+        self._idle_timeout = None if it is None else it
+        # Channel capacity counts idle workers as room only through its rendezvous; sentinels
+        # from resize() need a slot too, so the channel is unbounded and the pool bounds it.
+        self._jobs: Channel[Any] = Channel(queue_size, name=f"{name or 'pool'} jobs")
+        self._lock = threading.Lock()
+        self._state = 0  # 0 new, 1 open, 2 closing, 3 closed
+        self._workers: dict[int, _Worker] = {}
+        self._threads: list[threading.Thread] = []  # every worker thread not yet joined
+        self._workers_gone = threading.Event()
+        self._next_id = 0
+        self._live = 0
+        self._busy = 0
+        self._retire = 0
+        self._handed: list[UnstartedJob] = []
+        self._first_error: BaseException | None = None
+        self._deadlines: list[tuple[float, int, _Worker, ThreadJob[Any]]] = []
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_wake = threading.Condition(self._lock)
+        self._submitted = self._started = self._succeeded = self._failed = 0
+        self._cancelled_queued = self._cancelled_running = 0
+        self._timed_out = self._rejected = self._retried = self._handed_back = 0
+        self._wait_total = self._run_total = 0.0
+
+    # ----------------------------------------------------------------- introspection
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._state >= 2
+
+    @property
+    def handed_back(self) -> list[UnstartedJob]:
+        with self._lock:
+            return list(self._handed)
+
+    def _finished(self) -> int:
+        return self._succeeded + self._failed + self._cancelled_running + self._timed_out
+
+    def statistics(self) -> PoolStatistics:
+        with self._lock:
+            return PoolStatistics(
+                name=self._name,
+                workers=self._live,
+                busy=self._busy,
+                idle=self._live - self._busy,
+                target_workers=self._target,
+                queued=self._submitted - self._started - self._cancelled_queued - self._handed_back,
+                running=self._started - self._finished(),
+                submitted=self._submitted,
+                started=self._started,
+                succeeded=self._succeeded,
+                failed=self._failed,
+                cancelled=self._cancelled_queued + self._cancelled_running,
+                timed_out=self._timed_out,
+                rejected=self._rejected,
+                retried=self._retried,
+                handed_back=self._handed_back,
+                queue_wait_total=self._wait_total,
+                run_time_total=self._run_total,
+                closed=self._state >= 2,
+            )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        name = f" {s.name!r}" if s.name is not None else ""
+        return (
+            f"<ThreadPool{name} workers={s.workers}/{s.target_workers} busy={s.busy} "
+            f"queued={s.queued} closed={s.closed}>"
+        )
+
+    def _label(self) -> str:
+        return "pool" if self._name is None else f"pool {self._name!r}"
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
+
+    # ----------------------------------------------------------------- workers
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._state == 0:
+                self._state = 1
+                for _ in range(self._min_workers if self._elastic else self._target):
+                    self._spawn()
+                if self._timeout is not None:
+                    self._watchdog = threading.Thread(
+                        target=self._watch, name=f"poolkit {self._label()} watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+            elif self._state != 1:
+                raise self._closed_error()
+
+    def _spawn(self) -> None:  # lock held
+        self._next_id += 1
+        w = _Worker(self._next_id)
+        self._workers[w.ident] = w
+        self._live += 1
+        self._workers_gone.clear()
+        w.thread = threading.Thread(
+            target=self._work, args=(w,), name=f"poolkit {self._label()} worker {w.ident}"
+        )
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(w.thread)
+        w.thread.start()
+
+    def _work(self, w: _Worker) -> None:
+        logger.debug("%s: worker %d started", self._label(), w.ident)
+        jobs = self._jobs
+        try:
+            while True:
+                with self._lock:
+                    if self._retire > 0:
+                        self._retire -= 1
+                        return  # resize() lowered the target
+                    idle_for = (
+                        self._idle_timeout
+                        if self._elastic and self._live > self._min_workers
+                        else None
+                    )
+                try:
+                    job = jobs.receive_blocking(timeout=idle_for)
+                except EndOfChannel:
+                    return
+                except TimeoutError:
+                    with self._lock:
+                        if self._live > self._min_workers:
+                            return  # idle for too long (elastic)
+                    continue
+                if job is _RETIRE:
+                    continue  # the retire count is checked at the top of the loop
+                self._run(w, job)
+        finally:
+            logger.debug("%s: worker %d exited", self._label(), w.ident)
+            with self._lock:
+                self._live -= 1
+                del self._workers[w.ident]
+                if not self._workers:
+                    self._workers_gone.set()
+                    self._watchdog_wake.notify_all()
+
+    def _run(self, w: _Worker, job: ThreadJob[Any]) -> None:
+        if not job.set_running_or_notify_cancel():
+            return  # cancelled while queued: counted by cancel()
+        t0 = _monotonic()
+        with self._lock:
+            if not job._counted:  # started before its submitter got to count it
+                job._counted = True
+                self._submitted += 1
+            self._started += 1
+            self._busy += 1
+            self._wait_total += t0 - job._queued_at
+            w.job = job
+            if self._timeout is not None:
+                w.deadline = t0 + self._timeout
+                heapq.heappush(self._deadlines, (w.deadline, id(job), w, job))
+                self._watchdog_wake.notify()
+        try:
+            result = self._attempts(job)
+        except BaseException as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        with self._lock:
+            self._busy -= 1
+            w.job = None
+            w.deadline = math.inf
+            self._run_total += _monotonic() - t0
+            if job._expired:
+                return  # timed out already (counted by the watchdog); the result is dropped
+            if error is None:
+                self._succeeded += 1
+            else:
+                self._failed += 1
+                if self._fail_fast and self._first_error is None:
+                    self._first_error = error
+                    fail_everything = True
+                else:
+                    fail_everything = False
+        if error is None:
+            job.set_result(result)
+        else:
+            job.set_exception(error)
+            if fail_everything:
+                job.exception()  # the with-block raises it: it is not lost
+                self._fail_everything()
+            if not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt, SystemExit: not the job's business to absorb
+
+    def _attempts(self, job: ThreadJob[Any]) -> Any:
+        if self._retry is None:
+            return self._attempt(job)
+        first = True
+        for attempt in sync_retrying(self._retry):
+            with attempt:
+                if not first:
+                    with self._lock:
+                        self._retried += 1
+                first = False
+                if job.done():  # timed out: no more attempts
+                    raise TimeoutError("timed out")
+                result = self._attempt(job)
+            outcome = attempt.retry_state.outcome
+            if outcome is not None and not outcome.failed:
+                return result
+        raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+    def _attempt(self, job: ThreadJob[Any]) -> Any:
+        limit = self._limit
+        key = None
+        if limit is not None:
+            key = self._key(job) if self._key is not None else None
+            limit.acquire_blocking(1, key=key)
+        try:
+            return job._fn(*job._args, **job._kwargs)
+        finally:
+            if limit is not None:
+                limit.release(1, key=key)
+
+    def _watch(self) -> None:
+        """Fail jobs that run past their deadline (their threads go on: see the module)."""
+        while True:
+            expired: list[ThreadJob[Any]] = []
+            with self._lock:
+                now = _monotonic()
+                heap = self._deadlines
+                while heap and (heap[0][2].job is not heap[0][3] or heap[0][0] <= now):
+                    deadline, _, w, job = heapq.heappop(heap)
+                    if w.job is job and deadline <= now and not job._expired:
+                        job._expired = True  # decided here, under the lock: the worker defers
+                        self._timed_out += 1
+                        expired.append(job)
+                if not expired:
+                    if self._state >= 3 and not self._workers:
+                        return
+                    self._watchdog_wake.wait(None if not heap else max(0.0, heap[0][0] - now))
+            for job in expired:  # resolved outside the lock: callbacks may call back into us
+                job.set_exception(
+                    TimeoutError(
+                        f"job {job._fn!r} ran past the {self._label()}'s timeout of "
+                        f"{self._timeout} s (its thread goes on until the call returns)"
+                    )
+                )
+
+    def _fail_everything(self) -> None:
+        with self._lock:
+            if self._state == 1:
+                self._state = 2
+        self._jobs.close()
+        self._drain_queue(hand_back=False)
+
+    def _drain_queue(self, hand_back: bool) -> None:
+        while True:
+            try:
+                job = self._jobs.receive_nowait()
+            except Exception:  # WouldBlock or EndOfChannel: empty
+                return
+            if job is _RETIRE:
+                continue
+            with self._lock:
+                if job.running() or job.done():
+                    continue  # cancelled while queued: already counted
+                if not job._counted:
+                    job._counted = True
+                    self._submitted += 1
+                if hand_back:
+                    self._handed_back += 1
+                    self._handed.append(UnstartedJob(job._fn, job._args, dict(job._kwargs), job))
+                else:
+                    self._cancelled_queued += 1
+            if hand_back:
+                job.set_exception(
+                    JobHandedBack(
+                        f"{self._label()} shut down with cancel=True before this job started; "
+                        f"it is in the list shutdown() returned"
+                    )
+                )
+            else:
+                cf.Future.cancel(job)
+
+    def resize(self, workers: int) -> None:
+        """Change how many worker threads the pool keeps; see ``WorkerPool.resize``."""
+        _check_count(workers, "workers", 1)
+        if workers < self._min_workers:
+            raise ValueError(
+                f"workers ({workers}) must not be below min_workers ({self._min_workers})"
+            )
+        with self._lock:
+            self._target = workers
+            if self._state != 1:
+                return
+            if not self._elastic:
+                while self._live < self._target:
+                    self._spawn()
+            excess = self._live - self._retire - self._target
+            idle = self._live - self._busy
+            if excess > 0:
+                self._retire += excess
+        for _ in range(max(0, min(excess, idle))):
+            try:
+                self._jobs.send_nowait(_RETIRE)  # wakes an idle worker to retire
+            except Exception:
+                break  # no room: busy workers retire when their job is done
+
+    # ----------------------------------------------------------------- submitting
+
+    def _make(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ThreadJob[Any]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if self._state != 1:
+            self._start()
+        return ThreadJob(self, fn, args, kwargs)
+
+    def _accepted(self, job: ThreadJob[Any]) -> None:
+        with self._lock:
+            if not job._counted:
+                job._counted = True
+                self._submitted += 1
+            if (
+                self._elastic
+                and self._live < self._target
+                and self._submitted - self._started - self._cancelled_queued
+                > self._live - self._busy
+            ):
+                self._spawn()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
+        """Queue ``fn(*args, **kwargs)``; block this thread while the queue is full.
+
+        Raises ``TypeError`` for a non-callable, :class:`~poolkit.PoolClosed` once the pool is
+        shutting down, ``RuntimeError`` on a thread whose event loop is running (if it would
+        have to wait).
+        """
+        job = self._make(fn, args, kwargs)
+        try:
+            self._jobs.send_blocking(job)
+        except ChannelClosed:
+            raise self._closed_error() from None
+        self._accepted(job)
+        return job
+
+    def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
+        """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
+        :class:`~poolkit.QueueFull` (counted as rejected).  Never blocks; any thread."""
+        job = self._make(fn, args, kwargs)
+        try:
+            ok = self._jobs._try_send(job)
+        except ChannelClosed:
+            raise self._closed_error() from None
+        if not ok:
+            with self._lock:
+                self._rejected += 1
+            raise QueueFull(f"{self._label()}'s queue is full ({self._queue_size} jobs)")
+        self._accepted(job)
+        return job
+
+    # ----------------------------------------------------------------- map
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: bool = False,
+    ) -> Iterator[Any]:
+        """Run ``fn(item)`` for every item, streaming the results: ``for r in pool.map(...)``.
+
+        As ``WorkerPool.map``: the input is read lazily (at most ``workers + queue_size`` items
+        in flight however long it is, where ``ThreadPoolExecutor.map`` submits everything at
+        once), results in input order or as they finish, the first failure raised after the
+        queued jobs are cancelled (running calls finish; their results are dropped), or every
+        result as an :class:`Outcome` with ``outcomes=True``.  Closing the generator early
+        cancels what is still queued.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        if isinstance(iterable, AsyncIterable) or not isinstance(iterable, Iterable):
+            raise TypeError(f"map() needs an iterable, got {iterable!r}")
+        return self._map(fn, iterable, ordered, outcomes)
+
+    def _map(
+        self, fn: Callable[[Any], Any], iterable: Iterable[Any], ordered: bool, outcomes: bool
+    ) -> Iterator[Any]:
+        q = self._queue_size
+        window = self._target + (self._target if q == math.inf else int(q))
+        pending: deque[tuple[Any, ThreadJob[Any]]] = deque()
+        inflight: set[ThreadJob[Any]] = set()
+        items: dict[ThreadJob[Any], Any] = {}
+        source = iter(iterable)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) + len(inflight) < window:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    job = self.submit(fn, item)
+                    if ordered:
+                        pending.append((item, job))
+                    else:
+                        inflight.add(job)
+                        items[job] = item
+                if ordered:
+                    if not pending:
+                        return
+                    item, job = pending.popleft()
+                    cf.wait([job])
+                else:
+                    if not inflight:
+                        return
+                    done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    job = done.pop()  # type: ignore[assignment]
+                    inflight.discard(job)
+                    item = items.pop(job)
+                if job.cancelled():
+                    error: BaseException | None = cf.CancelledError(
+                        f"the job for {item!r} was cancelled"
+                    )
+                else:
+                    error = job.exception()
+                if error is None:
+                    yield Outcome(item, job.result(), None) if outcomes else job.result()
+                elif outcomes:
+                    yield Outcome(item, None, error)
+                else:
+                    raise error
+        finally:
+            for _, job in pending:
+                job.cancel()
+            for job in inflight:
+                job.cancel()
+
+    # ----------------------------------------------------------------- shutting down
+
+    def shutdown(self, *, cancel: bool = False, timeout: float | None = None) -> list[UnstartedJob]:
+        """Stop accepting jobs and stop the worker threads; see the module docstring.
+
+        ``cancel=False`` drains (every queued and running job finishes; after ``timeout``
+        seconds the queued ones left are handed back).  ``cancel=True`` hands back the queued
+        jobs at once; running calls cannot be interrupted, so it waits for them to return (and
+        raises ``TimeoutError`` if some are still running after ``timeout`` seconds).
+        Idempotent.  Refuses to block a thread whose event loop is running.
+        """
+        timeout = check_timeout(timeout)
+        with self._lock:
+            state = self._state
+            if state == 0:
+                self._state = 3
+            elif state == 1:
+                self._state = 2
+        self._jobs.close()
+        if state == 0:
+            return []
+        if cancel:
+            self._drain_queue(hand_back=True)
+        if self._workers and not self._workers_gone.is_set():
+            refuse_in_loop("shutdown")
+        if not self._workers_gone.wait(timeout):
+            # The deadline passed: hand back what never started; running calls cannot be
+            # interrupted, so if some are left the caller is told (a later shutdown() waits).
+            self._drain_queue(hand_back=True)
+            if not self._workers_gone.wait(0):
+                with self._lock:
+                    running = [w.job for w in self._workers.values() if w.job is not None]
+                raise TimeoutError(
+                    f"{self._label()}: {len(running)} call(s) still running after {timeout} s "
+                    f"(threads cannot be interrupted): {running!r}"
+                )
+        with self._lock:
+            self._state = 3
+            self._watchdog_wake.notify_all()
+            watchdog = self._watchdog
+            threads, self._threads = self._threads, []
+        for thread in threads:  # gone from the books already; now gone for real
+            thread.join()
+        if watchdog is not None:
+            watchdog.join()
+        return self.handed_back
+
+    def __enter__(self) -> ThreadPool:
+        self._start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._first_error is None:
+            self.shutdown()
+        else:
+            self.shutdown(cancel=True)
+        if exc_type is None and self._first_error is not None:
+            raise self._first_error

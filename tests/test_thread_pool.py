@@ -1,0 +1,385 @@
+"""poolkit.ThreadPool: the WorkerPool model on threads, with honest timeouts and hand-back."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import poolkit
+from poolkit import (
+    CapacityLimiter,
+    JobHandedBack,
+    PoolClosed,
+    QueueFull,
+    RetryPolicy,
+    ThreadPool,
+    TokenBucket,
+)
+
+
+def check_identity(pool: ThreadPool) -> poolkit.PoolStatistics:
+    s = pool.statistics()
+    assert s.submitted == (
+        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
+    ), s
+    assert min(s.queued, s.running, s.idle, s.busy) >= 0, s
+    assert s.busy <= s.workers
+    return s
+
+
+def wait_until(predicate: Any, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        ThreadPool(workers=0)
+    with pytest.raises(
+        TypeError, match="retry must be a poolkit.RetryPolicy or a tenacity.Retrying"
+    ):
+        ThreadPool(retry=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds or None, got 0"):
+        ThreadPool(timeout=0)
+    with ThreadPool(workers=1) as pool, pytest.raises(TypeError, match="fn must be callable"):
+        pool.submit(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs an iterable"):
+        ThreadPool().map(double, 5)  # type: ignore[arg-type]
+
+
+def test_submit_returns_concurrent_futures_that_asyncio_can_await() -> None:
+    with ThreadPool(workers=2, name="t") as pool:
+        job = pool.submit(double, 21)
+        assert isinstance(job, cf.Future)
+        assert job.result(timeout=5) == 42
+        assert (job.fn, job.args, job.kwargs) == (double, (21,), {})
+
+        async def from_a_task() -> int:
+            return await asyncio.wrap_future(pool.submit_nowait(double, 4))
+
+        assert asyncio.run(from_a_task()) == 8
+    s = check_identity(pool)
+    assert (s.succeeded, s.workers, s.closed) == (2, 0, True)
+
+
+def test_errors_are_captured_and_workers_survive() -> None:
+    def boom(n: int) -> None:
+        raise ValueError(f"bad {n}")
+
+    with ThreadPool(workers=1) as pool:
+        failing = [pool.submit(boom, n) for n in range(3)]
+        assert pool.submit(double, 5).result(timeout=5) == 10
+        for n, job in enumerate(failing):
+            with pytest.raises(ValueError, match=f"bad {n}"):
+                job.result()
+    assert check_identity(pool).failed == 3
+
+
+def test_backpressure_and_rejection() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=1) as pool:
+        pool.submit(gate.wait)
+        wait_until(lambda: pool.statistics().busy == 1)
+        pool.submit(gate.wait)  # fills the queue
+        with pytest.raises(QueueFull, match="queue is full"):
+            pool.submit_nowait(gate.wait)
+        blocked = threading.Thread(target=pool.submit, args=(gate.wait,))
+        blocked.start()
+        time.sleep(0.05)
+        assert blocked.is_alive(), "submit did not block on a full queue"
+        s = check_identity(pool)
+        assert (s.rejected, s.submitted) == (1, 2)
+        gate.set()
+        blocked.join()
+    assert check_identity(pool).succeeded == 3
+
+
+def test_submit_refuses_to_block_an_event_loop() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=0) as pool:
+        pool.submit(gate.wait)
+        wait_until(lambda: pool.statistics().busy == 1)
+
+        async def in_loop() -> None:
+            with pytest.raises(RuntimeError, match="would block the event loop"):
+                pool.submit(double, 1)
+
+        asyncio.run(in_loop())
+        gate.set()
+
+
+def test_cancel_a_queued_job_but_not_a_running_one() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=5) as pool:
+        running = pool.submit(gate.wait)
+        wait_until(lambda: pool.statistics().busy == 1)
+        queued = pool.submit(double, 1)
+        assert queued.cancel()
+        assert not running.cancel()  # a thread cannot be interrupted
+        s = check_identity(pool)
+        assert (s.cancelled, s.queued, s.running) == (1, 0, 1)
+        gate.set()
+    assert check_identity(pool).cancelled == 1
+
+
+def test_timeout_fails_the_future_but_keeps_the_cap() -> None:
+    release = threading.Event()
+    calls_in_progress = []
+
+    def overruns() -> str:
+        calls_in_progress.append(1)
+        release.wait(5)
+        calls_in_progress.pop()
+        return "late"
+
+    with ThreadPool(workers=1, queue_size=5, timeout=0.05, name="slowpoke") as pool:
+        job = pool.submit(overruns)
+        after = pool.submit(double, 3)
+        with pytest.raises(TimeoutError, match="its thread goes on"):
+            job.result(timeout=5)
+        s = check_identity(pool)
+        assert (s.timed_out, s.running, s.busy) == (1, 0, 1)  # the call still holds the worker
+        assert not after.done()  # the cap of one call at a time held
+        release.set()
+        assert after.result(timeout=5) == 6
+    assert check_identity(pool).timed_out == 1
+    assert calls_in_progress == []
+
+
+def test_retries_are_counted() -> None:
+    attempts = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError
+        return "ok"
+
+    with ThreadPool(workers=1, retry=RetryPolicy.attempts(5, initial=0.001, jitter=0)) as pool:
+        assert pool.submit(flaky).result(timeout=5) == "ok"
+    s = check_identity(pool)
+    assert (s.retried, s.succeeded, len(attempts)) == (2, 1, 3)
+
+
+def test_limits_cap_and_pace_threads() -> None:
+    inside = 0
+    peak = 0
+    guard = threading.Lock()
+
+    def job() -> None:
+        nonlocal inside, peak
+        with guard:
+            inside += 1
+            peak = max(peak, inside)
+        time.sleep(0.002)
+        with guard:
+            inside -= 1
+
+    with ThreadPool(workers=6, limit=CapacityLimiter(2)) as pool:
+        for f in [pool.submit(job) for _ in range(20)]:
+            f.result(timeout=5)
+    assert peak == 2
+    starts: list[float] = []
+    with ThreadPool(workers=4, limit=TokenBucket(100, 1)) as pool:
+        for f in [pool.submit(lambda: starts.append(time.monotonic())) for _ in range(10)]:
+            f.result(timeout=5)
+    assert starts[-1] - starts[0] >= 0.08  # 9 more tokens at 100/s
+
+
+def test_map_streams_lazily_in_order_or_not_and_reports_outcomes() -> None:
+    pulled = 0
+
+    def source() -> Any:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield i
+
+    with ThreadPool(workers=2, queue_size=2) as pool:
+        results = pool.map(double, source())
+        assert [next(results) for _ in range(3)] == [0, 2, 4]
+        assert pulled <= 3 + 4 + 1
+        results.close()  # type: ignore[attr-defined]
+        assert list(pool.map(double, range(50))) == [2 * i for i in range(50)]
+        assert sorted(pool.map(double, range(50), ordered=False)) == [2 * i for i in range(50)]
+
+        def picky(x: int) -> int:
+            if x == 3:
+                raise KeyError(x)
+            return x
+
+        outcomes = list(pool.map(picky, range(6), outcomes=True))
+        assert [o.ok for o in outcomes] == [True, True, True, False, True, True]
+        with pytest.raises(KeyError):
+            list(pool.map(picky, range(6)))
+    check_identity(pool)
+
+
+def test_shutdown_drains_or_hands_back() -> None:
+    gate = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=5, name="hb")
+    running = pool.submit(gate.wait)
+    wait_until(lambda: pool.statistics().busy == 1)
+    queued = [pool.submit(double, i) for i in range(4)]
+    threading.Timer(0.05, gate.set).start()
+    handed = pool.shutdown(cancel=True)
+    assert [h.args for h in handed] == [(i,) for i in range(4)]
+    assert [h.job for h in handed] == queued
+    for job in queued:
+        with pytest.raises(JobHandedBack, match="pool 'hb' shut down with cancel=True"):
+            job.result()
+    assert running.result() is True  # the running call finished: it could not be interrupted
+    s = check_identity(pool)
+    assert (s.handed_back, s.succeeded, s.workers) == (4, 1, 0)
+    with pytest.raises(PoolClosed):
+        pool.submit(double, 1)
+
+    drained = ThreadPool(workers=2)
+    jobs = [drained.submit(double, i) for i in range(10)]
+    assert drained.shutdown() == []
+    assert [j.result() for j in jobs] == [2 * i for i in range(10)]
+
+
+def test_shutdown_deadline_with_a_call_that_will_not_return_in_time() -> None:
+    release = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=5)
+    pool.submit(release.wait)
+    wait_until(lambda: pool.statistics().busy == 1)
+    queued = pool.submit(double, 1)
+    with pytest.raises(TimeoutError, match="threads cannot be interrupted"):
+        pool.shutdown(timeout=0.05)
+    assert isinstance(queued.exception(), JobHandedBack)
+    release.set()
+    pool.shutdown()  # now it can finish
+    assert check_identity(pool).workers == 0
+
+
+def test_with_block_error_takes_the_cancel_path_and_fail_fast_raises_first_error() -> None:
+    gate = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=5)
+
+    def failing_body() -> None:
+        with pool:
+            pool.submit(gate.wait, 0.05)
+            wait_until(lambda: pool.statistics().busy == 1)
+            pool.submit(double, 1)
+            raise RuntimeError("body failed")
+
+    with pytest.raises(RuntimeError, match="body failed"):
+        failing_body()
+    assert check_identity(pool).handed_back == 1
+
+    def boom() -> None:
+        raise KeyError("first")
+
+    fast = ThreadPool(workers=1, queue_size=5, fail_fast=True)
+
+    def fail_fast_body() -> None:
+        with fast:
+            fast.submit(boom)
+            wait_until(lambda: fast.closed)
+            with pytest.raises(PoolClosed):
+                fast.submit(double, 1)
+
+    with pytest.raises(KeyError, match="first"):
+        fail_fast_body()
+    assert check_identity(fast).failed == 1
+
+
+def test_resize_and_elastic_workers() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=2, queue_size=10) as pool:
+        jobs = [pool.submit(gate.wait) for _ in range(6)]
+        wait_until(lambda: pool.statistics().busy == 2)
+        pool.resize(4)
+        wait_until(lambda: pool.statistics().busy == 4)
+        pool.resize(1)
+        gate.set()
+        for j in jobs:
+            j.result(timeout=5)
+        wait_until(lambda: pool.statistics().workers == 1)
+    with ThreadPool(workers=4, min_workers=1, idle_timeout=0.05) as elastic:
+        assert elastic.statistics().workers == 1
+        hold = threading.Event()
+        jobs = [elastic.submit(hold.wait) for _ in range(4)]
+        wait_until(lambda: elastic.statistics().busy == 4)
+        hold.set()
+        for j in jobs:
+            j.result(timeout=5)
+        wait_until(lambda: elastic.statistics().workers == 1)
+
+
+def test_worker_start_and_exit_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="poolkit.pool"), ThreadPool(workers=2, name="tl"):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "poolkit.pool"]
+    assert "pool 'tl': worker 1 started" in messages
+    assert "pool 'tl': worker 2 exited" in messages
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_load_from_threads_keeps_the_books(seed: int) -> None:
+    rng = random.Random(seed)
+    workers = rng.randint(1, 4)
+    inside = 0
+    peak = 0
+    guard = threading.Lock()
+
+    def job(kind: int) -> None:
+        nonlocal inside, peak
+        with guard:
+            inside += 1
+            peak = max(peak, inside)
+        try:
+            if kind == 0:
+                time.sleep(0.001)
+            elif kind == 1:
+                raise ValueError
+        finally:
+            with guard:
+                inside -= 1
+
+    pool = ThreadPool(workers=workers, queue_size=rng.randint(0, 5))
+    handles: list[cf.Future[Any]] = []
+    lock = threading.Lock()
+
+    def submitter(k: int) -> None:
+        r = random.Random(seed * 10 + k)
+        for _ in range(100):
+            try:
+                h = pool.submit(job, r.randint(0, 2))
+            except PoolClosed:
+                return
+            with lock:
+                handles.append(h)
+            if r.random() < 0.2:
+                h.cancel()
+            check_identity(pool)
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(rng.random() * 0.05)
+    handed = pool.shutdown(cancel=rng.random() < 0.5)
+    for t in threads:
+        t.join()
+    s = check_identity(pool)
+    assert s.workers == 0
+    assert s.submitted == len(handles)
+    assert all(h.done() for h in handles)
+    assert len(handed) == s.handed_back
+    assert peak <= workers
