@@ -50,7 +50,7 @@ def test_bad_options() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         ThreadPool(workers=0)
     with pytest.raises(
-        TypeError, match="retry must be a poolkit.RetryPolicy or a tenacity.Retrying"
+        TypeError, match=r"retry must be a poolkit\.RetryPolicy or a tenacity\.Retrying"
     ):
         ThreadPool(retry=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout must be > 0 seconds or None, got 0"):
