@@ -77,6 +77,42 @@ def test_rate_limited_fanout_example_holds_every_limit(seed: int) -> None:
     assert report.seconds >= (80 - 2) / 20
 
 
+@pytest.mark.parametrize("extra", [[], ["--cancel-after", "0.1"]])
+def test_worker_pool_example_runs_as_a_command(extra: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "worker_pool.py"), "--jobs", "150", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: the books balance and no task is left" in proc.stdout
+    assert "<WorkerPool 'go-example' workers=5/5" in proc.stdout  # live counters were shown
+
+
+@pytest.mark.parametrize("cancel_after", [None, 0.05, 0.3])
+def test_worker_pool_example_accounts_for_every_job(cancel_after: float | None) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import worker_pool
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    import asyncio
+
+    report = asyncio.run(worker_pool.run(jobs=120, workers=4, cancel_after=cancel_after))
+    s = report.stats
+    assert report.balanced
+    assert (s.workers, report.tasks_left, s.queued, s.running) == (0, 0, 0, 0)
+    assert report.results == s.succeeded
+    assert report.errors == s.failed
+    assert report.handed_back == s.handed_back
+    if cancel_after is None:
+        assert s.submitted == 120
+        assert s.succeeded + s.failed == 120
+        assert s.failed == 120 // 37  # jobs 36, 73 and 110 fail on purpose
+
+
 def readme_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
