@@ -102,10 +102,13 @@ class Job(asyncio.Future[T]):
 
     @property
     def args(self) -> tuple[Any, ...]:
+        """The positional arguments; released (empty) once the job has run, so that a handle
+        kept for its result does not keep its arguments alive."""
         return self._args
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments; released (empty) once the job has run, as ``args``."""
         return {} if self._kwargs is None else dict(self._kwargs)
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -685,6 +688,8 @@ class WorkerPool:
                 else:
                     cancelling = job._phase == cancelling_
                     job._phase = done  # _end() inlined: the hot path
+                    job._args = ()  # a kept handle must not pin its arguments
+                    job._kwargs = None
                     w.job = None
                     self._run_total += monotonic() - t0
                     if cancelling:  # it finished anyway; the cancellation wins
@@ -712,6 +717,8 @@ class WorkerPool:
 
     def _end(self, w: _Worker, job: AnyJob, t0: float) -> None:
         job._phase = _DONE
+        job._args = ()  # a kept handle must not pin its arguments
+        job._kwargs = None
         w.job = None
         self._run_total += _monotonic() - t0
 

@@ -86,10 +86,12 @@ class ThreadJob(cf.Future[T]):
 
     @property
     def args(self) -> tuple[Any, ...]:
+        """The positional arguments; released (empty) once the call has returned."""
         return self._args
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments; released (empty) once the call has returned."""
         return dict(self._kwargs)
 
     def cancel(self) -> bool:
@@ -402,6 +404,8 @@ class ThreadPool:
             self._busy -= 1
             w.job = None
             w.deadline = math.inf
+            job._args = ()  # a kept handle must not pin its arguments
+            job._kwargs = {}
             self._run_total += _monotonic() - t0
             if job._expired:
                 return  # timed out already (counted by the watchdog); the result is dropped

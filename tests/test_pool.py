@@ -114,6 +114,7 @@ async def test_submit_runs_coroutine_and_plain_functions() -> None:
         job = await pool.submit(plain, 5, b=5)
         assert (job.fn, job.args, job.kwargs) == (plain, (5,), {"b": 5})
         await job
+        assert (job.args, job.kwargs) == ((), {})  # released once it ran
     s = check_identity(pool)
     assert (s.submitted, s.succeeded, s.workers) == (4, 4, 0)
 

@@ -66,7 +66,7 @@ def test_submit_returns_concurrent_futures_that_asyncio_can_await() -> None:
         job = pool.submit(double, 21)
         assert isinstance(job, cf.Future)
         assert job.result(timeout=5) == 42
-        assert (job.fn, job.args, job.kwargs) == (double, (21,), {})
+        assert (job.fn, job.args, job.kwargs) == (double, (), {})  # arguments released
 
         async def from_a_task() -> int:
             return await asyncio.wrap_future(pool.submit_nowait(double, 4))
