@@ -54,6 +54,7 @@ from typing import Any, Generic, TypeVar, final
 
 from ._checks import check_timeout
 from ._exceptions import ChannelClosed, EndOfChannel, WouldBlock
+from ._registry import register
 from ._wait import (
     Sleeper,
     discard,
@@ -248,6 +249,7 @@ class Channel(Generic[T]):
         self._sent = 0
         self._received = 0
         self._peak = 0
+        register(self, "channel")
 
     # ----------------------------------------------------------------- introspection
 

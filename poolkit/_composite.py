@@ -57,6 +57,7 @@ from ._ratelimit import (
     wait_async,
     wait_thread,
 )
+from ._registry import register, unregistered
 from ._wait import monotonic, refuse_in_loop
 
 __all__ = ["Limits", "LimitsStatistics", "PerKey", "PerKeyStatistics"]
@@ -142,11 +143,13 @@ class PerKey(Generic[K, L]):
         # Set by the first limit made: True if it holds nothing to give back (token buckets
         # only), so that release() has nothing to do even for a key forgotten meanwhile.
         self._rate_only: bool | None = None
+        register(self, "per_key")
 
     # ----------------------------------------------------------------- keys
 
     def _make(self) -> L:
-        limit = self._factory()
+        with unregistered():  # reported through this PerKey, not one by one
+            limit = self._factory()
         if not isinstance(limit, (CapacityLimiter, TokenBucket, Limits)):
             raise TypeError(
                 f"the factory must return a CapacityLimiter, TokenBucket or Limits, got {limit!r}"
@@ -393,6 +396,7 @@ class Limits:
         if len({id(b._clock) for b in self._buckets}) > 1:
             raise ValueError("the token buckets in one Limits() must share one clock")
         self._name = name
+        register(self, "limits")
 
     @property
     def members(self) -> tuple[CapacityLimiter | TokenBucket | PerKey[Any, Any], ...]:

@@ -19,6 +19,7 @@ from typing import final
 
 from ._checks import check_timeout
 from ._exceptions import NotAcquired
+from ._registry import register
 from ._wait import Sleeper, discard, refuse_in_loop, thread_deadline, thread_wait
 
 __all__ = ["CapacityLimiter", "CapacityLimiterStatistics"]
@@ -102,6 +103,7 @@ class CapacityLimiter:
         self._borrowed = 0
         self._peak = 0
         self._acquired = 0
+        register(self, "limiter")
 
     # ----------------------------------------------------------------- introspection
 

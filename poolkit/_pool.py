@@ -54,6 +54,7 @@ from ._exceptions import JobHandedBack, PoolClosed, QueueFull
 from ._jobs import Outcome, PoolStatistics, UnstartedJob
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
+from ._registry import record_origin, register
 from ._retry import RetryPolicy, async_retrying, check_policy
 
 __all__ = ["Job", "WorkerPool"]
@@ -512,6 +513,7 @@ class WorkerPool:
         self._cancelled_queued = self._cancelled_running = 0
         self._timed_out = self._rejected = self._retried = self._handed_back = 0
         self._wait_total = self._run_total = 0.0
+        register(self, "pool")
 
     # ----------------------------------------------------------------- introspection
 
@@ -599,7 +601,9 @@ class WorkerPool:
         w = _Worker(self._next_id)
         self._workers[w.ident] = w
         self._live += 1
-        w.task = loop.create_task(self._work(w), name=f"poolkit {self._label()} worker {w.ident}")
+        label = f"{self._label()} worker {w.ident}"
+        w.task = loop.create_task(self._work(w), name=f"poolkit {label}")
+        record_origin(w.task, label)
 
     async def _work(self, w: _Worker) -> None:
         logger.debug("%s: worker %d started", self._label(), w.ident)
@@ -1019,6 +1023,7 @@ class WorkerPool:
                 wake_consumer()
 
         feeding = loop.create_task(feeder(), name=f"poolkit {self._label()} map feeder")
+        record_origin(feeding, f"{self._label()} map feeder")
         try:
             while True:
                 if ordered:

@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import final
 
 from ._checks import check_timeout
+from ._registry import register
 from ._wait import Sleeper, discard, monotonic, refuse_in_loop
 
 __all__ = [
@@ -432,6 +433,7 @@ class TokenBucket:
         self._queued_cost = 0.0
         self._granted = 0
         self._cost_granted = 0.0
+        register(self, "bucket")
 
     # ----------------------------------------------------------------- time and tokens
 

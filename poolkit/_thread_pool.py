@@ -43,6 +43,7 @@ from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack, PoolClosed,
 from ._jobs import Outcome, PoolStatistics, UnstartedJob
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
+from ._registry import record_origin, register, unregistered
 from ._retry import RetryPolicy, check_policy, sync_retrying
 from ._wait import refuse_in_loop
 
@@ -238,7 +239,8 @@ class ThreadPool:
         self._idle_timeout = None if it is None else it
         # Channel capacity counts idle workers as room only through its rendezvous; sentinels
         # from resize() need a slot too, so the channel is unbounded and the pool bounds it.
-        self._jobs: Channel[Any] = Channel(queue_size, name=f"{name or 'pool'} jobs")
+        with unregistered():  # reported as part of the pool, not as a channel of its own
+            self._jobs: Channel[Any] = Channel(queue_size, name=f"{name or 'pool'} jobs")
         self._lock = threading.Lock()
         self._state = 0  # 0 new, 1 open, 2 closing, 3 closed
         self._workers: dict[int, _Worker] = {}
@@ -257,6 +259,7 @@ class ThreadPool:
         self._cancelled_queued = self._cancelled_running = 0
         self._timed_out = self._rejected = self._retried = self._handed_back = 0
         self._wait_total = self._run_total = 0.0
+        register(self, "thread_pool")
 
     # ----------------------------------------------------------------- introspection
 
@@ -326,6 +329,7 @@ class ThreadPool:
                     self._watchdog = threading.Thread(
                         target=self._watch, name=f"poolkit {self._label()} watchdog", daemon=True
                     )
+                    record_origin(self._watchdog, f"{self._label()} watchdog")
                     self._watchdog.start()
             elif self._state != 1:
                 raise self._closed_error()
@@ -341,6 +345,7 @@ class ThreadPool:
         )
         self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(w.thread)
+        record_origin(w.thread, f"{self._label()} worker {w.ident}")
         w.thread.start()
 
     def _work(self, w: _Worker) -> None:
