@@ -29,9 +29,20 @@ job, and waits for them to exit.  ``await shutdown(cancel=True)`` stops acceptin
 running jobs and hands back the ones that never started: their handles raise
 :class:`~poolkit.JobHandedBack`, and the list returned (also ``pool.handed_back``) holds their
 function, arguments and handle, to be stored or submitted again.  A drain with a ``timeout``
-turns into a cancel when the time is up; a cancel with a ``timeout`` raises ``TimeoutError`` if a
-job ignores its cancellation for that long.  ``async with`` drains when the body succeeds and
-cancels when it raises or is cancelled; afterwards no worker task remains.
+turns into a cancel when the time is up (two-phase, as in aiojobs); a cancel with a ``timeout``
+raises ``TimeoutError`` if a job still ignores its cancellation that long after (so a drain with
+``timeout=t`` returns or raises within ``2t``).  If the task waiting in ``shutdown()`` is
+cancelled, the shutdown takes the cancel path and still waits for the workers to exit before
+the cancellation propagates.  ``async with`` drains when the body succeeds and cancels when it
+raises or is cancelled; afterwards no worker task remains.  With ``fail_fast``, the first
+failure is what ``async with`` (and ``map()``) raise, not the cancellations it caused.
+
+Resizing
+--------
+``resize(n)`` retires idle workers at once and busy ones when their job ends; workers told to
+retire take no more jobs and are not counted towards the new size, so ``resize(1)`` followed by
+``resize(4)`` takes them back (or starts new ones) and the pool settles on exactly ``n``.  An
+elastic pool below its size starts a worker whenever a submitter would otherwise wait.
 """
 
 from __future__ import annotations
@@ -116,7 +127,7 @@ class Job(asyncio.Future[T]):
         phase = self._phase
         if phase == _QUEUED:
             self._phase = _DONE
-            self._pool._cancelled_queued += 1
+            self._pool._cancelled_in_queue()
             return super().cancel(msg)
         if phase == _RUNNING:
             self._phase = _CANCELLING
@@ -194,7 +205,7 @@ class _MapItem:
         phase = self._phase
         if phase == _QUEUED:
             self._phase = _DONE
-            self._pool._cancelled_queued += 1
+            self._pool._cancelled_in_queue()
             self._drop()
             return True
         if phase == _RUNNING:
@@ -235,13 +246,14 @@ AnyJob = Job[Any] | _MapItem
 
 
 class _Worker:
-    __slots__ = ("fut", "ident", "job", "retiring", "task")
+    __slots__ = ("fut", "ident", "job", "retiring", "started", "task")
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
         self.fut: asyncio.Future[Any] | None = None  # set while idle
         self.job: AnyJob | None = None
-        self.retiring = False
+        self.retiring = False  # resize() asked it to exit; it takes no more jobs
+        self.started = False  # its coroutine has begun (so its ``finally`` will run)
         self.task: asyncio.Task[None] | None = None
 
 
@@ -257,10 +269,12 @@ class _JobQueue:
     the first idle worker, which takes whatever is at the head when it runs.  Room that frees up
     is kept (``reserved``) for the first blocked submitter, which puts its job in when it runs;
     newcomers do not take kept room.  Whoever is cancelled after being woken passes the wake-up
-    on, so nothing is lost and nobody waits beside work or room.
+    on, so nothing is lost and nobody waits beside work or room.  A job cancelled while queued
+    stays in ``items`` until a worker pops it (removing it from the middle would cost O(n)), but
+    it is counted in ``dead`` and takes no room.
     """
 
-    __slots__ = ("closed", "idle", "items", "loop", "putters", "reserved", "size")
+    __slots__ = ("closed", "dead", "idle", "items", "loop", "putters", "reserved", "size")
 
     def __init__(self, size: float) -> None:
         self.items: deque[AnyJob] = deque()
@@ -268,13 +282,14 @@ class _JobQueue:
         self.idle: deque[_Worker] = deque()  # workers waiting for a job
         self.putters: deque[asyncio.Future[None]] = deque()  # submitters waiting for room
         self.reserved = 0  # room kept for woken submitters
+        self.dead = 0  # cancelled jobs still in items
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def offer(self, job: AnyJob) -> bool:
         """Put ``job`` in if there is room and nobody is ahead; never waits."""
         items = self.items
-        if self.putters or len(items) + self.reserved >= self.size + len(self.idle):
+        if self.putters or len(items) - self.dead + self.reserved >= self.size + len(self.idle):
             return False
         items.append(job)
         if self.idle:
@@ -311,6 +326,8 @@ class _JobQueue:
         if not items:
             return None
         job = items.popleft()
+        if job._phase != _QUEUED:
+            self.dead -= 1
         if self.putters:
             self.admit()
         return job
@@ -318,7 +335,7 @@ class _JobQueue:
     def admit(self) -> None:
         """Keep freed room for blocked submitters, first come first served."""
         putters = self.putters
-        while putters and len(self.items) + self.reserved < self.size + len(self.idle):
+        while putters and len(self.items) - self.dead + self.reserved < self.size + len(self.idle):
             fut = putters.popleft()
             if not fut.done():
                 self.reserved += 1
@@ -371,6 +388,21 @@ class _JobQueue:
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+async def _take_pending_cancel(me: asyncio.Task[Any]) -> None:
+    """Absorb a cancellation of the worker that was meant for its job and is still pending.
+
+    When a job cancels itself (its own handle, say, through a "cancel the group" helper) the
+    worker task is cancelled while it runs, so the request waits for the task's next await.
+    ``uncancel()`` withdraws it from the count, but before Python 3.13 not from the task: the
+    next job (or the idle wait) would receive it.  One extra step receives it here instead.
+    """
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if me.cancelling():
+            raise  # somebody cancelled the worker meanwhile
 
 
 Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
@@ -427,6 +459,7 @@ class WorkerPool:
         "_plain",
         "_queue_size",
         "_rejected",
+        "_retiring",
         "_retried",
         "_retry",
         "_run_total",
@@ -505,6 +538,7 @@ class WorkerPool:
         self._next_id = 0
         self._live = 0
         self._shrinking = False  # set by resize() while there are more workers than wanted
+        self._retiring = 0  # workers told to exit by resize() that have not exited yet
         self._handed: list[UnstartedJob] = []
         self._first_error: BaseException | None = None
         self._submitted = self._started = self._succeeded = self._failed = 0
@@ -603,9 +637,28 @@ class WorkerPool:
         self._live += 1
         label = f"{self._label()} worker {w.ident}"
         w.task = loop.create_task(self._work(w), name=f"poolkit {label}")
+        w.task.add_done_callback(lambda _: None if w.started else self._gone(w))
         record_origin(w.task, label)
 
+    def _gone(self, w: _Worker) -> None:
+        """Take an exited worker off the books (from its ``finally``, or from its task's
+        done-callback if the task was cancelled before its coroutine ever ran)."""
+        self._live -= 1
+        if w.retiring:
+            self._retiring -= 1
+        if self._live - self._retiring <= self._target:
+            self._shrinking = False
+        del self._workers[w.ident]
+        logger.debug("%s: worker %d exited", self._label(), w.ident)
+        jobs = self._jobs
+        if jobs.items and jobs.idle:
+            jobs.wake_worker()  # it may have been woken for a job it will not take now
+        gone = self._workers_gone
+        if not self._workers and gone is not None and not gone.done():
+            gone.set_result(None)
+
     async def _work(self, w: _Worker) -> None:
+        w.started = True
         logger.debug("%s: worker %d started", self._label(), w.ident)
         jobs = self._jobs
         items = jobs.items
@@ -616,6 +669,8 @@ class WorkerPool:
         monotonic, coroutine, job_class = _monotonic, _CoroutineType, Job
         try:
             while True:
+                if w.retiring:
+                    return  # resize() lowered the target while this worker was idle
                 if items:  # jobs.take() inlined: the hot path
                     job = items.popleft()
                     if jobs.putters:
@@ -628,15 +683,15 @@ class WorkerPool:
                         if self._elastic and self._live > self._min_workers
                         else math.inf
                     )
-                    try:
-                        if not await jobs.wait(w, idle_for) and self._live > self._min_workers:
-                            return  # idle for too long (elastic), and not needed to stay
-                    except asyncio.CancelledError:
-                        if w.retiring:
-                            return  # resize() retired this idle worker; it took nothing
-                        raise
+                    if (
+                        not await jobs.wait(w, idle_for)
+                        and not items  # a job may have come as the idle timer fired
+                        and self._live > self._min_workers
+                    ):
+                        return  # idle for too long (elastic), and not needed to stay
                     continue
                 if job._phase != queued:
+                    jobs.dead -= 1
                     continue  # cancelled while queued: already counted
                 job._phase = running
                 w.job = job
@@ -653,32 +708,29 @@ class WorkerPool:
                             result = await result
                     else:
                         result = await self._attempts(job)
-                except asyncio.CancelledError:
-                    cancelling = job._phase == cancelling_
-                    self._end(w, job, t0)
-                    self._cancelled_running += 1
-                    job._drop()
-                    if cancelling:
-                        # The job was cancelled, not this worker: carry on, unless somebody
-                        # cancelled the worker too (a cancellation request is then still counted).
-                        if me.uncancel() > 0:
-                            raise
-                    elif me.cancelling():
-                        raise  # the worker itself is being cancelled
-                    # else the job's own code raised CancelledError (it awaited something that
-                    # was cancelled): that ends the job, not the worker.
-                except _TimedOut as exc:
-                    self._end(w, job, t0)
-                    self._timed_out += 1
-                    job._reject(TimeoutError(str(exc)))
                 except BaseException as exc:
                     cancelling = job._phase == cancelling_
                     self._end(w, job, t0)
-                    if cancelling:  # cancelled, but the function turned it into something else
+                    is_cancel = isinstance(exc, asyncio.CancelledError)
+                    if cancelling:
+                        # The job was cancelled: that is its outcome, whatever it raised.
                         self._cancelled_running += 1
                         job._drop()
                         if me.uncancel() > 0:
-                            raise asyncio.CancelledError from exc
+                            raise  # somebody cancelled the worker too
+                        if not is_cancel:
+                            await _take_pending_cancel(me)
+                    elif is_cancel:
+                        # The job's own code raised CancelledError (it awaited something that
+                        # was cancelled): that ends the job, not the worker, unless the worker
+                        # itself is being cancelled.
+                        self._cancelled_running += 1
+                        job._drop()
+                        if me.cancelling():
+                            raise
+                    elif exc.__class__ is _TimedOut:
+                        self._timed_out += 1
+                        job._reject(TimeoutError(str(exc)))
                     else:
                         self._failed += 1
                         job._reject(exc)
@@ -687,7 +739,7 @@ class WorkerPool:
                             if job.__class__ is job_class:
                                 job.exception()  # async with raises it: it is not lost
                             self._fail_everything()
-                    if not isinstance(exc, Exception):
+                    if not is_cancel and not isinstance(exc, Exception):
                         raise  # KeyboardInterrupt, SystemExit: not the job's business to absorb
                 else:
                     cancelling = job._phase == cancelling_
@@ -701,23 +753,17 @@ class WorkerPool:
                         job._drop()
                         if me.uncancel() > 0:
                             raise asyncio.CancelledError
+                        await _take_pending_cancel(me)
                     else:
                         self._succeeded += 1
                         if job.__class__ is job_class:  # Job._resolve() inlined; a running
                             job.set_result(result)  # Job is only resolved here (or cancelling)
                         else:
                             job._resolve(result)
-                if self._shrinking and self._live > self._target:
+                if self._shrinking and self._live - self._retiring > self._target:
                     return  # resize() lowered the target
         finally:
-            self._live -= 1
-            if self._live <= self._target:
-                self._shrinking = False
-            del self._workers[w.ident]
-            logger.debug("%s: worker %d exited", self._label(), w.ident)
-            gone = self._workers_gone
-            if not self._workers and gone is not None and not gone.done():
-                gone.set_result(None)
+            self._gone(w)
 
     def _end(self, w: _Worker, job: AnyJob, t0: float) -> None:
         job._phase = _DONE
@@ -731,16 +777,20 @@ class WorkerPool:
         if self._retry is None:
             return await self._attempt(job)
         first = True
+        result = None
         async for attempt in async_retrying(self._retry):
+            if not first:
+                if job._phase == _CANCELLING:
+                    # Cancelled, and the function turned that into an error: never retried.
+                    raise asyncio.CancelledError
+                self._retried += 1
+            first = False
             with attempt:
-                if not first:
-                    self._retried += 1
-                first = False
                 result = await self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:
-                return result
-        raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+                attempt.retry_state.set_result(result)  # the policy may retry on results too
+        return result
 
     async def _attempt(self, job: AnyJob) -> Any:
         limit = self._limit
@@ -782,11 +832,20 @@ class WorkerPool:
         self._drain_queue(hand_back=False)
         self._cancel_running()
 
+    def _cancelled_in_queue(self) -> None:
+        """A queued job was cancelled: count it, and give its room to a blocked submitter."""
+        self._cancelled_queued += 1
+        jobs = self._jobs
+        jobs.dead += 1
+        if jobs.putters:
+            jobs.admit()
+
     def _drain_queue(self, hand_back: bool) -> None:
         items = self._jobs.items
         while items:
             job = items.popleft()
             if job._phase != _QUEUED:
+                self._jobs.dead -= 1
                 continue
             job._phase = _DONE
             if hand_back:
@@ -834,18 +893,27 @@ class WorkerPool:
         self._target = workers
         if self._state != _OPEN:
             return
+        # Workers told to exit that have not yet exited are not counted: take them back first.
+        for w in self._workers.values():
+            if self._live - self._retiring >= workers:
+                break
+            if w.retiring:
+                w.retiring = False
+                self._retiring -= 1
         if not self._elastic:
-            while self._live < self._target:
+            while self._live - self._retiring < workers:
                 self._spawn()
-        excess = self._live - self._target
-        self._shrinking = excess > 0
-        for w in list(self._workers.values()):
+        excess = self._live - self._retiring - workers
+        for w in self._workers.values():
             if excess <= 0:
                 break
-            if w.job is None and not w.retiring and w.task is not None:
+            if w.job is None and not w.retiring:  # idle (or not started yet): exits at once
                 w.retiring = True
-                w.task.cancel()
+                self._retiring += 1
                 excess -= 1
+                if w.fut is not None and not w.fut.done():
+                    w.fut.set_result(None)
+        self._shrinking = excess > 0  # busy workers exit when their job is done
 
     # ----------------------------------------------------------------- submitting
 
@@ -873,7 +941,8 @@ class WorkerPool:
             self._accepted_elastic()
 
     def _accepted_elastic(self) -> None:
-        if self._queued > self._live - self._running and self._live < self._target:
+        live = self._live - self._retiring  # retiring workers take no more jobs
+        if self._queued > live - self._running and live < self._target:
             self._spawn()
 
     async def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
@@ -900,16 +969,23 @@ class WorkerPool:
         job._queued_at = _monotonic()
         jobs = self._jobs
         items = jobs.items
-        if not jobs.putters and len(items) + jobs.reserved < jobs.size + len(jobs.idle):  # offer()
+        if not jobs.putters and len(items) - jobs.dead + jobs.reserved < jobs.size + len(jobs.idle):
             items.append(job)
             if jobs.idle:
                 jobs.wake_worker()
         else:
-            await jobs.put(job, self._closed_error)
+            await self._put(job)
         self._submitted += 1
         if self._elastic:
             self._accepted_elastic()
         return job
+
+    async def _put(self, job: AnyJob) -> None:
+        """Wait for room for ``job``.  An elastic pool below its size starts a worker first:
+        the workers it has are all busy, and with ``min_workers=0`` it may have none at all."""
+        if self._elastic and self._live - self._retiring < self._target:
+            self._spawn()
+        await self._jobs.put(job, self._closed_error)
 
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
@@ -1003,7 +1079,7 @@ class WorkerPool:
                         self._start()  # raises PoolClosed once the pool is shutting down
                     job = _MapItem(self, fn, item, feed)
                     if not jobs.offer(job):
-                        await jobs.put(job, self._closed_error)
+                        await self._put(job)
                     self._submitted += 1  # _accepted() inlined
                     if self._elastic:
                         self._accepted_elastic()
@@ -1053,9 +1129,9 @@ class WorkerPool:
                 elif outcomes:
                     yield Outcome(job.item, None, error)
                 else:
-                    raise error
+                    raise self._map_error(error)
             if feed_error is not None:
-                raise feed_error
+                raise self._map_error(feed_error)
         finally:
             feeding.cancel()
             for job in pending:
@@ -1066,6 +1142,19 @@ class WorkerPool:
             inflight.clear()
             await asyncio.wait([feeding])  # no task outlives the iterator
 
+    def _map_error(self, error: BaseException) -> BaseException:
+        """What map() raises for a job's error: a job the *pool* stopped says why it stopped."""
+        if isinstance(error, (asyncio.CancelledError, PoolClosed, JobHandedBack)):
+            if self._first_error is not None:
+                return self._first_error  # fail_fast stopped it: raise the failure itself
+            if isinstance(error, asyncio.CancelledError):
+                closed = PoolClosed(
+                    f"{self._label()} was shut down with cancel=True while map() was running"
+                )
+                closed.__cause__ = error
+                return closed
+        return error
+
     # ----------------------------------------------------------------- shutting down
 
     async def shutdown(
@@ -1075,9 +1164,11 @@ class WorkerPool:
 
         ``cancel=False`` drains (finishes every queued and running job; after ``timeout``
         seconds, cancels what is left as below).  ``cancel=True`` cancels the running jobs and
-        hands back the queued ones, which are returned (and kept in ``handed_back``); after
-        ``timeout`` seconds it raises ``TimeoutError`` if a job still ignores its cancellation.
-        Idempotent; safe to call while another shutdown is in progress.
+        hands back the queued ones, which are returned (and kept in ``handed_back``); if a job
+        still ignores its cancellation ``timeout`` seconds later, it raises ``TimeoutError``.
+        Cancelling the caller turns a drain into a cancel; the workers are gone before the
+        cancellation propagates.  Idempotent; safe to call while another shutdown is in
+        progress.
         """
         timeout = check_timeout(timeout)
         if self._state == _NEW:
@@ -1088,20 +1179,38 @@ class WorkerPool:
             self._state = _CLOSING
         self._jobs.close(self._closed_error)
         if cancel:
-            self._drain_queue(hand_back=True)
-            self._cancel_running()
-        if not await self._wait_for_workers(timeout):
-            if cancel:
-                stuck = [w.job for w in self._workers.values() if w.job is not None]
-                raise TimeoutError(
-                    f"{self._label()}: {len(self._workers)} worker(s) still running after "
-                    f"{timeout} s; these jobs ignore their cancellation: {stuck!r}"
-                )
-            self._drain_queue(hand_back=True)
-            self._cancel_running()
-            await self._wait_for_workers(None)
+            self._stop_jobs()
+        try:
+            done = await self._wait_for_workers(timeout)
+            if not done and not cancel:  # the drain ran out of time: cancel what is left
+                self._stop_jobs()
+                done = await self._wait_for_workers(timeout)
+        except asyncio.CancelledError:
+            # Whoever waits for the shutdown was cancelled: take the cancel path, and still
+            # leave no worker behind before passing the cancellation on.
+            self._stop_jobs()
+            await self._outlast_workers()
+            raise
+        if not done:
+            stuck = [w.job for w in self._workers.values() if w.job is not None]
+            raise TimeoutError(
+                f"{self._label()}: {len(self._workers)} worker(s) still running {timeout} s "
+                f"after their jobs were cancelled; these jobs ignore cancellation: {stuck!r}"
+            )
         self._state = _CLOSED
         return list(self._handed)
+
+    def _stop_jobs(self) -> None:
+        self._drain_queue(hand_back=True)
+        self._cancel_running()
+
+    async def _outlast_workers(self) -> None:
+        """Wait until every worker has exited, however often the waiting task is cancelled."""
+        while self._workers:
+            try:
+                await self._wait_for_workers(None)
+            except asyncio.CancelledError:
+                self._cancel_running()
 
     async def _wait_for_workers(self, timeout: float | None) -> bool:
         if not self._workers:
@@ -1131,5 +1240,14 @@ class WorkerPool:
             await self.shutdown()
         else:
             await self.shutdown(cancel=True)
-        if exc_type is None and self._first_error is not None:
-            raise self._first_error
+        first = self._first_error
+        if first is None:
+            return
+        if exc_type is None:
+            raise first
+        if issubclass(exc_type, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Nobody cancelled this task: the body awaited a job that fail_fast cancelled.
+                # The failure that caused it is the story, not that cancellation.
+                raise first

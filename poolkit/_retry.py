@@ -98,10 +98,22 @@ def check_policy(policy: object, kind: type[tenacity.BaseRetrying]) -> None:
         )
 
 
-# Whatever the policy says, these are never retried: a cancelled job stays cancelled.
-_NEVER = tenacity.retry_if_not_exception_type(
-    (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
-)
+_NEVER_TYPES = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+class _NotStopSignal(tenacity.retry_base):
+    """Combined with the policy's own ``retry``: whatever it says, an attempt that ended in one
+    of these is never retried (a cancelled job stays cancelled).  Results and other exceptions
+    are left to the policy, so ``retry_if_result`` works."""
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        return not (
+            outcome is not None and outcome.failed and isinstance(outcome.exception(), _NEVER_TYPES)
+        )
+
+
+_NEVER = _NotStopSignal()
 
 
 def async_retrying(policy: RetryPolicy | tenacity.AsyncRetrying) -> tenacity.AsyncRetrying:

@@ -54,6 +54,8 @@ logger = logging.getLogger("poolkit.pool")
 _monotonic = time.monotonic
 
 _RETIRE: Any = object()  # sent to idle workers by resize(); never counted as a job
+_HANDED_BACK = 1
+_POOL_CANCELLED = 2
 
 Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
 
@@ -80,6 +82,9 @@ class ThreadJob(cf.Future[T]):
         self._queued_at = _monotonic()
         self._counted = False  # counted as submitted (by its submitter or by its worker)
         self._expired = False  # failed by the watchdog; its call may still be running
+        # Set (under the pool's lock) when a shutdown takes it out of the queue, before its
+        # future is resolved outside the lock: _HANDED_BACK or _POOL_CANCELLED.
+        self._fate = 0
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -98,6 +103,8 @@ class ThreadJob(cf.Future[T]):
     def cancel(self) -> bool:
         pool = self._pool
         with pool._lock:  # count it in the same step as it is cancelled
+            if self._fate:  # the pool has already decided: handed back, or cancelled by it
+                return self._fate == _POOL_CANCELLED
             queued = not (self.running() or self.done())
             cancelled = super().cancel()
             if cancelled and queued:
@@ -246,6 +253,7 @@ class ThreadPool:
         self._workers: dict[int, _Worker] = {}
         self._threads: list[threading.Thread] = []  # every worker thread not yet joined
         self._workers_gone = threading.Event()
+        self._workers_gone.set()  # no workers yet; _spawn() clears it
         self._next_id = 0
         self._live = 0
         self._busy = 0
@@ -287,7 +295,7 @@ class ThreadPool:
                 busy=self._busy,
                 idle=self._live - self._busy,
                 target_workers=self._target,
-                queued=self._submitted - self._started - self._cancelled_queued - self._handed_back,
+                queued=self._queued(),
                 running=self._started - self._finished(),
                 submitted=self._submitted,
                 started=self._started,
@@ -351,11 +359,15 @@ class ThreadPool:
     def _work(self, w: _Worker) -> None:
         logger.debug("%s: worker %d started", self._label(), w.ident)
         jobs = self._jobs
+        # A worker that decides to exit leaves the books in the same locked step (_leave), so
+        # that a submit never counts on a worker that is on its way out.
+        left = False
         try:
             while True:
                 with self._lock:
                     if self._retire > 0:
                         self._retire -= 1
+                        left = self._leave(w)
                         return  # resize() lowered the target
                     idle_for = (
                         self._idle_timeout
@@ -368,20 +380,29 @@ class ThreadPool:
                     return
                 except TimeoutError:
                     with self._lock:
-                        if self._live > self._min_workers:
-                            return  # idle for too long (elastic)
+                        if self._live > self._min_workers and self._queued() <= 0:
+                            left = self._leave(w)
+                            return  # idle for too long (elastic), and no job is waiting
                     continue
                 if job is _RETIRE:
                     continue  # the retire count is checked at the top of the loop
                 self._run(w, job)
         finally:
+            if not left:
+                with self._lock:
+                    self._leave(w)
             logger.debug("%s: worker %d exited", self._label(), w.ident)
-            with self._lock:
-                self._live -= 1
-                del self._workers[w.ident]
-                if not self._workers:
-                    self._workers_gone.set()
-                    self._watchdog_wake.notify_all()
+
+    def _leave(self, w: _Worker) -> bool:  # lock held
+        self._live -= 1
+        del self._workers[w.ident]
+        if not self._workers:
+            self._workers_gone.set()
+            self._watchdog_wake.notify_all()
+        return True
+
+    def _queued(self) -> int:  # lock held
+        return self._submitted - self._started - self._cancelled_queued - self._handed_back
 
     def _run(self, w: _Worker, job: ThreadJob[Any]) -> None:
         if not job.set_running_or_notify_cancel():
@@ -437,19 +458,20 @@ class ThreadPool:
         if self._retry is None:
             return self._attempt(job)
         first = True
+        result = None
         for attempt in sync_retrying(self._retry):
-            with attempt:
-                if not first:
-                    with self._lock:
-                        self._retried += 1
-                first = False
-                if job.done():  # timed out: no more attempts
+            if not first:
+                if job._expired or job.done():  # timed out: no more attempts
                     raise TimeoutError("timed out")
+                with self._lock:
+                    self._retried += 1
+            first = False
+            with attempt:
                 result = self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:
-                return result
-        raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+                attempt.retry_state.set_result(result)  # the policy may retry on results too
+        return result
 
     def _attempt(self, job: ThreadJob[Any]) -> Any:
         limit = self._limit
@@ -509,6 +531,7 @@ class ThreadPool:
                 if not job._counted:
                     job._counted = True
                     self._submitted += 1
+                job._fate = _HANDED_BACK if hand_back else _POOL_CANCELLED
                 if hand_back:
                     self._handed_back += 1
                     self._handed.append(UnstartedJob(job._fn, job._args, dict(job._kwargs), job))
@@ -535,8 +558,10 @@ class ThreadPool:
             self._target = workers
             if self._state != 1:
                 return
+            # Workers told to retire that have not yet done so are not counted: take them back.
+            self._retire -= min(self._retire, max(0, workers - (self._live - self._retire)))
             if not self._elastic:
-                while self._live < self._target:
+                while self._live - self._retire < workers:
                     self._spawn()
             excess = self._live - self._retire - self._target
             idle = self._live - self._busy
@@ -564,11 +589,12 @@ class ThreadPool:
             if not job._counted:
                 job._counted = True
                 self._submitted += 1
+            live = self._live - self._retire
             if (
                 self._elastic
-                and self._live < self._target
-                and self._submitted - self._started - self._cancelled_queued
-                > self._live - self._busy
+                and self._state == 1  # once closing, shutdown() sees to the queued jobs
+                and live < self._target
+                and self._queued() > live - self._busy
             ):
                 self._spawn()
 
@@ -580,12 +606,22 @@ class ThreadPool:
         have to wait).
         """
         job = self._make(fn, args, kwargs)
+        jobs = self._jobs
         try:
-            self._jobs.send_blocking(job)
+            if self._elastic and not jobs._try_send(job):
+                self._grow()  # every worker is busy (or there is none): start one, then wait
+                jobs.send_blocking(job)
+            elif not self._elastic:
+                jobs.send_blocking(job)
         except ChannelClosed:
             raise self._closed_error() from None
         self._accepted(job)
         return job
+
+    def _grow(self) -> None:
+        with self._lock:
+            if self._state == 1 and self._live - self._retire < self._target:
+                self._spawn()
 
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
@@ -646,7 +682,10 @@ class ThreadPool:
                     except StopIteration:
                         exhausted = True
                         break
-                    job = self.submit(fn, item)
+                    try:
+                        job = self.submit(fn, item)
+                    except PoolClosed as exc:
+                        raise self._map_error(exc) from None
                     if ordered:
                         pending.append((item, job))
                     else:
@@ -675,12 +714,23 @@ class ThreadPool:
                 elif outcomes:
                     yield Outcome(item, None, error)
                 else:
-                    raise error
+                    raise self._map_error(error)
         finally:
             for _, job in pending:
                 job.cancel()
             for job in inflight:
                 job.cancel()
+
+    def _map_error(self, error: BaseException) -> BaseException:
+        """What map() raises for a job's error: a job the *pool* stopped says why it stopped."""
+        if isinstance(error, (cf.CancelledError, PoolClosed, JobHandedBack)):
+            if self._first_error is not None:
+                return self._first_error  # fail_fast stopped it: raise the failure itself
+            if isinstance(error, cf.CancelledError):
+                closed = PoolClosed(f"{self._label()} was shut down while map() was running")
+                closed.__cause__ = error
+                return closed
+        return error
 
     # ----------------------------------------------------------------- shutting down
 
@@ -703,6 +753,11 @@ class ThreadPool:
         self._jobs.close()
         if state == 0:
             return []
+        with self._lock:
+            # An elastic pool may have no worker left (or only retiring ones) while jobs that
+            # were sent before the close still wait: one worker drains them.
+            if self._live - self._retire <= 0 and self._jobs.statistics().buffered:
+                self._spawn()
         if cancel:
             self._drain_queue(hand_back=True)
         if self._workers and not self._workers_gone.is_set():

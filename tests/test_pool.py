@@ -625,7 +625,7 @@ async def test_cancel_with_a_deadline_reports_jobs_that_ignore_cancellation() ->
     pool = WorkerPool(workers=1)
     await pool.submit(stubborn)
     await settle()
-    with pytest.raises(TimeoutError, match="ignore their cancellation"):
+    with pytest.raises(TimeoutError, match="ignore cancellation"):
         await pool.shutdown(cancel=True, timeout=3)
     release.set()
     await pool.shutdown()
@@ -762,3 +762,259 @@ async def test_statistics_and_repr() -> None:
     s = check_identity(pool)
     assert s.run_time_total > 0
     assert (s.started, s.succeeded) == (3, 3)
+
+
+# ---------------------------------------------------------------- regressions (review 4)
+
+
+async def test_resize_before_the_workers_ever_ran_still_shuts_down() -> None:
+    pool = WorkerPool(workers=4)
+    await pool.__aenter__()  # four worker tasks exist, none has run yet
+    pool.resize(2)
+    await settle()
+    assert check_identity(pool).workers == 2
+    assert await (await pool.submit(double, 4)) == 8
+    async with asyncio.timeout(5):
+        await pool.shutdown()
+    assert check_identity(pool).workers == 0
+
+
+@pytest.mark.virtual_time
+async def test_resize_down_as_a_busy_worker_finishes_keeps_exactly_the_target() -> None:
+    pool = WorkerPool(workers=3)
+    await pool.__aenter__()
+    await settle()
+
+    async def resizer() -> None:
+        await asyncio.sleep(1)
+        pool.resize(1)
+
+    shrinking = asyncio.create_task(resizer())
+    await asyncio.sleep(0)  # the resizer's timer comes first, the busy job's right after
+    busy = await pool.submit(asyncio.sleep, 1)
+    await shrinking
+    await busy
+    await asyncio.sleep(0.1)
+    assert check_identity(pool).workers == 1
+    later = await pool.submit(double, 5)
+    await pool.shutdown()
+    assert later.result() == 10
+
+
+async def test_resize_down_then_up_before_the_retired_workers_exit() -> None:
+    async with WorkerPool(workers=4) as pool:
+        await settle()
+        pool.resize(1)
+        pool.resize(4)
+        await settle()
+        assert check_identity(pool).workers == 4
+        gate = asyncio.Event()
+        jobs = [await pool.submit(gate.wait) for _ in range(4)]
+        await settle()
+        assert check_identity(pool).running == 4  # four really run at once
+        gate.set()
+        await asyncio.gather(*jobs)
+
+
+@pytest.mark.virtual_time
+async def test_elastic_job_that_arrives_as_the_last_idle_timer_fires_still_runs() -> None:
+    pool = WorkerPool(workers=2, min_workers=0, idle_timeout=5)
+    loop = asyncio.get_running_loop()
+    await (await pool.submit(asyncio.sleep, 0))  # the worker now idles, with a 5 s timer
+    late: list[poolkit.Job[Any]] = []
+    loop.call_later(5, lambda: late.append(pool.submit_nowait(double, 21)))
+    await asyncio.sleep(6)
+    assert await asyncio.wait_for(late[0], 10) == 42
+    await pool.shutdown()
+    assert check_identity(pool).succeeded == 2
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("timeout", [None, 3.0])
+async def test_a_cancelled_job_is_never_retried_and_its_worker_stays_sound(
+    timeout: float | None,
+) -> None:
+    calls = 0
+
+    async def wraps_cancellation() -> str:
+        nonlocal calls
+        calls += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("cancelled (as a library reports it)") from None
+        return "done"
+
+    policy = RetryPolicy.attempts(3, initial=0, jitter=0)
+    async with WorkerPool(workers=1, timeout=timeout, retry=policy) as pool:
+        job = await pool.submit(wraps_cancellation)
+        await asyncio.sleep(1)
+        assert job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        s = check_identity(pool)
+        assert (calls, s.retried, s.cancelled, s.timed_out) == (1, 0, 1, 0)
+        # The worker carries no leftover cancellation: cancelling the next job hurts nobody else.
+        victim = await pool.submit(asyncio.sleep, 100)
+        await asyncio.sleep(1)
+        victim.cancel()
+        after = await pool.submit(double, 3)
+        assert await after == 6
+        assert check_identity(pool).workers == 1
+
+
+async def test_a_job_that_cancels_itself_does_not_cancel_the_next_one() -> None:
+    group: list[poolkit.Job[Any]] = []
+
+    async def cancels_its_group() -> int:
+        for job in group:  # including itself, without awaiting afterwards
+            job.cancel()
+        return 1
+
+    async def innocent() -> str:
+        await asyncio.sleep(0.01)
+        return "innocent"
+
+    async with WorkerPool(workers=1, queue_size=4) as pool:
+        first = await pool.submit(cancels_its_group)
+        group.append(first)
+        second = await pool.submit(innocent)
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1] == "innocent"
+        # With an empty queue the pending cancellation used to kill the idle worker.
+        group[:] = [await pool.submit(cancels_its_group)]
+        await asyncio.gather(group[0], return_exceptions=True)
+        await settle()
+        assert check_identity(pool).workers == 1
+        assert await (await pool.submit(double, 2)) == 4
+
+
+async def test_cancelled_queued_jobs_free_their_room_at_once() -> None:
+    gate = asyncio.Event()
+    async with WorkerPool(workers=1, queue_size=2) as pool:
+        await pool.submit(gate.wait)
+        await settle()
+        for job in [await pool.submit(double, i) for i in range(2)]:
+            job.cancel()
+        assert check_identity(pool).queued == 0
+        pool.submit_nowait(double, 1)  # would have raised QueueFull
+        async with asyncio.timeout(1):
+            await pool.submit(double, 2)  # would have blocked
+        with pytest.raises(QueueFull):
+            pool.submit_nowait(double, 3)  # the room really is used up now
+        gate.set()
+
+
+async def test_retry_on_a_result_retries() -> None:
+    calls = 0
+
+    def not_ready_twice() -> str | None:
+        nonlocal calls
+        calls += 1
+        return None if calls < 3 else "ready"
+
+    policy = RetryPolicy(
+        retry=tenacity.retry_if_result(lambda r: r is None), wait=tenacity.wait_none()
+    )
+    async with WorkerPool(workers=1, retry=policy) as pool:
+        assert await (await pool.submit(not_ready_twice)) == "ready"
+        assert (calls, pool.statistics().retried) == (3, 2)
+
+
+async def test_fail_fast_map_raises_the_failure_not_a_sibling_cancellation() -> None:
+    async def f(i: int) -> int:
+        if i == 1:
+            raise ValueError("the real failure")
+        await asyncio.sleep(1)
+        return i
+
+    async def body() -> None:
+        async with WorkerPool(workers=2, fail_fast=True) as pool:
+            async for _ in pool.map(f, range(4)):
+                pass
+
+    with pytest.raises(ValueError, match="the real failure"):
+        await body()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_fail_fast_awaiting_a_cancelled_sibling_raises_the_failure() -> None:
+    async def boom() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("first")
+
+    async def body() -> None:
+        async with WorkerPool(workers=2, fail_fast=True) as pool:
+            slow = await pool.submit(asyncio.sleep, 10)
+            await pool.submit(boom)
+            await slow  # cancelled by fail_fast: the CancelledError must not be the story
+
+    with pytest.raises(KeyError, match="first"):
+        await body()
+
+
+async def test_map_in_a_pool_shut_down_with_cancel_raises_pool_closed() -> None:
+    pool = WorkerPool(workers=2)
+    await pool.__aenter__()
+
+    async def stopper() -> None:
+        await asyncio.sleep(0.01)
+        await pool.shutdown(cancel=True)
+
+    stopping = asyncio.create_task(stopper())
+    with pytest.raises(PoolClosed):
+        async for _ in pool.map(asyncio.sleep, [10, 10, 10]):
+            pass
+    await stopping
+
+
+@pytest.mark.virtual_time
+async def test_cancelled_while_draining_leaves_no_worker_behind() -> None:
+    pool = WorkerPool(workers=2, queue_size=10)
+
+    async def body() -> None:
+        async with asyncio.timeout(0.2), pool:
+            for _ in range(6):
+                await pool.submit(asyncio.sleep, 0.5)
+
+    with pytest.raises(TimeoutError):
+        await body()
+    s = check_identity(pool)
+    assert s.workers == 0 and s.running == 0 and s.queued == 0
+    assert s.cancelled == 2 and s.handed_back == 4
+    await asyncio.sleep(2)
+    assert pool.statistics().succeeded == 0  # nothing ran on in the background
+
+
+@pytest.mark.virtual_time
+async def test_drain_deadline_then_cancel_deadline_bounds_a_stubborn_job() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                continue  # ignores cancellation: a bug in the job
+
+    pool = WorkerPool(workers=1)
+    await pool.submit(stubborn)
+    await settle()
+    start = now()
+    with pytest.raises(TimeoutError, match="ignore cancellation"):
+        await pool.shutdown(timeout=2)
+    assert now() - start == pytest.approx(4.0)  # 2 s draining, then 2 s for the cancellation
+    release.set()
+    await pool.shutdown()
+    assert check_identity(pool).workers == 0
+
+
+@pytest.mark.virtual_time
+async def test_elastic_pool_with_no_workers_and_no_queue_starts_one_for_a_submit() -> None:
+    async with WorkerPool(workers=2, queue_size=0, min_workers=0, idle_timeout=1) as pool:
+        assert pool.statistics().workers == 0
+        async with asyncio.timeout(5):  # used to wait forever for room nobody would make
+            job = await pool.submit(double, 4)
+        assert await job == 8

@@ -172,3 +172,87 @@ def test_concurrency_cap_holds_under_random_cancellation(seed: int, loop_kind: s
         runner.run(main())
     assert 1 <= peak <= workers
     assert inside == 0
+
+
+OPS = st.one_of(
+    st.tuples(st.just("submit"), st.floats(0, 2.0)),
+    st.tuples(st.just("resize"), st.integers(1, 5)),
+    st.tuples(st.just("cancel"), st.integers(0, 30)),
+    st.tuples(st.just("sleep"), st.floats(0, 3.0)),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    workers=st.integers(1, 5),
+    elastic=st.one_of(st.none(), st.integers(0, 1)),
+    idle_timeout=st.floats(0.1, 2.0),
+    queue_size=st.integers(0, 3),
+    ops=st.lists(OPS, max_size=40),
+)
+def test_resize_and_elastic_workers_lose_nothing_and_converge(
+    workers: int,
+    elastic: int | None,
+    idle_timeout: float,
+    queue_size: int,
+    ops: list[tuple[str, Any]],
+) -> None:
+    """Random submits, resizes (even before the workers ever ran), cancels and idle periods, on
+    a fixed or an elastic pool: every job ends, the worker count settles on its target, and the
+    pool never runs more jobs than the largest target it was given."""
+
+    async def main() -> None:
+        pool = WorkerPool(
+            workers=workers,
+            queue_size=queue_size,
+            min_workers=elastic,
+            idle_timeout=idle_timeout,
+        )
+        handles: list[Any] = []
+        running = peak = 0
+        most = workers
+
+        async def job(duration: float) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await asyncio.sleep(duration)
+            finally:
+                running -= 1
+
+        await pool.__aenter__()
+        for op, value in ops:
+            if op == "submit":
+                handles.append(await pool.submit(job, value))
+            elif op == "resize":
+                if elastic is None or value >= elastic:
+                    pool.resize(value)
+                    most = max(most, value)
+            elif op == "cancel" and handles:
+                handles[value % len(handles)].cancel()
+            else:
+                await asyncio.sleep(value)
+            identity(pool)
+        await asyncio.sleep(10)  # every job is done, and idle workers have timed out
+        s = pool.statistics()
+        assert s.queued == s.running == 0, s
+        if elastic is None:
+            assert s.workers == s.target_workers, s
+        else:
+            assert elastic <= s.workers <= s.target_workers, s
+        await pool.shutdown()
+        identity(pool)
+        assert pool.statistics().workers == 0
+        assert all(h.done() for h in handles)
+        assert peak <= most
+
+    async def bounded() -> None:
+        # A lost job or worker would hang: fail instead (virtual time, so this costs nothing).
+        async with asyncio.timeout(1000):
+            await main()
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.run(bounded())
+        leftover = [t for t in asyncio.all_tasks(runner.get_loop()) if not t.done()]
+        assert not leftover, leftover

@@ -383,3 +383,255 @@ def test_random_load_from_threads_keeps_the_books(seed: int) -> None:
     assert all(h.done() for h in handles)
     assert len(handed) == s.handed_back
     assert peak <= workers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_resizes_of_a_fixed_or_elastic_pool_lose_nothing(seed: int) -> None:
+    """Submitters, a resizer and idle timeouts racing on threads; then a draining shutdown:
+    every job ran (or was cancelled by its submitter) and no worker is left."""
+    rng = random.Random(seed)
+    workers = rng.randint(1, 4)
+    elastic = seed % 2 == 1
+    inside = peak = 0
+    most = workers
+    guard = threading.Lock()
+
+    def job() -> None:
+        nonlocal inside, peak
+        with guard:
+            inside += 1
+            peak = max(peak, inside)
+        time.sleep(rng.random() * 0.002)
+        with guard:
+            inside -= 1
+
+    pool = ThreadPool(
+        workers=workers,
+        queue_size=rng.randint(0, 3),
+        min_workers=0 if elastic else None,
+        idle_timeout=0.002,
+    )
+    handles: list[cf.Future[Any]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def submitter(k: int) -> None:
+        r = random.Random(seed * 10 + k)
+        for _ in range(60):
+            h = pool.submit(job)
+            with lock:
+                handles.append(h)
+            if r.random() < 0.1:
+                h.cancel()
+            if r.random() < 0.3:
+                time.sleep(r.random() * 0.004)  # long enough, at times, for workers to idle out
+            check_identity(pool)
+
+    def resizer() -> None:
+        nonlocal most
+        r = random.Random(seed)
+        while not stop.is_set():
+            n = r.randint(1, 5)
+            with guard:
+                most = max(most, n)
+            pool.resize(n)
+            time.sleep(r.random() * 0.003)
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(3)]
+    sizing = threading.Thread(target=resizer)
+    for t in [*threads, sizing]:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    sizing.join()
+    assert pool.shutdown(timeout=10) == []
+    s = check_identity(pool)
+    assert s.workers == 0 and s.queued == 0 and s.running == 0
+    assert all(h.done() for h in handles)
+    assert s.succeeded + s.cancelled == len(handles) == s.submitted
+    assert peak <= most
+
+
+# ---------------------------------------------------------------- regressions (review 4)
+
+
+class _PausingChannel:
+    """Stands in for a pool's job channel, to stop a worker or a submitter inside a race window."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.idled_out = threading.Event()  # a worker's receive just timed out
+        self.sent = threading.Event()  # a submitter just put its job in
+        self.go_on = threading.Event()
+        self.pause_receive = False
+        self.pause_send = False
+        self.hold_retirements = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def receive_blocking(self, *, timeout: float | None = None) -> Any:
+        try:
+            item = self._inner.receive_blocking(timeout=timeout)
+        except TimeoutError:
+            if self.pause_receive:
+                self.pause_receive = False
+                self.idled_out.set()
+                self.go_on.wait(5)
+            raise
+        if item is poolkit._thread_pool._RETIRE and self.hold_retirements:
+            self.go_on.wait(5)  # told to retire; holds still until the test says so
+        return item
+
+    def send_blocking(self, item: Any, *, timeout: float | None = None) -> None:
+        self._inner.send_blocking(item, timeout=timeout)
+        self._sent()
+
+    def _try_send(self, item: Any) -> bool:
+        ok: bool = self._inner._try_send(item)
+        if ok:
+            self._sent()
+        return ok
+
+    def _sent(self) -> None:
+        if self.pause_send:
+            self.pause_send = False
+            self.sent.set()
+            self.go_on.wait(5)
+
+
+def test_elastic_worker_idling_out_as_a_job_arrives_takes_it() -> None:
+    pool = ThreadPool(workers=2, min_workers=0, idle_timeout=0.05)
+    channel = _PausingChannel(pool._jobs)
+    pool._jobs = channel  # type: ignore[assignment]
+    assert pool.submit(double, 1).result(timeout=5) == 2
+    channel.pause_receive = True
+    assert channel.idled_out.wait(5)  # the only worker has idled out, and not yet left
+    late = pool.submit(double, 2)
+    channel.go_on.set()
+    assert late.result(timeout=5) == 4
+    pool.shutdown()
+    assert check_identity(pool).succeeded == 2
+
+
+def test_shutdown_of_an_elastic_pool_with_no_worker_left_still_runs_a_just_sent_job() -> None:
+    pool = ThreadPool(workers=2, min_workers=0, idle_timeout=0.01)
+    channel = _PausingChannel(pool._jobs)
+    pool._jobs = channel  # type: ignore[assignment]
+    pool.submit(double, 1).result(timeout=5)
+    wait_until(lambda: pool.statistics().workers == 0)
+    channel.pause_send = True
+    late: list[Any] = []
+    submitter = threading.Thread(target=lambda: late.append(pool.submit(double, 3)))
+    submitter.start()
+    assert channel.sent.wait(5)  # the job is in the queue; its submitter has not counted it yet
+    pool.shutdown()
+    # shutdown() saw the job through itself: no thread is started after it returned.
+    assert pool.statistics().succeeded == 2
+    channel.go_on.set()
+    submitter.join(5)
+    assert late[0].result(timeout=0) == 6
+    s = check_identity(pool)
+    assert (s.submitted, s.succeeded, s.workers) == (2, 2, 0)
+
+
+def test_thread_pool_resize_down_then_up_before_the_retired_workers_exit() -> None:
+    with ThreadPool(workers=4) as pool:
+        channel = _PausingChannel(pool._jobs)
+        pool._jobs = channel  # type: ignore[assignment]
+        wait_until(lambda: pool.statistics().workers == 4)
+        channel.hold_retirements = True
+        pool.resize(1)
+        pool.resize(4)  # while the three told to retire have not acted on it yet
+        channel.go_on.set()
+        gate = threading.Event()
+        jobs = [pool.submit(gate.wait, 5) for _ in range(4)]
+        wait_until(lambda: pool.statistics().busy == 4)
+        gate.set()
+        for job in jobs:
+            assert job.result(timeout=5) is True
+        assert check_identity(pool).workers == 4
+
+
+def test_elastic_thread_pool_with_no_worker_shuts_down() -> None:
+    pool = ThreadPool(workers=2, min_workers=0)
+    pool.__enter__()
+    assert pool.shutdown(timeout=2) == []  # used to wait forever for workers that never existed
+    assert check_identity(pool).workers == 0
+
+
+def test_cancel_racing_a_cancelling_shutdown_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entered = threading.Event()
+
+    class SlowHandBack(JobHandedBack):  # widens the window between counting and resolving
+        def __init__(self, *args: Any) -> None:
+            entered.set()
+            time.sleep(0.1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(poolkit._thread_pool, "JobHandedBack", SlowHandBack)
+    gate = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=10)
+    pool.submit(gate.wait)
+    wait_until(lambda: pool.statistics().busy == 1)
+    queued = [pool.submit(double, i) for i in range(3)]
+    answers: list[bool] = []
+    canceller = threading.Thread(
+        target=lambda: (entered.wait(5), answers.append(queued[0].cancel()))
+    )
+    canceller.start()
+    threading.Timer(0.3, gate.set).start()
+    handed = pool.shutdown(cancel=True)
+    canceller.join(5)
+    assert answers == [False]  # the pool had already handed it back
+    assert len(handed) == 3
+    assert all(isinstance(j.exception(timeout=0), JobHandedBack) for j in queued)
+    s = check_identity(pool)
+    assert (s.handed_back, s.cancelled, s.queued) == (3, 0, 0)
+
+
+def test_thread_pool_retry_on_a_result_retries() -> None:
+    import tenacity
+
+    calls = 0
+
+    def not_ready_twice() -> str | None:
+        nonlocal calls
+        calls += 1
+        return None if calls < 3 else "ready"
+
+    policy = RetryPolicy(
+        retry=tenacity.retry_if_result(lambda r: r is None), wait=tenacity.wait_none()
+    )
+    with ThreadPool(workers=1, retry=policy) as pool:
+        assert pool.submit(not_ready_twice).result(timeout=5) == "ready"
+        assert (calls, pool.statistics().retried) == (3, 2)
+
+
+def test_thread_pool_fail_fast_map_raises_the_failure() -> None:
+    def f(i: int) -> int:
+        if i == 1:
+            raise ValueError("the real failure")
+        time.sleep(0.05)
+        return i
+
+    def body() -> None:
+        with ThreadPool(workers=2, queue_size=0, fail_fast=True) as pool:
+            for _ in pool.map(f, range(10)):
+                pass
+
+    with pytest.raises(ValueError, match="the real failure"):
+        body()
+
+
+def test_elastic_thread_pool_with_no_workers_and_no_queue_starts_one_for_a_submit() -> None:
+    with ThreadPool(workers=2, queue_size=0, min_workers=0) as pool:
+        assert pool.statistics().workers == 0
+        done: list[int] = []
+        submitter = threading.Thread(target=lambda: done.append(pool.submit(double, 4).result(5)))
+        submitter.start()
+        submitter.join(5)
+        assert done == [8]  # used to block forever: no worker to hand the job to
