@@ -81,11 +81,12 @@ class unregistered:
 class Origin:
     """Where a task or thread came from.  Kept small: code object and line, not strings."""
 
-    __slots__ = ("code", "created", "labels", "line", "owner")
+    __slots__ = ("code", "created", "labels", "line", "module", "owner")
 
-    def __init__(self, code: CodeType | None, line: int, owner: str | None) -> None:
+    def __init__(self, code: CodeType | None, line: int, module: str, owner: str | None) -> None:
         self.code = code
         self.line = line
+        self.module = module
         self.owner = owner
         self.created = time.monotonic()
         self.labels: dict[str, str] | None = None
@@ -99,21 +100,22 @@ _ASYNCIO_DIR = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "
 _SKIP = (_PACKAGE_DIR, _ASYNCIO_DIR)
 
 
-def user_site() -> tuple[CodeType | None, int]:
-    """The innermost frame of the caller's stack that is neither poolkit's nor asyncio's."""
+def user_site() -> tuple[CodeType | None, int, str]:
+    """The innermost frame of the caller's stack that is neither poolkit's nor asyncio's:
+    its code, line and module name."""
     frame: Any = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP):
-            return frame.f_code, frame.f_lineno
+        code = frame.f_code
+        if not code.co_filename.startswith(_SKIP):
+            return code, frame.f_lineno, frame.f_globals.get("__name__", "?")
         frame = frame.f_back
-    return None, 0
+    return None, 0, "?"
 
 
 def record_origin(obj: object, owner: str | None) -> Origin:
     """Note that ``obj`` (a task or thread) was just made, by whom (``owner``) and from where."""
-    code, line = user_site()
-    origin = Origin(code, line, owner)
+    code, line, module = user_site()
+    origin = Origin(code, line, module, owner)
     _origins[obj] = origin
     return origin
 
