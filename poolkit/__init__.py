@@ -13,10 +13,16 @@ from layers below it)::
     _jobs                       UnstartedJob, Outcome, PoolStatistics (both pools)
     _pool                       WorkerPool, Job            asyncio workers
     _thread_pool                ThreadPool, ThreadJob      worker threads
+    _registry                   (internal) weak registry of live objects; task origins
+    _introspect, _blocked       (internal) snapshots and dumps; provably blocked tasks
+    _noleaks, _watchdog         no_leaks, LeakError; the growth watchdog
 
 Everything works from asyncio tasks (on any event loop) and from threads.
 
-``poolkit.testing`` (a public module) holds the virtual-time event loop used by the tests.
+Public modules beside this one: ``poolkit.leaks`` (snapshots, dumps, blocked tasks, no_leaks,
+the watchdog), ``poolkit.debug`` (the debug HTTP endpoint), ``poolkit.prometheus`` (a
+prometheus_client collector; optional extra), ``poolkit.pytest_plugin`` (registered with pytest
+by entry point) and ``poolkit.testing`` (the virtual-time event loop used by the tests).
 """
 
 from ._channel import Channel as Channel
@@ -35,6 +41,7 @@ from ._composite import PerKeyStatistics as PerKeyStatistics
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
 from ._exceptions import JobHandedBack as JobHandedBack
+from ._exceptions import LeakError as LeakError
 from ._exceptions import NotAcquired as NotAcquired
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolkitError as PoolkitError
@@ -45,6 +52,7 @@ from ._jobs import PoolStatistics as PoolStatistics
 from ._jobs import UnstartedJob as UnstartedJob
 from ._limiter import CapacityLimiter as CapacityLimiter
 from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
+from ._noleaks import no_leaks as no_leaks
 from ._pool import Job as Job
 from ._pool import WorkerPool as WorkerPool
 from ._ratelimit import TokenBucket as TokenBucket
@@ -65,6 +73,7 @@ __all__ = [
     "EndOfChannel",
     "Job",
     "JobHandedBack",
+    "LeakError",
     "Limits",
     "LimitsStatistics",
     "NotAcquired",
@@ -87,6 +96,7 @@ __all__ = [
     "UnstartedJob",
     "WorkerPool",
     "WouldBlock",
+    "no_leaks",
     "parse_rate",
     "select",
     "select_blocking",

@@ -12,8 +12,10 @@ The tree::
     │                            tried to send on it
     ├── EndOfChannel             the channel was closed and every item in it has been received:
     │                            the data ran out, nobody did anything wrong
-    └── NotAcquired              (also a RuntimeError) you released a limiter more than you
-                                 had acquired from it
+    ├── NotAcquired              (also a RuntimeError) you released a limiter more than you
+    │                            had acquired from it
+    └── LeakError                (also an AssertionError) tasks or threads outlived a
+                                 ``no_leaks()`` block; ``.snapshot`` says which and where
 
 Timeouts raise the builtin :class:`TimeoutError`; cancellation is asyncio's own
 :class:`asyncio.CancelledError`.  Bad arguments raise :class:`ValueError` or :class:`TypeError`
@@ -22,10 +24,16 @@ naming the argument and the value received.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._introspect import Snapshot
+
 __all__ = [
     "ChannelClosed",
     "EndOfChannel",
     "JobHandedBack",
+    "LeakError",
     "NotAcquired",
     "PoolClosed",
     "PoolkitError",
@@ -93,3 +101,21 @@ class JobHandedBack(PoolkitError):
     in the list that ``shutdown(cancel=True)`` returned (and in ``pool.handed_back``), so that it
     can be stored or submitted again.
     """
+
+
+class LeakError(PoolkitError, AssertionError):
+    """Raised by :func:`poolkit.no_leaks` when tasks or threads started in its block are still
+    alive once its time budget has run out.
+
+    The code in the block is at fault: it started work and did not wait for it to finish (or
+    never told it to stop).  The message is a grouped dump of what leaked, and ``snapshot``
+    holds it as data (:class:`poolkit.leaks.Snapshot`).  It is an :class:`AssertionError` so
+    that test runners report it as a failure rather than an error.
+    """
+
+    def __init__(self, message: str, snapshot: Snapshot) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.snapshot))

@@ -488,14 +488,31 @@ def thread_infos(threads: Iterable[threading.Thread], caller: FrameType | None) 
     ]
 
 
+def blocked_ids(loop: asyncio.AbstractEventLoop | None) -> set[int]:
+    """``id()`` of the tasks :mod:`poolkit._blocked` proves blocked; inside :func:`stopped_world`,
+    before the caller holds any task (a task the caller holds is reachable, hence not blocked)."""
+    from ._blocked import blocked_tasks
+
+    found = blocked_tasks(loop)
+    ids = {id(t) for t in found}
+    found.clear()
+    return ids
+
+
 def snapshot(
-    loop: asyncio.AbstractEventLoop | None = None, *, tasks: bool = True, threads: bool = True
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    tasks: bool = True,
+    threads: bool = True,
+    blocked: bool = False,
 ) -> Snapshot:
     """Every unfinished task of ``loop`` (default: the running loop, if any) and every thread.
 
     Safe to call from any thread, with the loop running, idle or stuck: from another thread the
     snapshot is taken with every other thread held still (see the module docstring).  The
-    snapshot holds no reference to a task, thread or frame.
+    snapshot holds no reference to a task, thread or frame.  ``blocked=True`` also marks the
+    tasks that are provably blocked forever (``TaskInfo.blocked``; see
+    :func:`poolkit.leaks.find_blocked`), which costs a walk of the whole heap.
     """
     if loop is None:
         loop = running_loop()
@@ -503,9 +520,13 @@ def snapshot(
         raise TypeError(f"loop must be an event loop or None, got {loop!r}")
     caller = sys._getframe(1)
     with stopped_world():
+        dead = blocked_ids(loop) if blocked and tasks and loop is not None else set()
         task_list = collect_tasks(loop) if tasks and loop is not None else []
         task_part = task_infos(task_list, loop)
         del task_list
+        for info in task_part:
+            if info.ident in dead:
+                info.blocked = True
         thread_part = thread_infos(threading.enumerate(), caller) if threads else []
     del caller
     return Snapshot(tuple(task_part), tuple(thread_part), time.time())

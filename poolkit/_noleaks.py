@@ -1,0 +1,336 @@
+"""``no_leaks()``: fail when a block of code leaves tasks or threads running behind it.
+
+What counts as a leak
+---------------------
+A task of the running loop, or a thread, that is still alive when the block ends and was not
+alive when it began (``ignore_current=True``, the default), and that no ignore rule excuses.
+The block's own task and thread never count.
+
+Waiting before judging
+----------------------
+Work that is merely finishing (a worker that saw the channel close and is on its way out) is not
+a leak, so on exit the check is retried with backoff (1 ms, doubling, at most 100 ms apart) for
+up to ``timeout`` seconds, goleak's default budget being 0.4 s.  The budget for tasks is measured
+on the loop's clock (so a test on virtual time does not wait in real time); for threads, in real
+time.  While only threads are left, the wait is a short blocking sleep (at most 100 ms) between
+turns of the loop, so a thread that waits on the loop can still finish.
+
+If the block raises, nothing is checked: the exception is the report that matters, and the
+tasks it left behind are its consequence.
+
+The report
+----------
+:class:`~poolkit.LeakError` carries a :class:`~poolkit.leaks.Snapshot` of what leaked, grouped
+by stack with creation sites as in ``/debug/pprof/goroutine?debug=1``.  Tasks that are provably
+blocked forever (nothing alive can wake them: :func:`poolkit.leaks.find_blocked`) are marked as
+such; the others are only still running when the budget ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import inspect
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._checks import check_timeout
+from ._exceptions import LeakError
+from ._introspect import (
+    Info,
+    Snapshot,
+    TaskInfo,
+    ThreadInfo,
+    blocked_ids,
+    stopped_world,
+    task_infos,
+    thread_infos,
+)
+
+__all__ = ["NoLeaks", "no_leaks"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_FIRST_DELAY = 0.001
+_MAX_DELAY = 0.1
+
+
+def _patterns(value: str | Iterable[str], name: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must be strings (glob patterns), got {item!r}")
+    return items
+
+
+class NoLeaks:
+    """What :func:`no_leaks` returns: an async and sync context manager, and a decorator.
+
+    One object can be used many times, one block at a time (entering it twice at once raises
+    :class:`RuntimeError`); as a decorator, each call of the function gets a fresh one.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_me",
+        "_task",
+        "_tasks_before",
+        "_threads_before",
+        "ignore_current",
+        "ignore_functions",
+        "ignore_names",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 0.4,
+        ignore_names: str | Iterable[str] = (),
+        ignore_functions: str | Iterable[str] = (),
+        ignore_current: bool = True,
+    ) -> None:
+        checked = check_timeout(timeout)
+        if checked is None:
+            raise ValueError(f"timeout must be a finite number of seconds, got {timeout!r}")
+        if not isinstance(ignore_current, bool):
+            raise TypeError(f"ignore_current must be True or False, got {ignore_current!r}")
+        self.timeout = checked
+        self.ignore_names = _patterns(ignore_names, "ignore_names")
+        self.ignore_functions = _patterns(ignore_functions, "ignore_functions")
+        self.ignore_current = ignore_current
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._me: threading.Thread | None = None
+        self._tasks_before: weakref.WeakSet[asyncio.Task[Any]] | None = None
+        self._threads_before: set[threading.Thread] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"no_leaks(timeout={self.timeout!r}, ignore_names={self.ignore_names!r}, "
+            f"ignore_functions={self.ignore_functions!r}, ignore_current={self.ignore_current!r})"
+        )
+
+    def _copy(self) -> NoLeaks:
+        return NoLeaks(
+            timeout=self.timeout,
+            ignore_names=self.ignore_names,
+            ignore_functions=self.ignore_functions,
+            ignore_current=self.ignore_current,
+        )
+
+    # ------------------------------------------------------------------- entering
+
+    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        if self._threads_before is not None:
+            raise RuntimeError(f"{self!r} is already in use; make one per block")
+        self._loop = loop
+        self._me = threading.current_thread()
+        self._threads_before = set(threading.enumerate()) if self.ignore_current else set()
+        if loop is not None:
+            self._task = asyncio.current_task(loop)
+            before = asyncio.all_tasks(loop) if self.ignore_current else ()
+            self._tasks_before = weakref.WeakSet(before)
+
+    def _reset(self) -> None:
+        self._loop = self._task = self._me = None
+        self._tasks_before = self._threads_before = None
+
+    async def __aenter__(self) -> NoLeaks:
+        self._enter(asyncio.get_running_loop())
+        return self
+
+    def __enter__(self) -> NoLeaks:
+        self._enter(None)
+        return self
+
+    # ------------------------------------------------------------------- judging
+
+    def _excused(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.ignore_names)
+
+    def _leftover_tasks(self) -> list[asyncio.Task[Any]]:
+        loop, me, before = self._loop, self._task, self._tasks_before
+        if loop is None or before is None:
+            return []
+        return [
+            t
+            for t in asyncio.all_tasks(loop)
+            if t is not me and t not in before and not self._excused(t.get_name())
+        ]
+
+    def _leftover_threads(self) -> list[threading.Thread]:
+        me, before = self._me, self._threads_before or set()
+        return [
+            t
+            for t in threading.enumerate()
+            if t is not me and t not in before and t.is_alive() and not self._excused(t.name)
+        ]
+
+    def _keep(self, info: Info) -> bool:
+        patterns = self.ignore_functions
+        if not patterns:
+            return True
+        return not any(fnmatch.fnmatchcase(frame.name, p) for frame in info.stack for p in patterns)
+
+    def _leaks(self, *, mark_blocked: bool) -> tuple[list[TaskInfo], list[ThreadInfo]]:
+        """What is left over now, as plain data, after the ignore rules."""
+        with stopped_world():
+            dead = blocked_ids(self._loop) if mark_blocked and self._loop is not None else set()
+            tasks = self._leftover_tasks()
+            task_part = [i for i in task_infos(tasks, self._loop) if self._keep(i)]
+            tasks.clear()
+            thread_part = [i for i in thread_infos(self._leftover_threads(), None) if self._keep(i)]
+        for info in task_part:
+            info.blocked = info.ident in dead
+        return task_part, thread_part
+
+    def _fail(self, waited: float) -> None:
+        tasks, threads = self._leaks(mark_blocked=True)
+        if not tasks and not threads:
+            return
+        report = Snapshot(tuple(tasks), tuple(threads), time.time())
+        parts = []
+        if tasks:
+            parts.append(f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+        if threads:
+            parts.append(f"{len(threads)} thread{'s' if len(threads) != 1 else ''}")
+        stuck = sum(1 for t in tasks if t.blocked)
+        message = f"{' and '.join(parts)} still alive {waited:.3g} s after the block ended"
+        if stuck:
+            message += (
+                f"; {stuck} of the tasks {'is' if stuck == 1 else 'are'} blocked forever"
+                " (nothing alive can wake them)"
+            )
+        raise LeakError(f"{message}\n\n{report.dump(1)}", report)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None:
+                return
+            loop = self._loop
+            assert loop is not None
+            task_deadline = loop.time() + self.timeout
+            thread_deadline = time.monotonic() + self.timeout
+            delay = _FIRST_DELAY
+            while True:
+                # Cheap checks by identity first; the stacks only if the ignore rules need them.
+                tasks = bool(self._leftover_tasks())
+                threads = bool(self._leftover_threads())
+                if (tasks or threads) and self.ignore_functions:
+                    found_tasks, found_threads = self._leaks(mark_blocked=False)
+                    tasks, threads = bool(found_tasks), bool(found_threads)
+                if not tasks and not threads:
+                    return
+                task_left = task_deadline - loop.time()
+                thread_left = thread_deadline - time.monotonic()
+                if (not tasks or task_left <= 0) and (not threads or thread_left <= 0):
+                    break
+                if tasks and task_left > 0:
+                    await asyncio.sleep(min(delay, task_left))
+                else:
+                    time.sleep(min(delay, thread_left))  # noqa: ASYNC251 - see module doc
+                    await asyncio.sleep(0)
+                delay = min(delay * 2, _MAX_DELAY)
+            self._fail(self.timeout)
+        finally:
+            self._reset()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None:
+                return
+            deadline = time.monotonic() + self.timeout
+            delay = _FIRST_DELAY
+            while self._leftover_threads():
+                if self.ignore_functions and not self._leaks(mark_blocked=False)[1]:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._fail(self.timeout)
+                    return
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, _MAX_DELAY)
+        finally:
+            self._reset()
+
+    # ------------------------------------------------------------------- decorating
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        if not callable(func):
+            raise TypeError(f"no_leaks() decorates a function, got {func!r}")
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def checked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                async with self._copy():
+                    return await func(*args, **kwargs)
+
+            return checked_async
+
+        @functools.wraps(func)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with self._copy():
+                return func(*args, **kwargs)
+
+        return checked
+
+
+def no_leaks(
+    *,
+    timeout: float = 0.4,
+    ignore_names: str | Iterable[str] = (),
+    ignore_functions: str | Iterable[str] = (),
+    ignore_current: bool = True,
+) -> NoLeaks:
+    """Fail with :class:`~poolkit.LeakError` if tasks or threads outlive the block.
+
+    ::
+
+        async with poolkit.no_leaks():
+            await run_my_service_briefly()
+
+        @poolkit.no_leaks(timeout=1.0)
+        async def test_shutdown(): ...
+
+        with poolkit.no_leaks():  # sync form: threads only
+            run_threads()
+
+    ``timeout``: how long (seconds) to keep re-checking before failing; leaks are reported only
+    after it.  ``ignore_names``: task and thread names to excuse, as glob patterns
+    (``"asyncio_*"`` excuses the default executor's worker threads).  ``ignore_functions``:
+    ``module.qualname`` glob patterns; a task or thread with such a function anywhere on its
+    stack is excused.  ``ignore_current``: excuse whatever was alive when the block began
+    (``False`` counts every task of the loop and every thread except the block's own).
+
+    The async form checks the running loop's tasks and all threads; the sync form, used from a
+    thread or outside any loop, checks threads only (it cannot wait for tasks).  Nothing is
+    checked if the block raises.  See the module documentation of :mod:`poolkit.leaks` for the
+    retry budget and the report.
+    """
+    return NoLeaks(
+        timeout=timeout,
+        ignore_names=ignore_names,
+        ignore_functions=ignore_functions,
+        ignore_current=ignore_current,
+    )
