@@ -254,6 +254,10 @@ _STDLIB = tuple(
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _LIBRARY = (*_STDLIB, _PACKAGE)
 
+# Library frames that call the program's own function, so count as the program's: what an
+# executor thread does inside a call is the call's state, not "executor idle".
+_CALLERS = {("concurrent.futures.thread", "_WorkItem.run")}
+
 # Objects the state's "awaiting" names, by the frame that holds them in ``self``.
 _LABELLED = ("poolkit._channel", "poolkit._limiter", "poolkit._ratelimit", "poolkit._composite")
 
@@ -277,7 +281,8 @@ class _Frames:
         if code not in self.kinds:
             state = _STATES.get((module, code.co_qualname))
             self.kinds[code] = (
-                code.co_filename.startswith(_LIBRARY),
+                code.co_filename.startswith(_LIBRARY)
+                and (module, code.co_qualname) not in _CALLERS,
                 state,
                 state is not None and module in _LABELLED,
             )

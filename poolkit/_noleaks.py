@@ -4,7 +4,9 @@ What counts as a leak
 ---------------------
 A task of the running loop, or a thread, that is still alive when the block ends and was not
 alive when it began (``ignore_current=True``, the default), and that no ignore rule excuses.
-The block's own task and thread never count.
+The block's own task and thread never count, and neither do *idle* threads of the event loop's
+default executor (``asyncio_0``..., ``uvloop_0``...: the threads ``asyncio.to_thread`` starts):
+they belong to the loop, which stops them when it closes.  One still running a call counts.
 
 Waiting before judging
 ----------------------
@@ -57,6 +59,8 @@ __all__ = ["NoLeaks", "no_leaks"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# asyncio's and uvloop's default executors (``asyncio.to_thread``) name their threads so.
+_DEFAULT_EXECUTOR = ("asyncio_", "uvloop_")
 _FIRST_DELAY = 0.001
 _MAX_DELAY = 0.1
 
@@ -167,11 +171,20 @@ class NoLeaks:
 
     def _leftover_threads(self) -> list[threading.Thread]:
         me, before = self._me, self._threads_before or set()
-        return [
+        found = [
             t
             for t in threading.enumerate()
             if t is not me and t not in before and t.is_alive() and not self._excused(t.name)
         ]
+        executors = [t for t in found if t.name.startswith(_DEFAULT_EXECUTOR)]
+        if executors:
+            idle = {
+                info.ident
+                for info in thread_infos(executors, None)
+                if info.state == "executor idle"
+            }
+            found = [t for t in found if t.ident not in idle]
+        return found
 
     def _keep(self, info: Info) -> bool:
         patterns = self.ignore_functions

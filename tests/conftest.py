@@ -24,6 +24,8 @@ import pytest
 
 from poolkit.testing import VirtualTimeLoop
 
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py runs pytest inside pytest
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is in the "test" extra

@@ -560,3 +560,22 @@ def test_watchdog_arguments_are_checked() -> None:
         Watchdog(min_growth=0)
     with pytest.raises(TypeError, match="on_growth must be callable"):
         Watchdog(on_growth=3)  # type: ignore[arg-type]
+
+
+async def test_idle_default_executor_threads_are_not_leaks() -> None:
+    async with no_leaks(timeout=0.05):
+        assert await asyncio.to_thread(sum, [1, 2]) == 3  # leaves an idle asyncio_N thread
+    assert any(t.name.startswith(("asyncio_", "uvloop_")) for t in threading.enumerate())
+
+
+async def test_a_default_executor_thread_still_running_a_call_is_a_leak() -> None:
+    release = threading.Event()
+    with pytest.raises(LeakError) as caught:
+        async with no_leaks(timeout=0.05):
+            busy = asyncio.ensure_future(asyncio.to_thread(release.wait, 10))
+            await asyncio.sleep(0.01)
+    (info,) = caught.value.snapshot.threads
+    assert info.state == "event wait"
+    assert info.name.startswith(("asyncio_", "uvloop_"))
+    release.set()
+    assert await busy is True
