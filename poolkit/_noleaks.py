@@ -219,7 +219,7 @@ class NoLeaks:
         if stuck:
             message += (
                 f"; {stuck} of the tasks {'is' if stuck == 1 else 'are'} blocked forever"
-                " (nothing alive can wake them)"
+                f" (nothing alive can wake {'it' if stuck == 1 else 'them'})"
             )
         raise LeakError(f"{message}\n\n{report.dump(1)}", report)
 

@@ -98,6 +98,8 @@ _origins: weakref.WeakKeyDictionary[Any, Origin] = weakref.WeakKeyDictionary()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "asyncio" + os.sep
 _SKIP = (_PACKAGE_DIR, _ASYNCIO_DIR)
+# ``poolkit demo`` plays the part of a program using poolkit: its lines are the user's lines.
+_DEMO = _PACKAGE_DIR + "_demo.py"
 
 
 def user_site() -> tuple[CodeType | None, int, str]:
@@ -106,7 +108,7 @@ def user_site() -> tuple[CodeType | None, int, str]:
     frame: Any = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if not code.co_filename.startswith(_SKIP):
+        if not code.co_filename.startswith(_SKIP) or code.co_filename == _DEMO:
             return code, frame.f_lineno, frame.f_globals.get("__name__", "?")
         frame = frame.f_back
     return None, 0, "?"
