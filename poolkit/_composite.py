@@ -281,6 +281,11 @@ class PerKey(Generic[K, L]):
 
     # ----------------------------------------------------------------- introspection
 
+    @property
+    def name(self) -> str | None:
+        """The name given when it was made, if any (dumps and metrics label it with it)."""
+        return self._name
+
     def statistics(self) -> PerKeyStatistics:
         with self._lock:
             return PerKeyStatistics(

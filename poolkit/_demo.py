@@ -65,7 +65,9 @@ def _line(pool: WorkerPool, started: float, before: tuple[float, int]) -> str:
 
 
 async def crawl(web: FakeWeb, workers: int, out: TextIO) -> tuple[int, int]:
-    per_host = PerKey(lambda: Limits(CapacityLimiter(2), TokenBucket("20/s", 2)))
+    per_host: PerKey[str, Limits] = PerKey(
+        lambda: Limits(CapacityLimiter(2), TokenBucket("20/s", 2)), name="hosts"
+    )
     pool = WorkerPool(
         workers=workers,
         queue_size=workers * 2,

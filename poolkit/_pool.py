@@ -65,7 +65,7 @@ from ._exceptions import JobHandedBack, PoolClosed, QueueFull
 from ._jobs import Outcome, PoolStatistics, UnstartedJob
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
-from ._registry import record_origin, register
+from ._registry import record_origin, register, unregistered
 from ._retry import RetryPolicy, async_retrying, check_policy
 
 __all__ = ["Job", "WorkerPool"]
@@ -506,7 +506,8 @@ class WorkerPool:
             raise TypeError(
                 f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey, got {limit!r}"
             )
-        self._limit: Limits | None = None if limit is None else Limits(limit)
+        with unregistered():  # the user's limit is registered; this wrapper is ours
+            self._limit: Limits | None = None if limit is None else Limits(limit)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the job, got {key!r}")
         if self._limit is not None and self._limit._keyed and key is None:

@@ -445,6 +445,13 @@ class TokenBucket:
             self._stamp = now
         return self._tokens
 
+    def _peek(self, now: float) -> float:
+        """The tokens there would be at ``now``, without refilling: reading statistics (perhaps
+        from another thread, on another clock, as the debug endpoint does) changes nothing."""
+        if now > self._stamp:
+            return min(self._tokens + (now - self._stamp) * self._rate, self._burst)
+        return self._tokens
+
     def _now(self) -> float:
         if self._clock is not None:
             return self._clock()
@@ -510,7 +517,7 @@ class TokenBucket:
                 name=self._name,
                 rate=self._rate,
                 burst=self._burst,
-                tokens=self._refill(self._now()),
+                tokens=self._peek(self._now()),
                 waiting=sum(1 for w in self._queue if w.state == _WAITING),
                 granted_total=self._granted,
                 cost_granted_total=self._cost_granted,

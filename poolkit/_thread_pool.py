@@ -222,7 +222,8 @@ class ThreadPool:
             raise TypeError(
                 f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey, got {limit!r}"
             )
-        self._limit: Limits | None = None if limit is None else Limits(limit)
+        with unregistered():  # the user's limit is registered; this wrapper is ours
+            self._limit: Limits | None = None if limit is None else Limits(limit)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the job, got {key!r}")
         if self._limit is not None and self._limit._keyed and key is None:

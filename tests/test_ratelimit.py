@@ -530,3 +530,20 @@ def test_virtual_time_far_from_zero_neither_spins_nor_stalls(start: float) -> No
     with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
         elapsed = runner.run(main())
     assert elapsed == pytest.approx(99 / 333.33 + 0.1, rel=1e-3)
+
+
+@pytest.mark.virtual_time
+async def test_reading_statistics_from_another_thread_changes_nothing() -> None:
+    # The debug endpoint reads statistics from its own thread, whose clock is not the loop's.
+    loop = asyncio.get_running_loop()
+    bucket = TokenBucket(1, 1)
+    await bucket.acquire()
+    seen: list[float] = []
+    reader = threading.Thread(target=lambda: seen.append(bucket.statistics().tokens))
+    reader.start()
+    reader.join()
+    assert len(seen) == 1
+    start = loop.time()
+    for _ in range(3):
+        await bucket.acquire()
+    assert loop.time() - start == pytest.approx(3.0)  # one a second, as if nobody had looked
