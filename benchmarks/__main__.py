@@ -9,6 +9,7 @@ import sys
 
 from . import _harness
 from . import bench_channel as bench_channel  # each module registers its suites
+from . import bench_leaks as bench_leaks
 from . import bench_limits as bench_limits
 from . import bench_pools as bench_pools
 

@@ -266,10 +266,12 @@ class _Frames:
     """Turns raw frames into :class:`Frame` values and a state, with caches shared across one
     snapshot (thousands of tasks usually run a handful of functions)."""
 
-    __slots__ = ("cache", "kinds")
+    __slots__ = ("cache", "kinds", "sites")
 
     def __init__(self) -> None:
+        # Keyed by the last instruction, which is cheap to read, unlike the line number.
         self.cache: dict[tuple[CodeType, int], Frame] = {}
+        self.sites: dict[tuple[CodeType, int], Frame] = {}  # keyed by line
         # code -> (library code?, the state it names or None, holds a poolkit object in self?)
         self.kinds: dict[CodeType, tuple[bool, str | None, bool]] = {}
 
@@ -277,7 +279,7 @@ class _Frames:
         code = frame.f_code
         module = str(frame.f_globals.get("__name__", "?"))
         made = Frame(code.co_qualname, module, code.co_filename, frame.f_lineno)
-        self.cache[code, frame.f_lineno] = made
+        self.cache[code, frame.f_lasti] = made
         if code not in self.kinds:
             state = _STATES.get((module, code.co_qualname))
             self.kinds[code] = (
@@ -302,7 +304,7 @@ class _Frames:
         library = True
         for f in raw:
             code = f.f_code
-            made = cache.get((code, f.f_lineno))
+            made = cache.get((code, f.f_lasti))
             if made is None:
                 made = self._new(f)
             out.append(made)
@@ -322,10 +324,10 @@ class _Frames:
         if origin is None or origin.code is None:
             return None
         code = origin.code
-        made = self.cache.get((code, origin.line))
+        made = self.sites.get((code, origin.line))
         if made is None:
             made = Frame(code.co_qualname, origin.module, code.co_filename, origin.line)
-            self.cache[code, origin.line] = made
+            self.sites[code, origin.line] = made
         return made
 
 
