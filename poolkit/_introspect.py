@@ -660,7 +660,7 @@ def _group_lines(kind: str, infos: list[Info]) -> list[str]:
 def format_groups(tasks: Iterable[TaskInfo], threads: Iterable[ThreadInfo]) -> str:
     lines = _group_lines("task", list(tasks))
     lines += _group_lines("thread", list(threads))
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _age(age: float | None) -> str | None:
@@ -705,4 +705,4 @@ def format_full(tasks: Iterable[TaskInfo], threads: Iterable[ThreadInfo]) -> str
     infos: list[Info] = [*tasks, *threads]
     for info in infos:
         lines += _full_lines(info)
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -97,7 +97,8 @@ _origins: weakref.WeakKeyDictionary[Any, Origin] = weakref.WeakKeyDictionary()
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "asyncio" + os.sep
-_SKIP = (_PACKAGE_DIR, _ASYNCIO_DIR)
+# threading's own frames (Thread.run) are not the user's line either.
+_SKIP = (_PACKAGE_DIR, _ASYNCIO_DIR, os.path.abspath(threading.__file__))
 # ``poolkit demo`` plays the part of a program using poolkit: its lines are the user's lines.
 _DEMO = _PACKAGE_DIR + "_demo.py"
 

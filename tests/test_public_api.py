@@ -11,7 +11,13 @@ import pytest
 
 import poolkit
 
-PUBLIC_MODULES = ["poolkit", "poolkit.leaks", "poolkit.prometheus", "poolkit.testing"]
+PUBLIC_MODULES = [
+    "poolkit",
+    "poolkit.debug",
+    "poolkit.leaks",
+    "poolkit.prometheus",
+    "poolkit.testing",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
