@@ -6,8 +6,9 @@ The tree::
     ├── WouldBlock               a *_nowait() call could not proceed without waiting
     │   └── QueueFull            submit_nowait(): the pool's queue is full (counted as rejected)
     ├── PoolClosed               you submitted to a pool that is shutting down or shut down
-    ├── JobHandedBack            awaiting a job that never started: the pool was shut down with
-    │                            cancel=True and handed it back to the caller of shutdown()
+    ├── JobHandedBack            awaiting a job that never started: the pool was shut down
+    │                            (cancel=True, or a drain that ran out of time) and handed it
+    │                            back to the caller of shutdown()
     ├── ChannelClosed            you (or your side of the program) closed the channel and then
     │                            tried to send on it
     ├── EndOfChannel             the channel was closed and every item in it has been received:
@@ -95,11 +96,12 @@ class PoolClosed(PoolkitError):
 
 
 class JobHandedBack(PoolkitError):
-    """Raised by awaiting a job that never started because the pool shut down with cancel=True.
+    """Raised by awaiting a job that never started because the pool was shut down first: with
+    ``cancel=True``, or by a drain whose ``timeout`` ran out (which then cancels).
 
     Nobody did anything wrong with the job: it was handed back, with its function and arguments,
-    in the list that ``shutdown(cancel=True)`` returned (and in ``pool.handed_back``), so that it
-    can be stored or submitted again.
+    in the list that ``shutdown()`` returned (and in ``pool.handed_back``), so that it can be
+    stored or submitted again.
     """
 
 

@@ -83,3 +83,12 @@ class PoolStatistics:
     """Seconds jobs spent running, summed (divide by finished jobs for the mean)."""
     closed: bool
     """Whether the pool has stopped accepting jobs."""
+
+
+def fn_name(fn: Any) -> str:
+    """How messages name a job's function: ``module.qualname`` when it has one, else its repr."""
+    qualname = getattr(fn, "__qualname__", None)
+    if isinstance(qualname, str):
+        module = getattr(fn, "__module__", None)
+        return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    return repr(fn)

@@ -205,6 +205,7 @@ class NoLeaks:
         return task_part, thread_part
 
     def _fail(self, waited: float) -> None:
+        __tracebackhide__ = True  # pytest: the report is the point, not this frame
         tasks, threads = self._leaks(mark_blocked=True)
         if not tasks and not threads:
             return
@@ -229,6 +230,7 @@ class NoLeaks:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        __tracebackhide__ = True
         try:
             if exc_type is not None:
                 return
@@ -266,6 +268,7 @@ class NoLeaks:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        __tracebackhide__ = True
         try:
             if exc_type is not None:
                 return

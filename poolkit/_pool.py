@@ -63,6 +63,7 @@ from ._checks import check_timeout
 from ._composite import Limits, PerKey
 from ._exceptions import JobHandedBack, PoolClosed, QueueFull
 from ._jobs import Outcome, PoolStatistics, UnstartedJob
+from ._jobs import fn_name as _fn_name
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._registry import record_origin, register, unregistered
@@ -817,8 +818,8 @@ class WorkerPool:
             except TimeoutError as exc:
                 if scope.expired():
                     raise _TimedOut(
-                        f"job {job._fn!r} ran past the {self._label()}'s timeout of "
-                        f"{self._timeout} s"
+                        f"job {_fn_name(job._fn)} ran past the timeout of {self._timeout} s "
+                        f"set on the {self._label()}"
                     ) from exc
                 raise
         finally:
@@ -856,8 +857,9 @@ class WorkerPool:
                 self._handed.append(UnstartedJob(job._fn, job._args, kwargs, handle))
                 job._reject(
                     JobHandedBack(
-                        f"{self._label()} shut down with cancel=True before this job started; "
-                        f"it is in the list shutdown() returned"
+                        f"{self._label()} was shut down (cancelling, or a drain that ran out of "
+                        f"time) before this job started; it is in the list shutdown() "
+                        f"returned and in pool.handed_back"
                     )
                 )
                 if handle is not None:
@@ -995,7 +997,10 @@ class WorkerPool:
         if not self._jobs.offer(job):
             self._rejected += 1
             job._phase = _DONE
-            raise QueueFull(f"{self._label()}'s queue is full ({self._queue_size} jobs)")
+            raise QueueFull(
+                f"the queue of {self._label()} is full ({self._queue_size} job"
+                f"{'' if self._queue_size == 1 else 's'} waiting)"
+            )
         self._accepted()
         return job
 

@@ -41,6 +41,7 @@ from ._checks import check_timeout
 from ._composite import Limits, PerKey
 from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack, PoolClosed, QueueFull
 from ._jobs import Outcome, PoolStatistics, UnstartedJob
+from ._jobs import fn_name as _fn_name
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._registry import record_origin, register, unregistered
@@ -506,8 +507,8 @@ class ThreadPool:
             for job in expired:  # resolved outside the lock: callbacks may call back into us
                 job.set_exception(
                     TimeoutError(
-                        f"job {job._fn!r} ran past the {self._label()}'s timeout of "
-                        f"{self._timeout} s (its thread goes on until the call returns)"
+                        f"job {_fn_name(job._fn)} ran past the timeout of {self._timeout} s set "
+                        f"on the {self._label()} (its thread goes on until the call returns)"
                     )
                 )
 
@@ -541,8 +542,9 @@ class ThreadPool:
             if hand_back:
                 job.set_exception(
                     JobHandedBack(
-                        f"{self._label()} shut down with cancel=True before this job started; "
-                        f"it is in the list shutdown() returned"
+                        f"{self._label()} was shut down (cancelling, or a drain that ran out of "
+                        f"time) before this job started; it is in the list shutdown() "
+                        f"returned and in pool.handed_back"
                     )
                 )
             else:
@@ -635,7 +637,10 @@ class ThreadPool:
         if not ok:
             with self._lock:
                 self._rejected += 1
-            raise QueueFull(f"{self._label()}'s queue is full ({self._queue_size} jobs)")
+            raise QueueFull(
+                f"the queue of {self._label()} is full ({self._queue_size} job"
+                f"{'' if self._queue_size == 1 else 's'} waiting)"
+            )
         self._accepted(job)
         return job
 

@@ -84,6 +84,7 @@ def _wrap(fn: Any, checker: NoLeaks) -> Any:
 
         @functools.wraps(fn)
         async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # pytest shows the test's code, not this wrapper
             async with checker:
                 return await fn(*args, **kwargs)
 
@@ -91,6 +92,7 @@ def _wrap(fn: Any, checker: NoLeaks) -> Any:
 
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         with checker:
             return fn(*args, **kwargs)
 
