@@ -17,6 +17,11 @@ on the loop's clock (so a test on virtual time does not wait in real time); for 
 time.  While only threads are left, the wait is a short blocking sleep (at most 100 ms) between
 turns of the loop, so a thread that waits on the loop can still finish.
 
+A leaked task that nothing can reach may be freed by the garbage collector before the check
+(asyncio then logs "Task was destroyed but it is pending!").  The async form watches the loop's
+exception handler for that report during the block, counts such a task as leaked and blocked
+forever, and passes the report on to the handler that was there before.
+
 If the block raises, nothing is checked: the exception is the report that matters, and the
 tasks it left behind are its consequence.
 
@@ -61,6 +66,7 @@ R = TypeVar("R")
 
 # asyncio's and uvloop's default executors (``asyncio.to_thread``) name their threads so.
 _DEFAULT_EXECUTOR = ("asyncio_", "uvloop_")
+_DESTROYED = "Task was destroyed but it is pending!"  # asyncio's words, on every loop
 _FIRST_DELAY = 0.001
 _MAX_DELAY = 0.1
 
@@ -81,6 +87,8 @@ class NoLeaks:
     """
 
     __slots__ = (
+        "_destroyed",
+        "_handler",
         "_loop",
         "_me",
         "_task",
@@ -114,6 +122,8 @@ class NoLeaks:
         self._me: threading.Thread | None = None
         self._tasks_before: weakref.WeakSet[asyncio.Task[Any]] | None = None
         self._threads_before: set[threading.Thread] | None = None
+        self._destroyed: list[TaskInfo] = []
+        self._handler: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -141,10 +151,37 @@ class NoLeaks:
             self._task = asyncio.current_task(loop)
             before = asyncio.all_tasks(loop) if self.ignore_current else ()
             self._tasks_before = weakref.WeakSet(before)
+            self._destroyed = []
+            self._handler = loop.get_exception_handler()
+            loop.set_exception_handler(self._on_loop_error)
 
     def _reset(self) -> None:
-        self._loop = self._task = self._me = None
+        loop = self._loop
+        if loop is not None and loop.get_exception_handler() == self._on_loop_error:
+            loop.set_exception_handler(self._handler)
+        self._loop = self._task = self._me = self._handler = None
         self._tasks_before = self._threads_before = None
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Note a task the garbage collector destroyed while it was pending (a leak that no
+        check at the end could see any more), then pass the report on as usual."""
+        task = context.get("task")
+        if (
+            isinstance(task, asyncio.Task)
+            and context.get("message") == _DESTROYED
+            and task is not self._task
+            and not self._excused(task.get_name())
+        ):
+            infos = [i for i in task_infos([task], loop) if self._keep(i)]
+            for info in infos:
+                info.blocked = True  # unreachable, by definition: the collector freed it
+                info.state = f"destroyed while pending ({info.state})"
+            self._destroyed += infos
+        del task
+        if self._handler is not None:
+            self._handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     async def __aenter__(self) -> NoLeaks:
         self._enter(asyncio.get_running_loop())
@@ -207,9 +244,10 @@ class NoLeaks:
     def _fail(self, waited: float) -> None:
         __tracebackhide__ = True  # pytest: the report is the point, not this frame
         tasks, threads = self._leaks(mark_blocked=True)
-        if not tasks and not threads:
+        destroyed = self._destroyed
+        if not tasks and not threads and not destroyed:
             return
-        report = Snapshot(tuple(tasks), tuple(threads), time.time())
+        report = Snapshot(tuple(tasks + destroyed), tuple(threads), time.time())
         parts = []
         if tasks:
             parts.append(f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
@@ -217,6 +255,10 @@ class NoLeaks:
             parts.append(f"{len(threads)} thread{'s' if len(threads) != 1 else ''}")
         stuck = sum(1 for t in tasks if t.blocked)
         message = f"{' and '.join(parts)} still alive {waited:.3g} s after the block ended"
+        if destroyed:
+            gone = f"{len(destroyed)} task{'s' if len(destroyed) != 1 else ''}"
+            lost = f"{gone} destroyed by the garbage collector while still pending"
+            message = f"{message}; {lost}" if parts else f"{lost} (leaked: nothing could wake them)"
         if stuck:
             message += (
                 f"; {stuck} of the tasks {'is' if stuck == 1 else 'are'} blocked forever"
@@ -247,7 +289,7 @@ class NoLeaks:
                     found_tasks, found_threads = self._leaks(mark_blocked=False)
                     tasks, threads = bool(found_tasks), bool(found_threads)
                 if not tasks and not threads:
-                    return
+                    break
                 task_left = task_deadline - loop.time()
                 thread_left = thread_deadline - time.monotonic()
                 if (not tasks or task_left <= 0) and (not threads or thread_left <= 0):

@@ -579,3 +579,33 @@ async def test_a_default_executor_thread_still_running_a_call_is_a_leak() -> Non
     assert info.name.startswith(("asyncio_", "uvloop_"))
     release.set()
     assert await busy is True
+
+
+def test_a_task_the_collector_destroys_inside_the_block_is_still_reported() -> None:
+    seen: list[str] = []
+
+    async def main() -> LeakError:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: seen.append(context["message"]))
+        with pytest.raises(LeakError) as caught:
+            async with no_leaks(timeout=0.05):
+                asyncio.create_task(_receive(poolkit.Channel(0)), name="collected")
+                await asyncio.sleep(0)
+                gc.collect()  # nothing can reach it: the collector destroys it, pending
+        assert loop.get_exception_handler() is not None  # the user's handler is back
+        return caught.value
+
+    error = asyncio.run(main())
+    assert seen == ["Task was destroyed but it is pending!"]  # still passed on to the handler
+    assert str(error).startswith("1 task destroyed by the garbage collector while still pending")
+    (info,) = error.snapshot.tasks
+    assert info.name == "collected" and info.blocked
+    assert info.state.startswith("destroyed while pending")  # its stack may be gone by then
+
+
+async def test_the_loops_exception_handler_is_restored() -> None:
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    async with no_leaks(timeout=0.01):
+        assert loop.get_exception_handler() is not before
+    assert loop.get_exception_handler() is before
