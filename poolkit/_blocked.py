@@ -8,8 +8,8 @@ lingers until a garbage collection frees it ("Task was destroyed but it is pendi
 
 This module answers the question the collector would answer, without collecting anything:
 
-1. With every other thread held still and the collector off (:func:`stopped_world`), take the
-   list of every object the collector tracks.
+1. With the collector paused (:func:`stopped_world`), take the list of every object the
+   collector tracks.
 2. For each, count the references that come from *outside* the tracked heap: its reference count
    minus the references held by other tracked objects (found with ``gc.get_referents``, which
    walks the same links as the collector).  Objects with outside references are *roots*: module
@@ -84,13 +84,7 @@ def _unreachable(objs: list[Any], probe_id: int) -> set[int]:
     return tracked
 
 
-def blocked_tasks(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Task[Any]]:
-    """Every pending task (of ``loop``, or of any loop if ``None``) that nothing alive reaches.
-
-    Must be called inside :func:`stopped_world`, and the caller must drop the list before it
-    leaves that block, or it keeps the leaked tasks alive itself.
-    """
-    _check_build()
+def _scan(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Task[Any]]:
     probe: list[Any] = []  # referenced by this frame only: calibrates the bookkeeping's share
     objs = gc.get_objects()
     probe_id = id(probe)
@@ -107,6 +101,33 @@ def blocked_tasks(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Task[A
     ]
     objs.clear()
     return found
+
+
+def _waiting_on(task: asyncio.Task[Any]) -> int:
+    return id(getattr(task, "_fut_waiter", None))
+
+
+def blocked_tasks(loop: asyncio.AbstractEventLoop | None) -> list[asyncio.Task[Any]]:
+    """Every pending task (of ``loop``, or of any loop if ``None``) that nothing alive reaches.
+
+    Must be called inside :func:`stopped_world`, and the caller must drop the list before it
+    leaves that block, or it keeps the leaked tasks alive itself.
+
+    Other threads keep running during the scan (Python cannot stop them), and one that moves a
+    reference at the wrong moment could make a live task look unreachable.  So a task is only
+    reported if a second scan finds it unreachable too, still waiting on the same future; the
+    second scan costs nothing when the first finds nothing, the usual case.
+    """
+    _check_build()
+    first = _scan(loop)
+    if not first:
+        return first
+    suspects = {id(task): _waiting_on(task) for task in first}
+    first.clear()
+    second = _scan(loop)
+    confirmed = [task for task in second if suspects.get(id(task)) == _waiting_on(task)]
+    second.clear()
+    return confirmed
 
 
 def find_blocked(loop: asyncio.AbstractEventLoop | None = None) -> list[TaskInfo]:

@@ -14,10 +14,13 @@ the caller's code: ``Channel.receive`` says more than the generic wait it calls.
 Taking a snapshot from another thread
 -------------------------------------
 A dump must work when the event loop is stuck, since that is when one wants it.  So a snapshot
-taken from another thread does not ask the loop: it reads the loop's tasks directly, having
-raised the interpreter's switch interval so that no other thread runs Python code meanwhile
-(``sys.setswitchinterval``; restored at once).  It is consistent, and pauses the program for as
-long as it takes (a few milliseconds per thousand tasks).
+taken from another thread does not ask the loop: it reads the loop's tasks directly.  Python
+cannot stop the other threads meanwhile (raising the switch interval backfires: the first thread
+to take the lock back then keeps it for as long as the new interval), so a snapshot of a loop
+that is running in another thread is a best effort: each task's stack is read as it is at that
+moment, and a task that finishes meanwhile may still be listed.  It is exact for a loop that is
+stuck or that runs in the calling thread.  The collector is paused while a snapshot is taken, so
+nothing is freed under it.
 """
 
 from __future__ import annotations
@@ -392,18 +395,15 @@ _world = threading.Lock()
 
 @contextmanager
 def stopped_world() -> Iterator[None]:
-    """No other thread runs Python code inside this block (see the module docstring)."""
+    """One snapshot at a time, with the garbage collector paused (see the module docstring)."""
     with _world:
-        before = sys.getswitchinterval()
         collecting = gc.isenabled()
-        sys.setswitchinterval(60.0)
-        gc.disable()  # a snapshot allocates much; a full collection in the middle costs more
+        gc.disable()  # nothing is freed under a snapshot; and a collection now would cost more
         try:
             yield
         finally:
             if collecting:
                 gc.enable()
-            sys.setswitchinterval(before)
 
 
 def _task_info(
@@ -516,7 +516,7 @@ def snapshot(
     """Every unfinished task of ``loop`` (default: the running loop, if any) and every thread.
 
     Safe to call from any thread, with the loop running, idle or stuck: from another thread the
-    snapshot is taken with every other thread held still (see the module docstring).  The
+    snapshot is a best effort if the loop is running in another thread (module docstring).  The
     snapshot holds no reference to a task, thread or frame.  ``blocked=True`` also marks the
     tasks that are provably blocked forever (``TaskInfo.blocked``; see
     :func:`poolkit.leaks.find_blocked`), which costs a walk of the whole heap.

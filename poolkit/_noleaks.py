@@ -79,6 +79,39 @@ def _patterns(value: str | Iterable[str], name: str) -> tuple[str, ...]:
     return items
 
 
+class _Watch:
+    """The loop's exception handler while a ``no_leaks`` block runs: notes tasks destroyed while
+    pending, then passes every report on to the handler that was there before.  Blocks on one
+    loop can overlap in any order: each leaves the chain without disturbing the others."""
+
+    __slots__ = ("block", "previous")
+
+    def __init__(self, block: NoLeaks, previous: Any) -> None:
+        self.block: NoLeaks | None = block
+        self.previous = previous
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if self.block is not None:
+            self.block._note_destroyed(loop, context)
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def remove(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.block = None  # from now on it only passes reports on
+        handler = loop.get_exception_handler()
+        if handler is self:
+            loop.set_exception_handler(self.previous)
+            return
+        while isinstance(handler, _Watch):  # a later block's watch is in front: unlink
+            if handler.previous is self:
+                handler.previous = self.previous
+                return
+            handler = handler.previous
+        # Someone else replaced the handler meanwhile: leave theirs alone.
+
+
 class NoLeaks:
     """What :func:`no_leaks` returns: an async and sync context manager, and a decorator.
 
@@ -88,12 +121,13 @@ class NoLeaks:
 
     __slots__ = (
         "_destroyed",
-        "_handler",
+        "_ids_before",
         "_loop",
         "_me",
         "_task",
         "_tasks_before",
         "_threads_before",
+        "_watch",
         "ignore_current",
         "ignore_functions",
         "ignore_names",
@@ -123,7 +157,8 @@ class NoLeaks:
         self._tasks_before: weakref.WeakSet[asyncio.Task[Any]] | None = None
         self._threads_before: set[threading.Thread] | None = None
         self._destroyed: list[TaskInfo] = []
-        self._handler: Any = None
+        self._ids_before: set[int] = set()
+        self._watch: _Watch | None = None
 
     def __repr__(self) -> str:
         return (
@@ -151,25 +186,28 @@ class NoLeaks:
             self._task = asyncio.current_task(loop)
             before = asyncio.all_tasks(loop) if self.ignore_current else ()
             self._tasks_before = weakref.WeakSet(before)
+            self._ids_before = {id(t) for t in before}
             self._destroyed = []
-            self._handler = loop.get_exception_handler()
-            loop.set_exception_handler(self._on_loop_error)
+            self._watch = _Watch(self, loop.get_exception_handler())
+            loop.set_exception_handler(self._watch)
 
     def _reset(self) -> None:
-        loop = self._loop
-        if loop is not None and loop.get_exception_handler() == self._on_loop_error:
-            loop.set_exception_handler(self._handler)
-        self._loop = self._task = self._me = self._handler = None
+        loop, watch = self._loop, self._watch
+        if loop is not None and watch is not None:
+            watch.remove(loop)
+        self._loop = self._task = self._me = self._watch = None
         self._tasks_before = self._threads_before = None
+        self._ids_before = set()
 
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    def _note_destroyed(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Note a task the garbage collector destroyed while it was pending (a leak that no
-        check at the end could see any more), then pass the report on as usual."""
+        check at the end could see any more)."""
         task = context.get("task")
         if (
             isinstance(task, asyncio.Task)
             and context.get("message") == _DESTROYED
             and task is not self._task
+            and id(task) not in self._ids_before  # its weak entry is already gone by now
             and not self._excused(task.get_name())
         ):
             infos = [i for i in task_infos([task], loop) if self._keep(i)]
@@ -177,11 +215,6 @@ class NoLeaks:
                 info.blocked = True  # unreachable, by definition: the collector freed it
                 info.state = f"destroyed while pending ({info.state})"
             self._destroyed += infos
-        del task
-        if self._handler is not None:
-            self._handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
 
     async def __aenter__(self) -> NoLeaks:
         self._enter(asyncio.get_running_loop())
@@ -337,6 +370,11 @@ class NoLeaks:
     def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
         if not callable(func):
             raise TypeError(f"no_leaks() decorates a function, got {func!r}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"no_leaks() cannot check the generator function {func.__qualname__}: its body "
+                f"runs after the call returns; use 'with no_leaks():' inside it instead"
+            )
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)

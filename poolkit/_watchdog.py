@@ -99,6 +99,10 @@ class Watchdog:
         checked = check_timeout(interval, "interval")
         if checked is None or checked <= 0:
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        if checked > threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"interval must be at most threading.TIMEOUT_MAX seconds, got {interval!r}"
+            )
         if isinstance(window, bool) or not isinstance(window, int):
             raise TypeError(f"window must be an int (a number of samples), got {window!r}")
         if window < 2:

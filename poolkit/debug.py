@@ -26,9 +26,9 @@ How it stays out of the way
 ---------------------------
 The server lives in threads of its own: ``poolkit-debug-server`` accepts connections, and each
 request is answered in a short-lived ``poolkit-debug-request`` thread.  Neither ever asks the
-event loop anything: a task snapshot reads the loop's tasks directly, holding the other threads
-still for the few milliseconds it takes (see :func:`poolkit.leaks.snapshot`).  So the endpoint
-answers when the loop is stuck, which is exactly when one wants to look.
+event loop anything: a task snapshot reads the loop's tasks directly (see
+:func:`poolkit.leaks.snapshot`).  So the endpoint answers when the loop is stuck, which is
+exactly when one wants to look.
 
 Requests are logged at DEBUG on the ``poolkit.debug`` logger, never to stderr; an error while
 answering is logged at ERROR there and answered ``500``, and the server carries on.

@@ -609,3 +609,64 @@ async def test_the_loops_exception_handler_is_restored() -> None:
     async with no_leaks(timeout=0.01):
         assert loop.get_exception_handler() is not before
     assert loop.get_exception_handler() is before
+
+
+async def test_overlapping_blocks_on_one_loop_give_the_handler_back() -> None:
+    loop = asyncio.get_running_loop()
+    mine: list[str] = []
+
+    def handler(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        mine.append(context["message"])
+
+    loop.set_exception_handler(handler)
+    try:
+        a_in, b_in, a_out = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def block_a() -> None:
+            async with no_leaks(timeout=0.01):
+                a_in.set()
+                await b_in.wait()
+            a_out.set()  # A leaves while B's watch is in front of its own
+
+        async def block_b() -> None:
+            await a_in.wait()
+            async with no_leaks(timeout=0.01):
+                b_in.set()
+                await a_out.wait()
+
+        await asyncio.gather(block_a(), block_b())
+        assert loop.get_exception_handler() is handler
+        loop.call_exception_handler({"message": "still mine"})
+        assert mine == ["still mine"]
+    finally:
+        loop.set_exception_handler(None)
+
+
+def test_a_task_from_before_the_block_destroyed_inside_it_is_not_blamed_on_it() -> None:
+    seen: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: seen.append(context["message"])
+        )
+        asyncio.create_task(_receive(poolkit.Channel(0)), name="older")
+        await asyncio.sleep(0)
+        async with no_leaks(timeout=0.01):
+            gc.collect()  # destroys the older orphan while the block runs
+
+    asyncio.run(main())
+    assert seen == ["Task was destroyed but it is pending!"]
+
+
+def test_generator_functions_cannot_be_decorated() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    async def more() -> Any:
+        yield 2
+
+    for func in (numbers, more):
+        with pytest.raises(TypeError, match="cannot check the generator function"):
+            no_leaks()(func)
+    with pytest.raises(ValueError, match=r"interval must be at most threading\.TIMEOUT_MAX"):
+        Watchdog(interval=1e12)
