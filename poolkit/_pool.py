@@ -67,7 +67,7 @@ from ._jobs import fn_name as _fn_name
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._registry import record_origin, register, unregistered
-from ._retry import RetryPolicy, async_retrying, check_policy
+from ._retry import RetryPolicy, async_retrying, check_policy, first_attempt_is_free
 
 __all__ = ["Job", "WorkerPool"]
 
@@ -258,7 +258,7 @@ class _Worker:
         self.task: asyncio.Task[None] | None = None
 
 
-class _TimedOut(Exception):
+class _TimedOut(TimeoutError):
     """An attempt ran past the pool's timeout (becomes a TimeoutError on the job's handle)."""
 
 
@@ -463,6 +463,7 @@ class WorkerPool:
         "_retiring",
         "_retried",
         "_retry",
+        "_retry_fast",
         "_run_total",
         "_shrinking",
         "_started",
@@ -519,6 +520,7 @@ class WorkerPool:
             raise ValueError("timeout must be > 0 seconds or None, got 0")
         check_policy(retry, tenacity.AsyncRetrying)
         self._retry = retry
+        self._retry_fast = first_attempt_is_free(retry)
         if not isinstance(fail_fast, bool):
             raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
         self._fail_fast = fail_fast
@@ -778,6 +780,14 @@ class WorkerPool:
         """Run ``job`` through the limit, the timeout and the retry policy (the slow path)."""
         if self._retry is None:
             return await self._attempt(job)
+        replay: Exception | None = None
+        started = 0.0
+        if self._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
+            started = _monotonic()
+            try:
+                return await self._attempt(job)
+            except Exception as exc:
+                replay = exc
         first = True
         result = None
         async for attempt in async_retrying(self._retry):
@@ -786,8 +796,13 @@ class WorkerPool:
                     # Cancelled, and the function turned that into an error: never retried.
                     raise asyncio.CancelledError
                 self._retried += 1
-            first = False
             with attempt:
+                if first and replay is not None:
+                    first = False
+                    attempt.retry_state.start_time = started  # delays count from the first
+                    first_error, replay = replay, None
+                    raise first_error
+                first = False
                 result = await self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:

@@ -116,6 +116,21 @@ class _NotStopSignal(tenacity.retry_base):
 _NEVER = _NotStopSignal()
 
 
+def first_attempt_is_free(policy: RetryPolicy | tenacity.BaseRetrying | None) -> bool:
+    """Whether a job's first attempt can run without tenacity's machinery: true when the policy
+    only ever retries on exceptions and has no hook that runs before an attempt.  Then a job
+    that succeeds at once never builds a ``Retrying`` (tens of microseconds), and one that
+    fails hands its first exception to a ``Retrying`` started as if it had run it."""
+    if isinstance(policy, RetryPolicy):
+        return isinstance(policy.retry, tenacity.retry_if_exception)
+    if isinstance(policy, tenacity.BaseRetrying):
+        return (
+            isinstance(policy.retry, tenacity.retry_if_exception)
+            and policy.before is tenacity.before_nothing
+        )
+    return False
+
+
 def async_retrying(policy: RetryPolicy | tenacity.AsyncRetrying) -> tenacity.AsyncRetrying:
     """A fresh ``AsyncRetrying`` for one job."""
     if isinstance(policy, RetryPolicy):

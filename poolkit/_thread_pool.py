@@ -45,7 +45,7 @@ from ._jobs import fn_name as _fn_name
 from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._registry import record_origin, register, unregistered
-from ._retry import RetryPolicy, check_policy, sync_retrying
+from ._retry import RetryPolicy, check_policy, first_attempt_is_free, sync_retrying
 from ._wait import refuse_in_loop
 
 __all__ = ["ThreadJob", "ThreadPool"]
@@ -178,6 +178,7 @@ class ThreadPool:
         "_retire",
         "_retried",
         "_retry",
+        "_retry_fast",
         "_run_total",
         "_started",
         "_state",
@@ -235,6 +236,7 @@ class ThreadPool:
             raise ValueError("timeout must be > 0 seconds or None, got 0")
         check_policy(retry, tenacity.Retrying)
         self._retry = retry
+        self._retry_fast = first_attempt_is_free(retry)
         if not isinstance(fail_fast, bool):
             raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
         self._fail_fast = fail_fast
@@ -459,6 +461,14 @@ class ThreadPool:
     def _attempts(self, job: ThreadJob[Any]) -> Any:
         if self._retry is None:
             return self._attempt(job)
+        replay: Exception | None = None
+        started = 0.0
+        if self._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
+            started = _monotonic()
+            try:
+                return self._attempt(job)
+            except Exception as exc:
+                replay = exc
         first = True
         result = None
         for attempt in sync_retrying(self._retry):
@@ -467,8 +477,13 @@ class ThreadPool:
                     raise TimeoutError("timed out")
                 with self._lock:
                     self._retried += 1
-            first = False
             with attempt:
+                if first and replay is not None:
+                    first = False
+                    attempt.retry_state.start_time = started  # delays count from the first
+                    first_error, replay = replay, None
+                    raise first_error
+                first = False
                 result = self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 import pytest
@@ -1022,3 +1023,51 @@ async def test_elastic_pool_with_no_workers_and_no_queue_starts_one_for_a_submit
         async with asyncio.timeout(5):  # used to wait forever for room nobody would make
             job = await pool.submit(double, 4)
         assert await job == 8
+
+
+# ------------------------------------------------- retries: the first attempt without tenacity
+
+
+@pytest.mark.virtual_time
+async def test_the_pools_own_timeout_is_a_timeout_error_to_retry_policies() -> None:
+    attempts = 0
+
+    async def slow() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(10)
+
+    policy = poolkit.RetryPolicy.attempts(3, initial=0.1, jitter=0, on=TimeoutError)
+    async with poolkit.WorkerPool(workers=1, timeout=1, retry=policy) as pool:
+        job = await pool.submit(slow)
+        with pytest.raises(TimeoutError, match="ran past the timeout of 1"):
+            await job
+    assert attempts == 3
+    assert pool.statistics().retried == 2
+
+
+async def test_a_first_attempt_run_outside_tenacity_still_starts_its_clock() -> None:
+    first_call: list[float] = []
+    seen_start: list[float] = []
+
+    async def flaky() -> str:
+        first_call.append(time.monotonic())
+        if len(first_call) == 1:
+            raise ConnectionError("reset")
+        return "ok"
+
+    def note(state: tenacity.RetryCallState) -> None:
+        seen_start.append(state.start_time)
+
+    policy = poolkit.RetryPolicy(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_none(),
+        retry=tenacity.retry_if_exception_type(ConnectionError),
+        before_sleep=note,
+    )
+    async with poolkit.WorkerPool(workers=1, retry=policy) as pool:
+        assert await (await pool.submit(flaky)) == "ok"
+    # stop_after_delay and friends measure from the first attempt, not from the first retry.
+    assert seen_start == [pytest.approx(seen_start[0])]
+    assert seen_start[0] <= first_call[0]
+    assert pool.statistics().retried == 1

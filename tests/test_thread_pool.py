@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+import tenacity
 
 import poolkit
 from poolkit import (
@@ -638,3 +639,25 @@ def test_elastic_thread_pool_with_no_workers_and_no_queue_starts_one_for_a_submi
         submitter.start()
         submitter.join(5)
         assert done == [8]  # used to block forever: no worker to hand the job to
+
+
+def test_a_failing_first_attempt_is_handed_to_the_policy_with_its_start_time() -> None:
+    calls: list[float] = []
+    starts: list[float] = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise ConnectionError("reset")
+        return "ok"
+
+    policy = poolkit.RetryPolicy(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_none(),
+        retry=tenacity.retry_if_exception_type(ConnectionError),
+        before_sleep=lambda state: starts.append(state.start_time),
+    )
+    with poolkit.ThreadPool(workers=1, retry=policy) as pool:
+        assert pool.submit(flaky).result(timeout=10) == "ok"
+    assert len(calls) == 3 and pool.statistics().retried == 2
+    assert len(set(starts)) == 1 and starts[0] <= calls[0]
