@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Case", "Suite", "register", "run_async", "suites", "timed"]
+__all__ = ["PRINT_PEAK_RSS", "Case", "Suite", "register", "run_async", "suites", "timed"]
 
 
 @dataclass(slots=True)
@@ -38,6 +38,19 @@ class Suite:
 
 
 _SUITES: list[Suite] = []
+
+# The last lines of a script run in a fresh interpreter to measure its peak memory: it prints
+# the process's own high-water mark in MiB.  On Linux that is VmHWM: ``ru_maxrss`` survives
+# ``exec``, so a child would report at least the RSS its parent (the benchmark) had.
+PRINT_PEAK_RSS = r"""
+try:
+    with open("/proc/self/status") as _status:
+        _hwm = next(line for line in _status if line.startswith("VmHWM:"))
+    print(int(_hwm.split()[1]) / 1024)
+except OSError:
+    import resource
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
 
 
 def register(suite: Suite) -> Suite:

@@ -13,7 +13,7 @@ import anyio
 
 import poolkit
 
-from ._harness import Case, Suite, register, run_async, timed
+from ._harness import PRINT_PEAK_RSS, Case, Suite, register, run_async, timed
 
 WORKERS = 64
 QUEUE = 1024
@@ -198,8 +198,9 @@ through_submit.cases += [
 
 # ----------------------------------------------------------------- peak memory, 1M items
 
-_RSS_SCRIPT = r"""
-import asyncio, resource, sys, concurrent.futures as cf
+_RSS_SCRIPT = (
+    r"""
+import asyncio, sys, concurrent.futures as cf
 import poolkit
 kind, n = sys.argv[1], int(sys.argv[2])
 async def trivial(x): return 2 * x
@@ -226,8 +227,9 @@ elif kind == "tpe_map":
     with cf.ThreadPoolExecutor(8) as ex:
         for _ in ex.map(plain, range(n)):
             pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
+    + PRINT_PEAK_RSS
+)
 
 
 def _peak_rss(kind: str):  # type: ignore[no-untyped-def]

@@ -1,0 +1,942 @@
+"""Fetch a list of URLs politely, resumably and without leaving anything behind.
+
+A real scraper on poolkit and aiohttp (``pip install 'poolkit[scraper]'``).  URLs are read from a
+file, or from stdin, and flow through a closable :class:`poolkit.Channel` into a
+:class:`poolkit.WorkerPool` whose ``limit=`` keeps, for every attempt of every request,
+
+* at most ``--concurrency`` requests in flight over all hosts (a ``CapacityLimiter``),
+* at most ``--per-host`` requests in flight to any one host (a ``CapacityLimiter`` per host),
+* at most ``--rate`` request starts per host, in bursts of ``--burst`` (a ``TokenBucket`` per
+  host, through ``PerKey``).
+
+Connection errors, timeouts, 429 and 5xx answers are retried by the pool's tenacity policy, with
+exponential backoff and jitter, or after the delay the server named in ``Retry-After`` (seconds
+or an HTTP date).  The pool takes its limits afresh for every attempt and gives them back while
+the job waits to retry, so a retry is paced like any other request.
+
+Ctrl-C (SIGINT) or SIGTERM stops the run: no new URL is taken, requests already on the wire get
+``--grace`` seconds to finish, then they are cancelled.  The URLs never fetched, including those
+cancelled mid-flight, are written to ``--unfetched`` in input order, so that
+
+    python examples/scraper.py urls.txt -o results.jsonl --unfetched left.txt
+    python examples/scraper.py left.txt -o more.jsonl --unfetched left2.txt
+
+together fetch every URL exactly once.  A second signal skips the grace.  The whole run is
+checked by ``poolkit.no_leaks()``: no task or thread may outlive it.
+
+Results are JSON lines, one per URL that was fetched or given up on (``--output``, default
+stdout)::
+
+    {"url": ..., "host": ..., "ok": true, "status": 200, "bytes": 5120, "attempts": 1,
+     "seconds": 0.031, "error": null, "location": null}
+
+Redirects are not followed (a redirect's target is another request, maybe to another host, that
+must pass the limits too): a 3xx answer is a result, with its ``Location``.
+
+Progress goes to stderr: a live table per host on a terminal, a plain line every
+``--progress-interval`` seconds otherwise.  Exit status: 0 when every URL was fetched with a
+status below 400, 1 when some were not, 2 for bad arguments, 3 if tasks or threads were left
+behind, 130 after SIGINT and 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import functools
+import json
+import math
+import os
+import random
+import signal
+import stat
+import sys
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import tenacity
+
+import poolkit
+
+try:
+    import aiohttp
+except ModuleNotFoundError:  # pragma: no cover - the "scraper" extra is not installed
+    _HAVE_AIOHTTP = False
+else:
+    _HAVE_AIOHTTP = True
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_LEAKED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "RetryableError",
+    "Scraper",
+    "Settings",
+    "Summary",
+    "main",
+    "make_session",
+    "parse_retry_after",
+    "run",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some URLs were given up on, or answered with a status >= 400
+EXIT_LEAKED = 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's convention
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+# Where a URL is, as far as progress and shutdown care; the counted phases have a counter of
+# the same name in HostCounts.
+_READ = "read"  # taken from the input, not yet submitted
+_WAITING = "waiting"  # being submitted, or waiting for its limits
+_REQUESTING = "in_flight"  # on the wire
+_BACKOFF = "retrying"  # an attempt failed in a retryable way; sleeping before the next
+_OVER = "over"  # its job has ended
+_COUNTED = (_WAITING, _REQUESTING, _BACKOFF)
+
+
+def _need_aiohttp() -> None:
+    if not _HAVE_AIOHTTP:
+        raise RuntimeError(
+            "the scraper needs aiohttp, which is an optional extra: pip install 'poolkit[scraper]'"
+        )
+
+
+# ======================================================================= settings
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How the scraper behaves; every field has a command-line option of the same name."""
+
+    concurrency: int = 16
+    """Requests in flight at once, over all hosts."""
+    per_host: int | None = 4
+    """Requests in flight at once to one host (``None``: no cap of its own)."""
+    rate: float | str | None = "5/s"
+    """Request starts per second per host, or a string such as ``"300/min"`` (``None``: no
+    limit)."""
+    burst: float | None = None
+    """How many starts a host may get at once after being idle (default: one second's worth)."""
+    attempts: int = 4
+    """Attempts per URL in all (1: no retries)."""
+    backoff: float = 0.5
+    """The first wait before a retry, in seconds; it doubles with each retry."""
+    max_backoff: float = 30.0
+    """The longest wait before a retry, unless the server asks for longer with Retry-After."""
+    jitter: float = 0.5
+    """Up to this many seconds are added at random to each wait, so retries do not herd."""
+    max_retry_after: float = 120.0
+    """A Retry-After longer than this many seconds is not waited for: the URL fails instead."""
+    timeout: float = 30.0
+    """Seconds for one request, from connecting to the end of the body."""
+    grace: float = 10.0
+    """After a stop signal, seconds for requests in flight to finish before they are cancelled."""
+    workers: int | None = None
+    """Worker tasks (default: twice ``concurrency``, so that jobs sleeping before a retry or
+    waiting for a busy host do not keep the other hosts idle)."""
+    progress_interval: float = 1.0
+    """Seconds between progress reports."""
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "attempts"):
+            _check_int(getattr(self, name), name, 1)
+        for name in ("per_host", "workers"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1)
+        if self.rate is not None:
+            poolkit.parse_rate(self.rate, "rate")  # raises with a message naming it
+        if self.burst is not None:
+            _check_seconds(self.burst, "burst")
+            if self.burst < 1:
+                raise ValueError(f"burst must be >= 1, got {self.burst!r}")
+        for name in (
+            "backoff",
+            "max_backoff",
+            "jitter",
+            "max_retry_after",
+            "timeout",
+            "grace",
+            "progress_interval",
+        ):
+            _check_seconds(getattr(self, name), name)
+        if self.timeout == 0 or self.progress_interval == 0:
+            raise ValueError("timeout and progress_interval must be > 0")
+
+    @property
+    def pool_workers(self) -> int:
+        return self.workers if self.workers is not None else 2 * self.concurrency
+
+
+def _check_int(value: object, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _check_seconds(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def make_session(settings: Settings) -> aiohttp.ClientSession:
+    """The aiohttp session the scraper uses (the benchmark's alternative uses the same one).
+
+    Its connection pool is as large as the concurrency cap, so that poolkit's limits, not the
+    connector, decide who waits; its timeout covers one whole request.
+    """
+    _need_aiohttp()
+    connector = aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=settings.timeout),
+        headers={"User-Agent": "poolkit-scraper-example"},
+    )
+    # aiohttp sends a request again, at once, when a kept-alive connection it reused turns out
+    # to be closed (RFC 9112 allows it).  That second request would pass no limit: the server
+    # may well have seen the first.  Let the pool's policy retry it instead, paced.  (aiohttp
+    # has no public switch for this; the attribute is checked so a rename fails loudly.)
+    if not hasattr(session, "_retry_connection"):  # pragma: no cover
+        raise RuntimeError("this aiohttp has no _retry_connection; check make_session()")
+    session._retry_connection = False
+    return session
+
+
+# ======================================================================= retries
+
+
+class RetryableError(Exception):
+    """An attempt failed in a way worth retrying: no connection, a timeout, 429 or a 5xx.
+
+    ``status`` is the HTTP status if there was an answer; ``retry_after`` the delay in seconds
+    the server asked for, if it did.
+    """
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _NotStarted(Exception):
+    """A stop came while the job waited for its limits: the URL is left for the next run."""
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    ``None`` when there is no header or it cannot be read; never negative (a date in the past
+    means "now").  ``now`` is the wall-clock time to measure a date from (default: now).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 and math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# Timers on some loops (uvloop: whole milliseconds, from a clock cached at the start of the
+# loop's iteration) can fire a little before the time asked for; the server must not see the
+# retry before the moment it named, so a wait for Retry-After gets this much on top.
+_RETRY_AFTER_MARGIN = 0.01
+
+
+class _Wait:
+    """tenacity ``wait``: the server's Retry-After if it sent one, else exponential backoff.
+
+    tenacity computes the wait after the attempt's outcome is recorded, so the exception (and
+    the Retry-After it carries) is there to be read.  Jitter goes on top of either.
+    """
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self._initial = settings.backoff
+        self._maximum = settings.max_backoff
+        self._jitter = settings.jitter
+        self._rng = rng
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        jitter = self._rng.uniform(0, self._jitter) if self._jitter else 0.0
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            return exc.retry_after + _RETRY_AFTER_MARGIN + jitter
+        retries_so_far = state.attempt_number - 1
+        return min(self._maximum, self._initial * 2.0**retries_so_far) + jitter
+
+
+# ======================================================================= bookkeeping
+
+
+@dataclass(slots=True)
+class HostCounts:
+    """One host's counters, as shown by the progress report."""
+
+    done: int = 0
+    """URLs answered with a status below 400."""
+    failed: int = 0
+    """URLs given up on, or answered with a status of 400 or more (not retried)."""
+    retries: int = 0
+    """Attempts beyond the first."""
+    waiting: int = 0
+    """Jobs waiting for a worker or for this host's limits."""
+    in_flight: int = 0
+    """Requests on the wire now."""
+    retrying: int = 0
+    """Jobs sleeping before their next attempt."""
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    seq: int  # its line in the input, so that unfetched URLs keep their order
+    url: str
+    host: str
+    attempts: int = 0
+    phase: str = _READ
+    started: float = 0.0
+    job: poolkit.Job[dict[str, Any]] | None = None
+    settled: bool = False
+    counts: HostCounts = field(default_factory=HostCounts)  # its host's (shared) counters
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a run did; ``unfetched`` is what is left for the next run, in input order."""
+
+    read: int
+    """URLs taken from the input."""
+    ok: int
+    """Fetched with a status below 400."""
+    failed: int
+    """Given up on, or answered with a status of 400 or more."""
+    retries: int
+    """Attempts beyond the first, over all URLs."""
+    unfetched: list[str]
+    """Never fetched, or cancelled mid-flight: fetch them next time."""
+    stopped_by: str | None
+    """``"SIGINT"``, ``"SIGTERM"`` or whatever was passed to :meth:`Scraper.stop`; ``None``
+    when the input was finished."""
+    input_complete: bool
+    """Whether the input was read to its end (after a stop, to list it in ``unfetched``)."""
+    seconds: float
+    hosts: dict[str, HostCounts] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by == "SIGTERM":
+            return EXIT_TERMINATED
+        if self.stopped_by is not None:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if self.failed == 0 else EXIT_FAILED
+
+
+# ======================================================================= the scraper
+
+
+class Scraper:
+    """One run: ``summary = await Scraper(settings, write=...).run(urls)``.
+
+    ``write`` receives one result dict per URL fetched or given up on (the JSON lines);
+    ``progress`` is where reports go (``None``: nowhere), ``live`` whether to redraw a table
+    (for a terminal) rather than print lines.  :meth:`stop` may be called at any time, e.g. from
+    a signal handler: the first call stops the run gracefully, the second cancels what is left.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        write: Callable[[dict[str, Any]], None] | None = None,
+        progress: TextIO | None = None,
+        live: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        _need_aiohttp()
+        self.settings = s = settings if settings is not None else Settings()
+        self._write = write if write is not None else (lambda record: None)
+        self._progress = progress
+        self._live = live
+        self._lines_shown = 0
+        if s.per_host is not None or s.rate is not None:
+            self._per_host: poolkit.PerKey[str, poolkit.Limits] | None = poolkit.PerKey(
+                self._host_limits, name="per host"
+            )
+        else:
+            self._per_host = None
+        members: list[poolkit.CapacityLimiter | poolkit.PerKey[str, poolkit.Limits]] = [
+            poolkit.CapacityLimiter(s.concurrency, name="in flight")
+        ]
+        if self._per_host is not None:
+            members.append(self._per_host)
+        self.limits = poolkit.Limits(*members, name="scraper")
+        retry = None
+        if s.attempts > 1:
+            retry = poolkit.RetryPolicy(
+                stop=tenacity.stop_after_attempt(s.attempts),
+                wait=_Wait(s, random.Random(seed)),
+                retry=tenacity.retry_if_exception(self._should_retry),
+            )
+        self.pool = poolkit.WorkerPool(
+            workers=s.pool_workers,
+            # Nothing waits inside the pool: a URL is either in the channel (and, after a stop,
+            # left for the next run) or has a worker.
+            queue_size=0,
+            name="scraper",
+            limit=self.limits,
+            key=_host_of_job if self._per_host is not None else None,
+            retry=retry,
+        )
+        self.channel: poolkit.Channel[_Item] = poolkit.Channel(s.concurrency, name="urls")
+        self.hosts: dict[str, HostCounts] = {}
+        self._outstanding: dict[int, _Item] = {}  # submitted, not settled; by seq
+        self._unfetched: list[_Item] = []
+        self._holding: _Item | None = None  # the item the dispatcher is submitting
+        self._read = self._ok = self._failed = self._retries = 0
+        self._stopped_by: str | None = None
+        self._stop = asyncio.Event()
+        self._input_complete = False
+        self._session: aiohttp.ClientSession | None = None
+        self._t0 = time.monotonic()
+        self._last_report = (self._t0, 0)
+
+    def _host_limits(self) -> poolkit.Limits:
+        s = self.settings
+        parts: list[poolkit.CapacityLimiter | poolkit.TokenBucket] = []
+        if s.per_host is not None:
+            parts.append(poolkit.CapacityLimiter(s.per_host))
+        if s.rate is not None:
+            parts.append(poolkit.TokenBucket(s.rate, s.burst))
+        return poolkit.Limits(*parts)
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, RetryableError) and (
+            exc.retry_after is None or exc.retry_after <= self.settings.max_retry_after
+        )
+
+    def _host(self, host: str) -> HostCounts:
+        counts = self.hosts.get(host)
+        if counts is None:
+            counts = self.hosts[host] = HostCounts()
+        return counts
+
+    # ----------------------------------------------------------------- stopping
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop taking URLs and let requests in flight finish within the grace; a second call
+        cancels them now.  Synchronous, for signal handlers; safe before or after the run."""
+        if self._stopped_by is None:
+            self._stopped_by = reason
+            self._stop.set()
+            self.channel.close()  # the feeder's pending send fails: that URL was not taken
+            self._report()
+        else:
+            for item in list(self._outstanding.values()):
+                if item.job is not None:
+                    item.job.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped_by is not None
+
+    # ----------------------------------------------------------------- the run
+
+    async def run(self, urls: Iterable[str] | AsyncIterable[str]) -> Summary:
+        """Fetch every URL of ``urls`` (blank lines and ``#`` comments are skipped)."""
+        s = self.settings
+        self._t0 = time.monotonic()
+        self._last_report = (self._t0, 0)
+        tasks: list[asyncio.Task[Any]] = []
+        async with make_session(s) as session:
+            self._session = session
+            try:
+                feeder = asyncio.create_task(self._feed(urls), name="scraper feeder")
+                dispatcher = asyncio.create_task(self._dispatch(), name="scraper dispatcher")
+                stopped = asyncio.create_task(self._stop.wait(), name="scraper stop signal")
+                tasks += [feeder, dispatcher, stopped]
+                if self._progress is not None:
+                    tasks.append(asyncio.create_task(self._reports(), name="scraper progress"))
+                await asyncio.wait([dispatcher, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not self.stopping:
+                    # The input is done and every URL has a worker: drain, unless stopped.
+                    draining = asyncio.create_task(self.pool.shutdown(), name="scraper drain")
+                    tasks.append(draining)
+                    await asyncio.wait([draining, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if self.stopping:
+                    await self._wind_down(dispatcher)
+                await self.pool.shutdown()  # done by now; returns at once
+                # After a stop the feeder lists the rest of the input; give it the grace too.
+                done, _ = await asyncio.wait([feeder], timeout=s.grace)
+                if feeder in done:
+                    feeder.result()
+            finally:
+                await self.pool.shutdown(cancel=True)  # a no-op unless something raised
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for item in list(self._outstanding.values()):
+                    self._settle(item)  # done-callbacks not yet run
+                self._session = None
+        self._report(final=True)
+        return Summary(
+            read=self._read,
+            ok=self._ok,
+            failed=self._failed,
+            retries=self._retries,
+            unfetched=[i.url for i in sorted(self._unfetched, key=lambda i: i.seq)],
+            stopped_by=self._stopped_by,
+            input_complete=self._input_complete,
+            seconds=time.monotonic() - self._t0,
+            hosts={h: HostCounts(**_fields(c)) for h, c in self.hosts.items()},
+        )
+
+    async def _wind_down(self, dispatcher: asyncio.Task[None]) -> None:
+        """After a stop: take nothing more, let requests on the wire finish, cancel the rest."""
+        dispatcher.cancel()  # a cancelled submit submitted nothing; _dispatch keeps its item
+        await asyncio.wait([dispatcher])
+        while True:  # whatever is still buffered in the channel
+            try:
+                self._leave(self.channel.receive_nowait())
+            except (poolkit.WouldBlock, poolkit.EndOfChannel):
+                break
+        # Jobs not on the wire (waiting for limits, or sleeping before a retry) stop now; the
+        # ones that get their limits meanwhile refuse to start (see _attempt).
+        for item in list(self._outstanding.values()):
+            if item.phase != _REQUESTING and item.job is not None:
+                item.job.cancel()
+        try:
+            await self.pool.shutdown(timeout=self.settings.grace)
+        except TimeoutError:  # pragma: no cover - aiohttp honours cancellation
+            pass
+
+    async def _feed(self, urls: Iterable[str] | AsyncIterable[str]) -> None:
+        """Read the input into the channel; after a stop, list the rest as unfetched."""
+        source = _aiter_lines(urls)
+        try:
+            async for line in source:
+                url = line.strip()
+                if not url or url.startswith("#"):
+                    continue
+                parts = urlsplit(url)
+                host = parts.netloc.lower()
+                item = _Item(self._read, url, host, counts=self._host(host))
+                self._read += 1
+                if self.stopping:
+                    self._unfetched.append(item)
+                    continue
+                if not item.host or parts.scheme not in ("http", "https"):
+                    self._give_up(item, None, "not an http(s) URL")
+                    continue
+                try:
+                    await self.channel.send(item)
+                except poolkit.ChannelClosed:
+                    self._unfetched.append(item)  # stopped while waiting: it was not sent
+            self._input_complete = True
+        finally:
+            self.channel.close()
+            await source.aclose()
+
+    async def _dispatch(self) -> None:
+        try:
+            async for item in self.channel:
+                self._holding = item
+                self._move(item, _WAITING)
+                job = await self.pool.submit(self._attempt, item)
+                self._holding = None
+                item.job = job
+                self._outstanding[item.seq] = item
+                job.add_done_callback(functools.partial(self._settle, item))
+        finally:
+            held = self._holding
+            if held is not None:  # cancelled (by a stop) while submitting: not submitted
+                self._holding = None
+                self._move(held, _OVER)
+                self._leave(held)
+
+    def _move(self, item: _Item, phase: str) -> None:
+        """Put ``item`` in ``phase``, keeping its host's counters in step."""
+        counts = item.counts
+        if item.phase in _COUNTED:
+            setattr(counts, item.phase, getattr(counts, item.phase) - 1)
+        if phase in _COUNTED:
+            setattr(counts, phase, getattr(counts, phase) + 1)
+        item.phase = phase
+
+    def _leave(self, item: _Item) -> None:
+        self._unfetched.append(item)
+
+    async def _attempt(self, item: _Item) -> dict[str, Any]:
+        """One attempt, run by the pool with the limits held (so: once per attempt)."""
+        if self.stopping:
+            raise _NotStarted(item.url)  # it got its limits after a stop: leave it for later
+        assert self._session is not None
+        item.attempts += 1
+        if item.attempts == 1:
+            item.started = time.monotonic()
+        else:
+            item.counts.retries += 1
+            self._retries += 1
+        self._move(item, _REQUESTING)
+        try:
+            # Redirects are not followed: every request the scraper makes goes through the
+            # limits, and a redirect's target may be another host.  Its Location is recorded.
+            async with self._session.get(item.url, allow_redirects=False) as response:
+                body = await response.read()
+                status = response.status
+                location = response.headers.get("Location")
+                if status == 429 or status >= 500:
+                    raise RetryableError(
+                        f"HTTP {status}",
+                        status=status,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    )
+        except RetryableError:
+            self._move(item, _BACKOFF)
+            raise
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            self._move(item, _BACKOFF)
+            raise RetryableError(_describe(exc)) from exc
+        except BaseException:
+            self._move(item, _WAITING)  # settled soon (cancelled, or not retried)
+            raise
+        self._move(item, _WAITING)  # until its job is settled
+        record = self._record(item, status, len(body), None if status < 400 else f"HTTP {status}")
+        record["location"] = location
+        return record
+
+    def _record(
+        self, item: _Item, status: int | None, size: int | None, error: str | None
+    ) -> dict[str, Any]:
+        return {
+            "url": item.url,
+            "host": item.host,
+            "ok": error is None,
+            "status": status,
+            "bytes": size,
+            "attempts": item.attempts,
+            "seconds": round(time.monotonic() - item.started, 6) if item.attempts else 0.0,
+            "error": error,
+            "location": None,
+        }
+
+    def _give_up(self, item: _Item, status: int | None, error: str) -> None:
+        self._failed += 1
+        item.counts.failed += 1
+        self._write(self._record(item, status, None, error))
+
+    def _settle(self, item: _Item, _job: object = None) -> None:
+        """The job of ``item`` is over: write its result, or list it as unfetched.  (Called back
+        by the job, or at the end of the run for jobs whose call-back has not run yet.)"""
+        job = item.job
+        if item.settled or job is None or not job.done():
+            return
+        item.settled = True
+        del self._outstanding[item.seq]
+        self._move(item, _OVER)
+        counts = item.counts
+        if job.cancelled():
+            self._leave(item)
+            return
+        exc = job.exception()
+        if exc is None:
+            record = job.result()
+            if record["ok"]:
+                self._ok += 1
+                counts.done += 1
+                self._write(record)
+            else:
+                self._give_up(item, record["status"], record["error"])
+        elif isinstance(exc, (_NotStarted, poolkit.JobHandedBack)):
+            self._leave(item)
+        elif isinstance(exc, RetryableError):
+            why = str(exc)
+            if exc.retry_after is not None and exc.retry_after > self.settings.max_retry_after:
+                why += f" (Retry-After {exc.retry_after:.0f} s is beyond the limit)"
+            self._give_up(item, exc.status, f"{why} after {item.attempts} attempt(s)")
+        else:
+            self._give_up(item, None, _describe(exc))
+
+    # ----------------------------------------------------------------- progress
+
+    async def _reports(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.progress_interval)
+            self._report(periodic=True)
+
+    def _report(self, *, periodic: bool = False, final: bool = False) -> None:
+        out = self._progress
+        if out is None:
+            return
+        now = time.monotonic()
+        finished = self._ok + self._failed
+        then, finished_then = self._last_report
+        if periodic:  # the rate shown is over the last period
+            self._last_report = (now, finished)
+        elapsed = now - self._t0
+        rate = (finished - finished_then) / (now - then) if now > then else 0.0
+        if final:
+            rate = finished / elapsed if elapsed > 0 else 0.0
+        in_flight = sum(c.in_flight for c in self.hosts.values())
+        retrying = sum(c.retrying for c in self.hosts.values())
+        waiting = sum(c.waiting for c in self.hosts.values())
+        head = (
+            f"t={elapsed:.1f}s done={self._ok} failed={self._failed} retrying={retrying} "
+            f"in_flight={in_flight} waiting={waiting} read={self._read} rate={rate:.1f}/s"
+        )
+        if self.stopping:
+            head += f" stopping({self._stopped_by})"
+        busiest = sorted(
+            self.hosts.items(),
+            key=lambda kv: (-(kv[1].in_flight + kv[1].retrying + kv[1].waiting), kv[0]),
+        )
+        if not self._live:
+            hosts = " ".join(
+                f"{h}[done={c.done} failed={c.failed} retrying={c.retrying} "
+                f"in_flight={c.in_flight}]"
+                for h, c in busiest[:4]
+            )
+            more = f" +{len(busiest) - 4} hosts" if len(busiest) > 4 else ""
+            out.write(f"progress {head} {hosts}{more}\n")
+            out.flush()
+            return
+        width = max([len("host"), *(len(h) for h, _ in busiest[:8])])
+        lines = [
+            head,
+            f"  {'host':<{width}} {'done':>7} {'failed':>7} {'retrying':>8} {'in flight':>9}",
+        ]
+        for h, c in busiest[:8]:
+            lines.append(
+                f"  {h:<{width}} {c.done:>7} {c.failed:>7} {c.retrying:>8} {c.in_flight:>9}"
+            )
+        if len(busiest) > 8:
+            lines.append(f"  ... and {len(busiest) - 8} more hosts")
+        # Go back over the previous table and clear to the end of the screen.
+        rewind = f"\x1b[{self._lines_shown}F\x1b[J" if self._lines_shown else ""
+        out.write(rewind + "\n".join(lines) + "\n")
+        out.flush()
+        self._lines_shown = 0 if final else len(lines)
+
+
+def _host_of_job(job: poolkit.Job[Any]) -> str:
+    item: _Item = job.args[0]
+    return item.host
+
+
+def _fields(counts: HostCounts) -> dict[str, int]:
+    return {name: getattr(counts, name) for name in HostCounts.__slots__}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _aiter_lines(urls: Iterable[str] | AsyncIterable[str]) -> AsyncGenerator[str, None]:
+    if isinstance(urls, AsyncIterable):
+        try:
+            async for line in urls:
+                yield line
+        finally:
+            aclose = getattr(urls, "aclose", None)
+            if aclose is not None:  # an async generator: close it now, not when collected
+                await aclose()
+    else:
+        for line in urls:
+            yield line
+
+
+async def run(
+    urls: Iterable[str] | AsyncIterable[str],
+    settings: Settings | None = None,
+    *,
+    write: Callable[[dict[str, Any]], None] | None = None,
+    progress: TextIO | None = None,
+) -> Summary:
+    """Fetch ``urls`` with ``settings``; see :class:`Scraper`."""
+    return await Scraper(settings, write=write, progress=progress).run(urls)
+
+
+# ======================================================================= the command
+
+
+async def _stdin_lines() -> AsyncIterator[str]:
+    """Lines of stdin without blocking the loop when it is a pipe or a terminal."""
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
+        for line in sys.stdin:  # a regular file: reads do not wait
+            yield line
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    fd = sys.stdin.fileno()
+    was_blocking = os.get_blocking(fd)
+    # The transport closes the file it reads when it is closed: give it a copy of fd 0.
+    pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        while line := await reader.readline():
+            yield line.decode()
+    finally:
+        transport.close()
+        os.set_blocking(fd, was_blocking)  # the copy shared fd 0's non-blocking flag
+
+
+async def _file_lines(path: str) -> AsyncIterator[str]:
+    with open(path, encoding="utf-8") as f:  # noqa: ASYNC230 - a local file: reads do not wait
+        for line in f:
+            yield line
+
+
+def _rate_arg(text: str) -> float | str | None:
+    if text.strip().lower() in ("none", "0", "off"):
+        return None
+    poolkit.parse_rate(text, "--rate")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="scraper.py",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="Exit status: 0 all ok, 1 some failed, 3 leaked tasks, 130 SIGINT, 143 SIGTERM.",
+    )
+    p.add_argument("urls", nargs="?", default="-", help="file of URLs, one a line ('-': stdin)")
+    p.add_argument("-o", "--output", help="write the JSON lines here (default: stdout)")
+    p.add_argument("--unfetched", help="after the run, write the URLs not fetched here")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="in flight, all hosts")
+    p.add_argument("--per-host", type=int, default=d.per_host, help="in flight per host")
+    p.add_argument(
+        "--rate", type=_rate_arg, default=d.rate, help="starts per host: '5/s', '300/min', 'none'"
+    )
+    p.add_argument("--burst", type=float, default=d.burst, help="starts at once per host")
+    p.add_argument("--attempts", type=int, default=d.attempts, help="tries per URL in all")
+    p.add_argument("--backoff", type=float, default=d.backoff, help="first retry wait, seconds")
+    p.add_argument("--max-backoff", type=float, default=d.max_backoff)
+    p.add_argument("--jitter", type=float, default=d.jitter, help="random extra wait, seconds")
+    p.add_argument("--max-retry-after", type=float, default=d.max_retry_after)
+    p.add_argument("--timeout", type=float, default=d.timeout, help="per request, seconds")
+    p.add_argument("--grace", type=float, default=d.grace, help="after a stop signal, seconds")
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--progress", choices=["auto", "live", "plain", "off"], default="auto")
+    p.add_argument("--progress-interval", type=float, default=d.progress_interval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not _HAVE_AIOHTTP:
+        parser.error("aiohttp is not installed: pip install 'poolkit[scraper]'")
+    try:
+        settings = Settings(
+            concurrency=args.concurrency,
+            per_host=args.per_host if args.per_host and args.per_host > 0 else None,
+            rate=args.rate,
+            burst=args.burst,
+            attempts=args.attempts,
+            backoff=args.backoff,
+            max_backoff=args.max_backoff,
+            jitter=args.jitter,
+            max_retry_after=args.max_retry_after,
+            timeout=args.timeout,
+            grace=args.grace,
+            workers=args.workers,
+            progress_interval=args.progress_interval,
+        )
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.urls != "-" and not os.path.isfile(args.urls):
+        parser.error(f"no such file: {args.urls}")
+    live = args.progress == "live" or (args.progress == "auto" and sys.stderr.isatty())
+    progress = None if args.progress == "off" else sys.stderr
+    with contextlib.ExitStack() as stack:
+        out: TextIO = (
+            stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            if args.output
+            else sys.stdout
+        )
+
+        def write(record: dict[str, Any]) -> None:
+            out.write(json.dumps(record) + "\n")
+
+        scraper = Scraper(settings, write=write, progress=progress, live=live)
+        source = _stdin_lines() if args.urls == "-" else _file_lines(args.urls)
+        try:
+            summary = asyncio.run(_supervised(scraper, source))
+        except poolkit.LeakError as exc:
+            print(f"scraper: tasks or threads were left behind:\n{exc}", file=sys.stderr)
+            return EXIT_LEAKED
+        out.flush()
+    if args.unfetched:
+        with open(args.unfetched, "w", encoding="utf-8") as f:
+            f.writelines(url + "\n" for url in summary.unfetched)
+    _print_summary(summary, args.unfetched)
+    return summary.exit_code
+
+
+async def _supervised(scraper: Scraper, source: AsyncIterator[str]) -> Summary:
+    """The run under signal handlers and a leak check."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, scraper.stop, sig.name)
+    try:
+        async with poolkit.no_leaks(timeout=1.0):
+            return await scraper.run(source)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _print_summary(summary: Summary, unfetched_path: str | None) -> None:
+    err = sys.stderr
+    how = (
+        f"stopped by {summary.stopped_by}"
+        if summary.stopped_by
+        else ("finished" if summary.failed == 0 else "finished with failures")
+    )
+    print(f"scraper: {how} after {summary.seconds:.1f} s", file=err)
+    print(
+        f"  {summary.read} URLs read: {summary.ok} ok, {summary.failed} failed, "
+        f"{len(summary.unfetched)} not fetched; {summary.retries} retries",
+        file=err,
+    )
+    if not summary.input_complete:
+        print("  the input was not read to its end: the rest is not listed", file=err)
+    if summary.unfetched:
+        if unfetched_path:
+            print(
+                f"  the {len(summary.unfetched)} URLs not fetched are in {unfetched_path}; "
+                f"run again on that file to resume",
+                file=err,
+            )
+        else:
+            print("  (pass --unfetched PATH to keep the URLs not fetched)", file=err)
+    print(f"  exit status {summary.exit_code}", file=err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
