@@ -172,8 +172,16 @@ class Settings:
             raise ValueError("timeout and progress_interval must be > 0")
 
     @property
+    def per_host_limits(self) -> bool:
+        return self.per_host is not None or self.rate is not None
+
+    @property
     def pool_workers(self) -> int:
-        return self.workers if self.workers is not None else 2 * self.concurrency
+        """Twice the cap when hosts have limits of their own (a worker waiting for a busy host
+        must not hold up the others; the global limiter keeps the cap), else the cap itself."""
+        if self.workers is not None:
+            return self.workers
+        return 2 * self.concurrency if self.per_host_limits else self.concurrency
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:
@@ -380,18 +388,17 @@ class Scraper:
         self._progress = progress
         self._live = live
         self._lines_shown = 0
-        if s.per_host is not None or s.rate is not None:
-            self._per_host: poolkit.PerKey[str, poolkit.Limits] | None = poolkit.PerKey(
-                self._host_limits, name="per host"
-            )
-        else:
-            self._per_host = None
-        members: list[poolkit.CapacityLimiter | poolkit.PerKey[str, poolkit.Limits]] = [
-            poolkit.CapacityLimiter(s.concurrency, name="in flight")
-        ]
-        if self._per_host is not None:
-            members.append(self._per_host)
-        self.limits = poolkit.Limits(*members, name="scraper")
+        self._per_host: poolkit.PerKey[str, poolkit.Limits] | None = None
+        self.limits: poolkit.Limits | None = None
+        if s.per_host_limits or s.pool_workers > s.concurrency:
+            members: list[poolkit.CapacityLimiter | poolkit.PerKey[str, poolkit.Limits]] = [
+                poolkit.CapacityLimiter(s.concurrency, name="in flight")
+            ]
+            if s.per_host_limits:
+                self._per_host = poolkit.PerKey(self._host_limits, name="per host")
+                members.append(self._per_host)
+            self.limits = poolkit.Limits(*members, name="scraper")
+        # else the pool's workers are the cap, and no limit is needed on top of them.
         retry = None
         if s.attempts > 1:
             retry = poolkit.RetryPolicy(
@@ -401,9 +408,9 @@ class Scraper:
             )
         self.pool = poolkit.WorkerPool(
             workers=s.pool_workers,
-            # Nothing waits inside the pool: a URL is either in the channel (and, after a stop,
-            # left for the next run) or has a worker.
-            queue_size=0,
+            # A short queue lets workers take the next URL without waiting for the dispatcher;
+            # after a stop, the jobs still queued are cancelled and listed as unfetched.
+            queue_size=s.concurrency,
             name="scraper",
             limit=self.limits,
             key=_host_of_job if self._per_host is not None else None,
