@@ -4,7 +4,8 @@ A real scraper on poolkit and aiohttp (``pip install 'poolkit[scraper]'``).  URL
 file, or from stdin, and flow through a closable :class:`poolkit.Channel` into a
 :class:`poolkit.WorkerPool` whose ``limit=`` keeps, for every attempt of every request,
 
-* at most ``--concurrency`` requests in flight over all hosts (a ``CapacityLimiter``),
+* at most ``--concurrency`` requests in flight over all hosts (a ``CapacityLimiter``; or, when
+  hosts have no limits of their own, simply as many workers),
 * at most ``--per-host`` requests in flight to any one host (a ``CapacityLimiter`` per host),
 * at most ``--rate`` request starts per host, in bursts of ``--burst`` (a ``TokenBucket`` per
   host, through ``PerKey``).
