@@ -276,8 +276,9 @@ class NoLeaks:
 
     def _fail(self, waited: float) -> None:
         __tracebackhide__ = True  # pytest: the report is the point, not this frame
-        tasks, threads = self._leaks(mark_blocked=True)
         destroyed = self._destroyed
+        # Proving tasks blocked walks the whole heap: only when there is something to report.
+        tasks, threads = self._leaks(mark_blocked=True)
         if not tasks and not threads and not destroyed:
             return
         report = Snapshot(tuple(tasks + destroyed), tuple(threads), time.time())
@@ -322,6 +323,8 @@ class NoLeaks:
                     found_tasks, found_threads = self._leaks(mark_blocked=False)
                     tasks, threads = bool(found_tasks), bool(found_threads)
                 if not tasks and not threads:
+                    if not self._destroyed:
+                        return  # the usual case: no report, and so no heap walk for one
                     break
                 task_left = task_deadline - loop.time()
                 thread_left = thread_deadline - time.monotonic()
