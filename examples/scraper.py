@@ -261,7 +261,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return seconds if seconds >= 0 and math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
@@ -352,9 +352,13 @@ class Summary:
     """Whether the input was read to its end (after a stop, to list it in ``unfetched``)."""
     seconds: float
     hosts: dict[str, HostCounts] = field(default_factory=dict)
+    error: str | None = None
+    """Why the run stopped on its own, if it did (writing a result failed)."""
 
     @property
     def exit_code(self) -> int:
+        if self.error is not None:
+            return EXIT_FAILED
         if self.stopped_by == "SIGTERM":
             return EXIT_TERMINATED
         if self.stopped_by is not None:
@@ -385,7 +389,9 @@ class Scraper:
     ) -> None:
         _need_aiohttp()
         self.settings = s = settings if settings is not None else Settings()
-        self._write = write if write is not None else (lambda record: None)
+        self._write_result = write if write is not None else (lambda record: None)
+        self.write_error: BaseException | None = None
+        """The first exception ``write`` raised, if any: the run stopped at it."""
         self._progress = progress
         self._live = live
         self._lines_shown = 0
@@ -425,6 +431,7 @@ class Scraper:
         self._read = self._ok = self._failed = self._retries = 0
         self._stopped_by: str | None = None
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second stop: no more grace for anything
         self._input_complete = False
         self._session: aiohttp.ClientSession | None = None
         self._t0 = time.monotonic()
@@ -461,6 +468,7 @@ class Scraper:
             self.channel.close()  # the feeder's pending send fails: that URL was not taken
             self._report()
         else:
+            self._hurry.set()
             for item in list(self._outstanding.values()):
                 if item.job is not None:
                     item.job.cancel()
@@ -496,17 +504,24 @@ class Scraper:
                     await self._wind_down(dispatcher)
                 await self.pool.shutdown()  # done by now; returns at once
                 # After a stop the feeder lists the rest of the input; give it the grace too.
-                done, _ = await asyncio.wait([feeder], timeout=s.grace)
+                hurry = asyncio.create_task(self._hurry.wait(), name="scraper hurry")
+                tasks.append(hurry)
+                done, _ = await asyncio.wait(
+                    [feeder, hurry], timeout=s.grace, return_when=asyncio.FIRST_COMPLETED
+                )
                 if feeder in done:
                     feeder.result()
             finally:
                 await self.pool.shutdown(cancel=True)  # a no-op unless something raised
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
                 for item in list(self._outstanding.values()):
                     self._settle(item)  # done-callbacks not yet run
                 self._session = None
+        crashed = [o for o in outcomes if isinstance(o, Exception)]
+        if crashed:  # a bug in the feeder, the dispatcher or the progress task: not hidden
+            raise crashed[0]
         self._report(final=True)
         return Summary(
             read=self._read,
@@ -518,6 +533,7 @@ class Scraper:
             input_complete=self._input_complete,
             seconds=time.monotonic() - self._t0,
             hosts={h: HostCounts(**_fields(c)) for h, c in self.hosts.items()},
+            error=None if self.write_error is None else _describe(self.write_error),
         )
 
     async def _wind_down(self, dispatcher: asyncio.Task[None]) -> None:
@@ -650,9 +666,22 @@ class Scraper:
         }
 
     def _give_up(self, item: _Item, status: int | None, error: str) -> None:
-        self._failed += 1
-        item.counts.failed += 1
-        self._write(self._record(item, status, None, error))
+        if self._write(item, self._record(item, status, None, error)):
+            self._failed += 1
+            item.counts.failed += 1
+
+    def _write(self, item: _Item, record: dict[str, Any]) -> bool:
+        """Hand ``record`` to ``write``.  If that fails (a closed pipe, a full disk), the URL has
+        no result: it is listed as unfetched, and the run stops there (``write_error``)."""
+        if self.write_error is None:
+            try:
+                self._write_result(record)
+                return True
+            except Exception as exc:
+                self.write_error = exc
+                self.stop(f"a failed write ({type(exc).__name__}: {exc})")
+        self._leave(item)
+        return False
 
     def _settle(self, item: _Item, _job: object = None) -> None:
         """The job of ``item`` is over: write its result, or list it as unfetched.  (Called back
@@ -671,9 +700,9 @@ class Scraper:
         if exc is None:
             record = job.result()
             if record["ok"]:
-                self._ok += 1
-                counts.done += 1
-                self._write(record)
+                if self._write(item, record):
+                    self._ok += 1
+                    counts.done += 1
             else:
                 self._give_up(item, record["status"], record["error"])
         elif isinstance(exc, (_NotStarted, poolkit.JobHandedBack)):
@@ -694,6 +723,12 @@ class Scraper:
             self._report(periodic=True)
 
     def _report(self, *, periodic: bool = False, final: bool = False) -> None:
+        try:
+            self._show(periodic=periodic, final=final)
+        except OSError:  # a closed or full stderr: the fetching goes on without progress
+            self._progress = None
+
+    def _show(self, *, periodic: bool, final: bool) -> None:
         out = self._progress
         if out is None:
             return
@@ -892,31 +927,40 @@ def main(argv: list[str] | None = None) -> int:
 
         scraper = Scraper(settings, write=write, progress=progress, live=live)
         source = _stdin_lines() if args.urls == "-" else _file_lines(args.urls)
-        try:
-            summary = asyncio.run(_supervised(scraper, source))
-        except poolkit.LeakError as exc:
-            print(f"scraper: tasks or threads were left behind:\n{exc}", file=sys.stderr)
-            return EXIT_LEAKED
-        out.flush()
+        summary, leak = asyncio.run(_supervised(scraper, source))
+        with contextlib.suppress(OSError):  # a closed pipe: what was written is all there is
+            out.flush()
     if args.unfetched:
         with open(args.unfetched, "w", encoding="utf-8") as f:
             f.writelines(url + "\n" for url in summary.unfetched)
     _print_summary(summary, args.unfetched)
+    if leak is not None:
+        print(f"scraper: tasks or threads were left behind:\n{leak}", file=sys.stderr)
+        return EXIT_LEAKED
     return summary.exit_code
 
 
-async def _supervised(scraper: Scraper, source: AsyncIterator[str]) -> Summary:
-    """The run under signal handlers and a leak check."""
+async def _supervised(
+    scraper: Scraper, source: AsyncIterator[str]
+) -> tuple[Summary, poolkit.LeakError | None]:
+    """The run under signal handlers and a leak check.  A leak found after the run keeps its
+    summary: the URLs not fetched must still be written for the next run."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, scraper.stop, sig.name)
+    summary: Summary | None = None
     try:
         async with poolkit.no_leaks(timeout=1.0):
-            return await scraper.run(source)
+            summary = await scraper.run(source)
+    except poolkit.LeakError as leak:
+        if summary is None:  # pragma: no cover - no_leaks checks nothing when the run raises
+            raise
+        return summary, leak
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+    return summary, None
 
 
 def _print_summary(summary: Summary, unfetched_path: str | None) -> None:

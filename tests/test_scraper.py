@@ -198,6 +198,34 @@ async def test_a_stop_finishes_nothing_new_and_lists_exactly_what_is_left(
     assert all(not c.in_flight and not c.waiting and not c.retrying for c in run.hosts.values())
 
 
+async def test_a_failed_write_stops_the_run_and_loses_no_url(server: ScraperServer) -> None:
+    urls = [server.url(n % 3, f"/w/{n}") for n in range(12)]
+    written: list[str] = []
+
+    def write(record: dict[str, Any]) -> None:
+        if len(written) == 3:
+            raise BrokenPipeError(32, "Broken pipe")  # say, stdout piped into head
+        written.append(record["url"])
+
+    class Closed:
+        def write(self, text: str) -> int:
+            raise OSError("stderr is gone")
+
+        def flush(self) -> None:
+            raise OSError("stderr is gone")
+
+    settings = scraper.Settings(concurrency=2, per_host=1, rate=None, attempts=1, grace=1)
+    run = scraper.Scraper(settings, write=write, progress=Closed())  # type: ignore[arg-type]
+    summary = await run.run(urls)
+    assert isinstance(run.write_error, BrokenPipeError)
+    assert summary.error is not None and "BrokenPipeError" in summary.error
+    assert summary.exit_code == scraper.EXIT_FAILED
+    # Every URL is either written or listed for the next run, never both, never neither.
+    assert sorted(written + summary.unfetched) == sorted(urls)
+    assert not set(written) & set(summary.unfetched)
+    assert summary.ok == len(written) == 3
+
+
 def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     now = 1_000_000.0
     assert scraper.parse_retry_after("7", now=now) == 7
@@ -205,7 +233,7 @@ def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert scraper.parse_retry_after(date, now=now) == 30
     assert scraper.parse_retry_after(email.utils.formatdate(now - 5, usegmt=True), now=now) == 0
-    for bad in (None, "", "soon", "-3", "nan"):
+    for bad in (None, "", "soon", "-3", "nan", "Mon, 01 Jan 2024 99999999999:00:00 GMT"):
         assert scraper.parse_retry_after(bad, now=now) is None
 
 
