@@ -226,6 +226,25 @@ async def test_a_failed_write_stops_the_run_and_loses_no_url(server: ScraperServ
     assert summary.ok == len(written) == 3
 
 
+def test_the_host_key_is_what_urlsplit_would_say() -> None:
+    from urllib.parse import urlsplit
+
+    for url in (
+        "http://a.example/x",
+        "HTTPS://A.Example:8080/p?q#f",
+        "http://h?x=1",
+        "http://h#frag",
+        "ftp://h/x",
+        "h/x",
+        "http://",
+        "http:///p",
+        "http://u:p@h:1/x",
+        "https://h",
+    ):
+        parts = urlsplit(url)
+        assert scraper._origin(url) == (parts.scheme in ("http", "https"), parts.netloc.lower())
+
+
 def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     now = 1_000_000.0
     assert scraper.parse_retry_after("7", now=now) == 7
