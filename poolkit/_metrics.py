@@ -228,58 +228,84 @@ def _channels(objects: Objects) -> list[Family]:
     return [buffered, peak, capacity, waiting, closed, items]
 
 
-def _limiters(objects: Objects) -> list[Family]:
-    def fam(name: str, type: str, help: str) -> Family:
-        return Family(name, type, help, ("limiter",))
+# Kinds whose families have one label (the object's) and one sample per object, each read from
+# one field of its statistics: (family name, type, help, field).
+_SIMPLE: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "limiter": (
+        (
+            "poolkit_limiter_total_tokens",
+            GAUGE,
+            "The capacity: the most weight borrowed at once.",
+            "total",
+        ),
+        (
+            "poolkit_limiter_borrowed_tokens",
+            GAUGE,
+            "Weight held now (above total for a while after total was lowered).",
+            "borrowed",
+        ),
+        (
+            "poolkit_limiter_peak_borrowed_tokens",
+            GAUGE,
+            "The most weight held at once.",
+            "peak_borrowed",
+        ),
+        ("poolkit_limiter_waiting", GAUGE, "Tasks and threads queued in acquire.", "waiting"),
+        ("poolkit_limiter_acquired", COUNTER, "Successful acquisitions.", "acquired_total"),
+    ),
+    "bucket": (
+        ("poolkit_bucket_rate_tokens_per_second", GAUGE, "Tokens added per second.", "rate"),
+        (
+            "poolkit_bucket_burst_tokens",
+            GAUGE,
+            "The bucket's size: the most tokens it holds, and the largest single cost.",
+            "burst",
+        ),
+        (
+            "poolkit_bucket_tokens",
+            GAUGE,
+            "Tokens available now (before the waiters take theirs).",
+            "tokens",
+        ),
+        ("poolkit_bucket_waiting", GAUGE, "Tasks and threads queued in acquire.", "waiting"),
+        ("poolkit_bucket_granted", COUNTER, "Successful acquisitions.", "granted_total"),
+        ("poolkit_bucket_granted_tokens", COUNTER, "Tokens handed out.", "cost_granted_total"),
+    ),
+    "per_key": (
+        ("poolkit_per_key_keys", GAUGE, "Keys whose limit is alive now.", "keys"),
+        (
+            "poolkit_per_key_created",
+            COUNTER,
+            "Per-key limits made (a key forgotten and used again counts twice).",
+            "created_total",
+        ),
+        (
+            "poolkit_per_key_forgotten",
+            COUNTER,
+            "Idle per-key limits forgotten.",
+            "forgotten_total",
+        ),
+        (
+            "poolkit_per_key_acquired",
+            COUNTER,
+            "Successful acquisitions, over all keys.",
+            "acquired_total",
+        ),
+    ),
+}
 
-    total = fam(
-        "poolkit_limiter_total_tokens", GAUGE, "The capacity: the most weight borrowed at once."
-    )
-    borrowed = fam(
-        "poolkit_limiter_borrowed_tokens",
-        GAUGE,
-        "Weight held now (above total for a while after total was lowered).",
-    )
-    peak = fam("poolkit_limiter_peak_borrowed_tokens", GAUGE, "The most weight held at once.")
-    waiting = fam("poolkit_limiter_waiting", GAUGE, "Tasks and threads queued in acquire.")
-    acquired = fam("poolkit_limiter_acquired", COUNTER, "Successful acquisitions.")
-    for _, label, limiter in objects:
-        s = limiter.statistics()
-        ids = {"limiter": label}
-        total.samples.append((ids, s.total))
-        borrowed.samples.append((ids, s.borrowed))
-        peak.samples.append((ids, s.peak_borrowed))
-        waiting.samples.append((ids, s.waiting))
-        acquired.samples.append((ids, s.acquired_total))
-    return [total, borrowed, peak, waiting, acquired]
 
-
-def _buckets(objects: Objects) -> list[Family]:
-    def fam(name: str, type: str, help: str) -> Family:
-        return Family(name, type, help, ("bucket",))
-
-    rate = fam("poolkit_bucket_rate_tokens_per_second", GAUGE, "Tokens added per second.")
-    burst = fam(
-        "poolkit_bucket_burst_tokens",
-        GAUGE,
-        "The bucket's size: the most tokens it holds, and the largest single cost.",
-    )
-    tokens = fam(
-        "poolkit_bucket_tokens", GAUGE, "Tokens available now (before the waiters take theirs)."
-    )
-    waiting = fam("poolkit_bucket_waiting", GAUGE, "Tasks and threads queued in acquire.")
-    granted = fam("poolkit_bucket_granted", COUNTER, "Successful acquisitions.")
-    granted_tokens = fam("poolkit_bucket_granted_tokens", COUNTER, "Tokens handed out.")
-    for _, label, bucket in objects:
-        s = bucket.statistics()
-        ids = {"bucket": label}
-        rate.samples.append((ids, s.rate))
-        burst.samples.append((ids, s.burst))
-        tokens.samples.append((ids, s.tokens))
-        waiting.samples.append((ids, s.waiting))
-        granted.samples.append((ids, s.granted_total))
-        granted_tokens.samples.append((ids, s.cost_granted_total))
-    return [rate, burst, tokens, waiting, granted, granted_tokens]
+def _simple(kind: str, objects: Objects) -> list[Family]:
+    """The families of a kind in ``_SIMPLE``, one sample per object in each."""
+    families = [
+        (Family(name, type, help, (kind,)), field) for name, type, help, field in _SIMPLE[kind]
+    ]
+    for _, label, obj in objects:
+        s = obj.statistics()
+        ids = {kind: label}
+        for family, field in families:
+            family.samples.append((ids, getattr(s, field)))
+    return [family for family, _ in families]
 
 
 def _limits(objects: Objects, members_of: dict[int, tuple[str, str]]) -> list[Family]:
@@ -302,37 +328,15 @@ def _limits(objects: Objects, members_of: dict[int, tuple[str, str]]) -> list[Fa
     return [info]
 
 
-def _per_keys(objects: Objects) -> list[Family]:
-    def fam(name: str, type: str, help: str) -> Family:
-        return Family(name, type, help, ("per_key",))
-
-    keys = fam("poolkit_per_key_keys", GAUGE, "Keys whose limit is alive now.")
-    created = fam(
-        "poolkit_per_key_created",
-        COUNTER,
-        "Per-key limits made (a key forgotten and used again counts twice).",
-    )
-    forgotten = fam("poolkit_per_key_forgotten", COUNTER, "Idle per-key limits forgotten.")
-    acquired = fam("poolkit_per_key_acquired", COUNTER, "Successful acquisitions, over all keys.")
-    for _, label, per_key in objects:
-        s = per_key.statistics()
-        ids = {"per_key": label}
-        keys.samples.append((ids, s.keys))
-        created.samples.append((ids, s.created_total))
-        forgotten.samples.append((ids, s.forgotten_total))
-        acquired.samples.append((ids, s.acquired_total))
-    return [keys, created, forgotten, acquired]
-
-
 def describe() -> list[Family]:
     """Every family :func:`collect` returns, without samples; reads no object."""
     return [
         *_pools([]),
         *_channels([]),
-        *_limiters([]),
-        *_buckets([]),
+        *_simple("limiter", []),
+        *_simple("bucket", []),
         *_limits([], {}),
-        *_per_keys([]),
+        *_simple("per_key", []),
     ]
 
 
@@ -353,10 +357,10 @@ def collect() -> list[Family]:
     return [
         *_pools(pools),
         *_channels(_labelled("channel")),
-        *_limiters(limiters),
-        *_buckets(buckets),
+        *_simple("limiter", limiters),
+        *_simple("bucket", buckets),
         *_limits(_labelled("limits"), members_of),
-        *_per_keys(per_keys),
+        *_simple("per_key", per_keys),
     ]
 
 
