@@ -382,6 +382,7 @@ class NoLeaks:
 
             @functools.wraps(func)
             async def checked_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                __tracebackhide__ = True  # pytest shows the caller's code, not this wrapper
                 async with self._copy():
                     return await func(*args, **kwargs)
 
@@ -389,6 +390,7 @@ class NoLeaks:
 
         @functools.wraps(func)
         def checked(*args: P.args, **kwargs: P.kwargs) -> Any:
+            __tracebackhide__ = True
             with self._copy():
                 return func(*args, **kwargs)
 

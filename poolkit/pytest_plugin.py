@@ -24,10 +24,7 @@ own), as long as it calls the test function it finds on the test item, which the
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Generator
-from typing import Any
 
 import pytest
 
@@ -79,33 +76,13 @@ def _checker(item: pytest.Function) -> NoLeaks | None:
     return NoLeaks(**options) if enabled else None
 
 
-def _wrap(fn: Any, checker: NoLeaks) -> Any:
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def checked_async(*args: Any, **kwargs: Any) -> Any:
-            __tracebackhide__ = True  # pytest shows the test's code, not this wrapper
-            async with checker:
-                return await fn(*args, **kwargs)
-
-        return checked_async
-
-    @functools.wraps(fn)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        with checker:
-            return fn(*args, **kwargs)
-
-    return checked
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
     checker = _checker(pyfuncitem)
     if checker is None:
         return (yield)
     original = pyfuncitem.obj
-    pyfuncitem.obj = _wrap(original, checker)
+    pyfuncitem.obj = checker(original)  # the same check no_leaks() gives as a decorator
     try:
         return (yield)
     finally:
