@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,8 +116,7 @@ def test_worker_pool_example_accounts_for_every_job(cancel_after: float | None) 
 
 
 def readme_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    return markdown.python_blocks(ROOT / "README.md")
 
 
 def test_readme_has_python_examples() -> None:
@@ -124,11 +125,7 @@ def test_readme_has_python_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(readme_blocks())))
 def test_readme_python_block_runs(index: int) -> None:
-    code = readme_blocks()[index]
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, f"README block {index} failed:\n{code}\n{proc.stderr}"
+    markdown.run_block(ROOT / "README.md", index)
 
 
 def test_readme_has_exactly_two_setup_commands_and_ci_uses_the_test_one() -> None:

@@ -4,11 +4,11 @@ Go idioms of the article poolkit grew from."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "examples" / "from_go.md"
@@ -19,7 +19,7 @@ def guide_text() -> str:
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", guide_text(), flags=re.DOTALL)
+    return markdown.python_blocks(GUIDE)
 
 
 def headings() -> list[str]:
@@ -104,8 +104,4 @@ def test_guide_puts_go_next_to_python() -> None:
 
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_guide_python_block_runs(index: int) -> None:
-    code = python_blocks()[index]
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, f"guide block {index} failed:\n{code}\n{proc.stderr}"
+    markdown.run_block(GUIDE, index)
