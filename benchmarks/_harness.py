@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRINT_PEAK_RSS", "Case", "Suite", "register", "run_async", "suites", "timed"]
+__all__ = ["Case", "Suite", "peak_rss", "register", "run_async", "suites", "timed"]
 
 
 @dataclass(slots=True)
@@ -42,7 +44,7 @@ _SUITES: list[Suite] = []
 # The last lines of a script run in a fresh interpreter to measure its peak memory: it prints
 # the process's own high-water mark in MiB.  On Linux that is VmHWM: ``ru_maxrss`` survives
 # ``exec``, so a child would report at least the RSS its parent (the benchmark) had.
-PRINT_PEAK_RSS = r"""
+_PRINT_PEAK_RSS = r"""
 try:
     with open("/proc/self/status") as _status:
         _hwm = next(line for line in _status if line.startswith("VmHWM:"))
@@ -60,6 +62,19 @@ def register(suite: Suite) -> Suite:
 
 def suites() -> list[Suite]:
     return list(_SUITES)
+
+
+def peak_rss(script: str, *args: str) -> float:
+    """Peak RSS in MiB of a fresh interpreter running ``script`` with ``args`` (``sys.argv[1:]``),
+    so that runs do not share a peak; imports count alike for every case."""
+    out = subprocess.run(
+        [sys.executable, "-c", script + _PRINT_PEAK_RSS, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return float(out.stdout.split()[-1])
 
 
 LOOP_FACTORY: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 import traceback
@@ -12,30 +13,11 @@ import poolkit
 from poolkit import leaks
 
 from ._harness import Case, Suite, register, run_async, timed
-from .bench_pools import QUEUE, WORKERS, trivial
+from .bench_pools import WORKERS, _pool_submit, trivial
 
 LIVE_TASKS = 10_000
 
 # ----------------------------------------------------------------- tracking on the pool
-
-
-def _pool_submit(tracking: bool):  # type: ignore[no-untyped-def]
-    def run(n: int) -> float:
-        async def main() -> float:
-            if tracking:
-                leaks.track_tasks()
-
-            async def body() -> None:
-                async with poolkit.WorkerPool(workers=WORKERS, queue_size=QUEUE) as pool:
-                    jobs = [await pool.submit(trivial, i) for i in range(n)]
-                    for job in jobs:
-                        await job
-
-            return await timed(body())
-
-        return run_async(main)
-
-    return run
 
 
 tracked_pool = register(
@@ -46,8 +28,8 @@ tracked_pool = register(
     )
 )
 tracked_pool.cases += [
-    Case("track_tasks() on", _pool_submit(True), poolkit=True),
-    Case("track_tasks() off (the default)", _pool_submit(False)),
+    Case("track_tasks() on", functools.partial(_pool_submit, tracking=True), poolkit=True),
+    Case("track_tasks() off (the default)", _pool_submit),
 ]
 
 # ----------------------------------------------------------------- tracking on create_task

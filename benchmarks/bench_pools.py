@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import subprocess
-import sys
 
 import aiojobs
 import aiometer
 import anyio
 
 import poolkit
+import poolkit.leaks
 
-from ._harness import PRINT_PEAK_RSS, Case, Suite, register, run_async, timed
+from ._harness import Case, Suite, peak_rss, register, run_async, timed
 
 WORKERS = 64
 QUEUE = 1024
@@ -160,8 +159,13 @@ def _pool_map(n: int) -> float:
     return run_async(main)
 
 
-def _pool_submit(n: int) -> float:
+def _pool_submit(n: int, *, tracking: bool = False) -> float:
+    """``tracking``: with creation-site tracking on (bench_leaks compares the two)."""
+
     async def main() -> float:
+        if tracking:
+            poolkit.leaks.track_tasks()
+
         async def body() -> None:
             async with poolkit.WorkerPool(workers=WORKERS, queue_size=QUEUE) as pool:
                 jobs = [await pool.submit(trivial, i) for i in range(n)]
@@ -198,8 +202,7 @@ through_submit.cases += [
 
 # ----------------------------------------------------------------- peak memory, 1M items
 
-_RSS_SCRIPT = (
-    r"""
+_RSS_SCRIPT = r"""
 import asyncio, sys, concurrent.futures as cf
 import poolkit
 kind, n = sys.argv[1], int(sys.argv[2])
@@ -228,22 +231,13 @@ elif kind == "tpe_map":
         for _ in ex.map(plain, range(n)):
             pass
 """
-    + PRINT_PEAK_RSS
-)
 
 
 def _peak_rss(kind: str):  # type: ignore[no-untyped-def]
     """Peak RSS in MiB of a fresh interpreter doing the work, so runs do not share a peak."""
 
     def run(n: int) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _RSS_SCRIPT, kind, str(n)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        return float(out.stdout.split()[-1])
+        return peak_rss(_RSS_SCRIPT, kind, str(n))
 
     return run
 

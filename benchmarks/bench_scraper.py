@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from ._harness import PRINT_PEAK_RSS, Case, Suite, register, run_async, timed
+from ._harness import Case, Suite, peak_rss, register, run_async, timed
 
 CONCURRENCY = 64
 HOSTS = 4
@@ -187,8 +187,7 @@ through_http.cases += [
 
 # ----------------------------------------------------------------- peak memory
 
-_RSS_SCRIPT = (
-    r"""
+_RSS_SCRIPT = r"""
 import asyncio, importlib.util, sys
 sys.path.insert(0, sys.argv[1])
 from benchmarks import bench_scraper as b
@@ -205,34 +204,14 @@ if kind == "poolkit":
 else:
     assert len(asyncio.run(b._gather_semaphore(scraper, urls))) == n
 """
-    + PRINT_PEAK_RSS
-)
 
 
 def _peak_rss(kind: str):  # type: ignore[no-untyped-def]
-    """Peak RSS in MiB of a fresh interpreter doing the run (imports included, alike).
-
-    Read as ``_harness.PRINT_PEAK_RSS`` says (not ``ru_maxrss``, which would show the parent's).
-    """
+    """Peak RSS in MiB of a fresh interpreter doing the run (imports included, alike)."""
 
     def run(n: int) -> float:
         with _Server() as ports:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _RSS_SCRIPT,
-                    str(ROOT),
-                    kind,
-                    str(n),
-                    ",".join(map(str, ports)),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=600,
-            )
-        return float(out.stdout.split()[-1])
+            return peak_rss(_RSS_SCRIPT, str(ROOT), kind, str(n), ",".join(map(str, ports)))
 
     return run
 
