@@ -440,6 +440,7 @@ class WorkerPool:
 
     __slots__ = (
         "__weakref__",
+        "_bare_retry",
         "_cancelled_queued",
         "_cancelled_running",
         "_elastic",
@@ -533,6 +534,8 @@ class WorkerPool:
         it = check_timeout(idle_timeout, "idle_timeout")
         self._idle_timeout = math.inf if it is None else it
         self._plain = self._limit is None and self._timeout is None and self._retry is None
+        # Retries, but nothing else around a job: its first attempt is run inline by _work().
+        self._bare_retry = self._retry_fast and self._limit is None and self._timeout is None
         self._jobs = _JobQueue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0  # the ident of the thread running that loop
@@ -710,8 +713,23 @@ class WorkerPool:
                         )
                         if result.__class__ is coroutine or hasattr(result, "__await__"):
                             result = await result
+                    elif self._bare_retry:  # the first attempt as above; retries if it fails
+                        kwargs = job._kwargs
+                        failed: Exception | None = None
+                        try:
+                            result = (
+                                job._fn(*job._args)
+                                if kwargs is None
+                                else job._fn(*job._args, **kwargs)
+                            )
+                            if result.__class__ is coroutine or hasattr(result, "__await__"):
+                                result = await result
+                        except Exception as exc:
+                            failed = exc  # retried outside this block: no chaining to it
+                        if failed is not None:
+                            result = await self._retries(job, failed, t0)
                     else:
-                        result = await self._attempts(job)
+                        result = await self._attempts(job, t0)
                 except BaseException as exc:
                     cancelling = job._phase == cancelling_
                     self._end(w, job, t0)
@@ -776,21 +794,27 @@ class WorkerPool:
         w.job = None
         self._run_total += _monotonic() - t0
 
-    async def _attempts(self, job: AnyJob) -> Any:
-        """Run ``job`` through the limit, the timeout and the retry policy (the slow path)."""
+    async def _attempts(self, job: AnyJob, started: float) -> Any:
+        """Run ``job`` through the limit, the timeout and the retry policy (the slow path);
+        ``started`` is when its first attempt began."""
         if self._retry is None:
             return await self._attempt(job)
-        replay: Exception | None = None
-        started = 0.0
+        failed: Exception | None = None
         if self._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
-            started = _monotonic()
             try:
                 return await self._attempt(job)
             except Exception as exc:
-                replay = exc
+                failed = exc  # retried outside this block: no chaining to it
+        return await self._retries(job, failed, started)
+
+    async def _retries(self, job: AnyJob, replay: Exception | None, started: float) -> Any:
+        """The attempts under tenacity; ``replay`` is the first attempt's error if that attempt
+        was made without it (tenacity is then shown it as its own first attempt's)."""
+        policy = self._retry
+        assert policy is not None
         first = True
         result = None
-        async for attempt in async_retrying(self._retry):
+        async for attempt in async_retrying(policy):
             if not first:
                 if job._phase == _CANCELLING:
                     # Cancelled, and the function turned that into an error: never retried.

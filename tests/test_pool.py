@@ -331,6 +331,29 @@ async def test_retries_back_off_and_are_counted() -> None:
     assert (s.retried, s.succeeded, s.failed, s.started) == (5, 1, 1, 2)
 
 
+@pytest.mark.parametrize("with_limit", [False, True], ids=["bare", "limited"])
+async def test_a_retried_jobs_error_is_not_chained_to_its_first_attempts(
+    with_limit: bool,
+) -> None:
+    """The first attempt runs outside tenacity; its error must not become the implicit
+    ``__context__`` of what the later attempts raise (a misleading traceback)."""
+    errors: list[ValueError] = []
+
+    def fails() -> None:
+        errors.append(ValueError(f"attempt {len(errors) + 1}"))
+        raise errors[-1]
+
+    policy = RetryPolicy.attempts(3, initial=0, jitter=0)
+    limit = CapacityLimiter(1) if with_limit else None
+    async with WorkerPool(workers=1, retry=policy, limit=limit) as pool:
+        job = await pool.submit(fails)
+        with pytest.raises(ValueError, match="attempt 3") as caught:
+            await job
+    assert caught.value is errors[2]
+    assert errors[2].__context__ is None
+    assert errors[1].__context__ is None
+
+
 @pytest.mark.virtual_time
 async def test_tenacity_object_accepted_and_cancellation_never_retried() -> None:
     calls = 0

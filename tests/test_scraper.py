@@ -227,6 +227,8 @@ async def test_a_failed_write_stops_the_run_and_loses_no_url(server: ScraperServ
 
 
 def test_the_host_key_is_what_urlsplit_would_say() -> None:
+    """The host (the limits key) is urlsplit's netloc; a URL is fetched when urlsplit sees an
+    http(s) scheme and a host."""
     from urllib.parse import urlsplit
 
     for url in (
@@ -240,9 +242,17 @@ def test_the_host_key_is_what_urlsplit_would_say() -> None:
         "http:///p",
         "http://u:p@h:1/x",
         "https://h",
+        "1http://x/y",
+        "svn+ssh://H/x",
+        "http:/x",
+        "mailto:a@b",
+        "Http://H.Example",
     ):
         parts = urlsplit(url)
-        assert scraper._origin(url) == (parts.scheme in ("http", "https"), parts.netloc.lower())
+        web, host = scraper._origin(url)
+        assert host == parts.netloc.lower(), url
+        fetchable = parts.scheme in ("http", "https") and parts.netloc != ""
+        assert (web and host != "") == fetchable, url
 
 
 def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
