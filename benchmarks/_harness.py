@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import subprocess
 import sys
 import time
@@ -98,6 +99,7 @@ class Row:
     case: str
     per_op_us: float  # best of the repeats
     poolkit: bool
+    paired: float | None = None  # alternatives of "time" suites: median of poolkit/this by round
 
 
 def measure(suite: Suite, scale: float, repeat: int) -> list[Row]:
@@ -109,7 +111,16 @@ def measure(suite: Suite, scale: float, repeat: int) -> list[Row]:
             value = case.run(items)
             samples[case.name].append(value / items * 1e6 if suite.kind == "time" else value)
     pick = max if suite.kind == "figure" and suite.higher_is_better else min
-    return [Row(suite.name, c.name, pick(samples[c.name]), c.poolkit) for c in suite.cases]
+    mine = next(samples[c.name] for c in suite.cases if c.poolkit)
+    rows = []
+    for c in suite.cases:
+        paired = None
+        if suite.kind == "time" and not c.poolkit:
+            # Each round ran every case back to back: comparing within rounds cancels the
+            # machine's slow drift, which "best of" alone can hide on a noisy machine.
+            paired = statistics.median(a / b for a, b in zip(mine, samples[c.name], strict=True))
+        rows.append(Row(suite.name, c.name, pick(samples[c.name]), c.poolkit, paired))
+    return rows
 
 
 def table(results: list[tuple[Suite, list[Row]]]) -> str:
@@ -122,20 +133,30 @@ def table(results: list[tuple[Suite, list[Row]]]) -> str:
     ]
     w1 = max([len("benchmark"), *map(len, titles)])
     w2 = max([len("implementation")] + [len(r.case) for _, rows in results for r in rows])
-    header = f"{'benchmark':<{w1}}  {'implementation':<{w2}}  {'µs/op':>9}  {'poolkit/alt':>11}"
+    header = (
+        f"{'benchmark':<{w1}}  {'implementation':<{w2}}  {'µs/op':>9}  {'poolkit/alt':>11}"
+        f"  {'by round':>8}"
+    )
     lines = [header, "-" * len(header)]
     for title, (suite, rows) in zip(titles, results, strict=True):
         mine = next(r for r in rows if r.poolkit)
         for i, r in enumerate(sorted(rows, key=lambda r: (not r.poolkit, r.per_op_us))):
             if suite.kind == "figure":
-                ratio = "-"
+                ratio = by_round = "-"
             else:
                 ratio = "" if r.poolkit else f"{mine.per_op_us / r.per_op_us:.2f}"
+                by_round = "" if r.paired is None else f"{r.paired:.2f}"
             name = title if i == 0 else ""
-            lines.append(f"{name:<{w1}}  {r.case:<{w2}}  {r.per_op_us:>9.3f}  {ratio:>11}")
+            lines.append(
+                f"{name:<{w1}}  {r.case:<{w2}}  {r.per_op_us:>9.3f}  {ratio:>11}  {by_round:>8}"
+            )
         lines.append("")
     lines.append("µs/op: best of the repeats; for a benchmark with [brackets], the figure itself.")
     lines.append(
         "poolkit/alt: poolkit's time divided by the alternative's; below 1.00, poolkit is faster."
+    )
+    lines.append(
+        "by round: the same ratio within each round (every case runs once a round, back to back),"
+        " median over the rounds."
     )
     return "\n".join(lines)

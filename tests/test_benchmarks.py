@@ -19,10 +19,11 @@ def test_benchmarks_run_at_tiny_scale(capsys: pytest.CaptureFixture[str]) -> Non
             assert case.name in out
         assert sum(c.poolkit for c in suite.cases) == 1, "exactly one poolkit case per suite"
         assert len(suite.cases) >= 2, "every suite compares poolkit with an alternative"
-    ratios = re.findall(r"\s(\d+\.\d\d)\s*$", out, flags=re.MULTILINE)
+    # An alternative's row ends in two ratios: best against best, and the median by round.
+    ratios = re.findall(r"\s(\d+\.\d\d)\s+(\d+\.\d\d)\s*$", out, flags=re.MULTILINE)
     expected = sum(len(s.cases) - 1 for s in _harness.suites() if s.kind == "time")
     assert len(ratios) == expected
-    figures = re.findall(r"\s-\s*$", out, flags=re.MULTILINE)
+    figures = re.findall(r"\s-\s+-\s*$", out, flags=re.MULTILINE)
     assert len(figures) == sum(len(s.cases) for s in _harness.suites() if s.kind == "figure")
 
 
@@ -31,3 +32,18 @@ def test_benchmark_cli_rejects_bad_arguments() -> None:
         bench.main(["--scale", "0"])
     with pytest.raises(SystemExit):
         bench.main(["--only", "no such benchmark"])
+
+
+def test_the_ratio_by_round_is_the_median_of_each_rounds_ratio() -> None:
+    """poolkit takes twice its alternative's time in two rounds of three; one lucky run of it
+    (and an unlucky one of the alternative) makes best-of say 1.0, the ratio by round 2.0."""
+    times = iter([1.0, 5.0, 2.0, 1.0, 2.0, 1.0])  # µs: poolkit, alternative; round by round
+    suite = _harness.Suite("noise", unit="op", items=1)
+    suite.cases += [
+        _harness.Case("mine", lambda n: next(times) * 1e-6, poolkit=True),
+        _harness.Case("theirs", lambda n: next(times) * 1e-6),
+    ]
+    rows = {r.case: r for r in _harness.measure(suite, scale=1.0, repeat=3)}
+    assert rows["mine"].paired is None
+    assert rows["theirs"].paired == pytest.approx(2.0)
+    assert rows["mine"].per_op_us / rows["theirs"].per_op_us == pytest.approx(1.0)
