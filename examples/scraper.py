@@ -680,20 +680,16 @@ class Scraper:
             raise
         counts.in_flight -= 1  # the job ends as this returns; _settle() writes the record
         item.phase = _OVER
-        return {
-            "url": item.url,
-            "host": item.host,
-            "ok": status < 400,
-            "status": status,
-            "bytes": len(body),
-            "attempts": attempts,
-            "seconds": round(time.monotonic() - item.started, 6),
-            "error": None if status < 400 else f"HTTP {status}",
-            "location": location,
-        }
+        error = None if status < 400 else f"HTTP {status}"
+        return self._record(item, status, len(body), error, location)
 
     def _record(
-        self, item: _Item, status: int | None, size: int | None, error: str | None
+        self,
+        item: _Item,
+        status: int | None,
+        size: int | None,
+        error: str | None,
+        location: str | None = None,
     ) -> dict[str, Any]:
         return {
             "url": item.url,
@@ -704,7 +700,7 @@ class Scraper:
             "attempts": item.attempts,
             "seconds": round(time.monotonic() - item.started, 6) if item.attempts else 0.0,
             "error": error,
-            "location": None,
+            "location": location,
         }
 
     def _give_up(self, item: _Item, status: int | None, error: str) -> None:

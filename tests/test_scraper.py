@@ -361,3 +361,36 @@ def test_a_signal_stops_the_command_and_the_rest_can_be_resumed(
     assert sorted(more) == sorted(unfetched)
     successes = Counter((a.host, a.path) for a in server.arrivals if a.status == 200)
     assert successes == Counter(key_of(u) for u in urls)
+
+
+def test_a_leak_after_the_run_still_writes_what_was_not_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The leak check runs after the run: a leak found then must not lose the run's summary,
+    since the URLs not fetched are only written from it."""
+    urls = ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"]
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+
+    async def leaky_run(self: Any, source: Any) -> Any:
+        async for _ in source:
+            pass
+        asyncio.get_running_loop().create_task(asyncio.Event().wait(), name="stray")
+        return scraper.Summary(
+            read=2,
+            ok=0,
+            failed=0,
+            retries=0,
+            unfetched=urls,
+            stopped_by="SIGINT",
+            input_complete=True,
+            seconds=0.0,
+        )
+
+    monkeypatch.setattr(scraper.Scraper, "run", leaky_run)
+    left = tmp_path / "left.txt"
+    code = scraper.main([str(tmp_path / "urls.txt"), "--unfetched", str(left), "--progress", "off"])
+    err = capsys.readouterr().err
+    assert code == scraper.EXIT_LEAKED, err
+    assert "left behind" in err and "Event.wait" in err, err  # where the stray task waits
+    assert left.read_text().splitlines() == urls
+    assert "stopped by SIGINT" in err
