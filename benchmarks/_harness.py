@@ -105,8 +105,12 @@ class Row:
 def measure(suite: Suite, scale: float, repeat: int) -> list[Row]:
     items = max(1, int(suite.items * scale))
     samples: dict[str, list[float]] = {c.name: [] for c in suite.cases}
-    for _ in range(repeat):
-        for case in suite.cases:  # interleaved, so drift of the machine hits every case alike
+    for round_ in range(repeat):
+        # Interleaved, so that drift of the machine hits every case alike; every other round in
+        # reverse, so that no case always runs right after the same other one (a case may leave
+        # work behind for the machine: closing sockets, a server process winding down).
+        order = suite.cases if round_ % 2 == 0 else suite.cases[::-1]
+        for case in order:
             gc.collect()
             value = case.run(items)
             samples[case.name].append(value / items * 1e6 if suite.kind == "time" else value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -36,14 +37,25 @@ def test_benchmark_cli_rejects_bad_arguments() -> None:
 
 def test_the_ratio_by_round_is_the_median_of_each_rounds_ratio() -> None:
     """poolkit takes twice its alternative's time in two rounds of three; one lucky run of it
-    (and an unlucky one of the alternative) makes best-of say 1.0, the ratio by round 2.0."""
-    times = iter([1.0, 5.0, 2.0, 1.0, 2.0, 1.0])  # µs: poolkit, alternative; round by round
+    (and an unlucky one of the alternative) makes best-of say 1.0, the ratio by round 2.0.
+    Rounds alternate the order of the cases."""
+    times = {"mine": iter([1.0, 2.0, 2.0]), "theirs": iter([5.0, 1.0, 1.0])}  # µs, by round
+    calls: list[str] = []
+
+    def case(name: str) -> Callable[[int], float]:
+        def run(n: int) -> float:
+            calls.append(name)
+            return next(times[name]) * 1e-6
+
+        return run
+
     suite = _harness.Suite("noise", unit="op", items=1)
     suite.cases += [
-        _harness.Case("mine", lambda n: next(times) * 1e-6, poolkit=True),
-        _harness.Case("theirs", lambda n: next(times) * 1e-6),
+        _harness.Case("mine", case("mine"), poolkit=True),
+        _harness.Case("theirs", case("theirs")),
     ]
     rows = {r.case: r for r in _harness.measure(suite, scale=1.0, repeat=3)}
     assert rows["mine"].paired is None
     assert rows["theirs"].paired == pytest.approx(2.0)
     assert rows["mine"].per_op_us / rows["theirs"].per_op_us == pytest.approx(1.0)
+    assert calls == ["mine", "theirs", "theirs", "mine", "mine", "theirs"]
