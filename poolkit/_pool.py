@@ -440,7 +440,6 @@ class WorkerPool:
 
     __slots__ = (
         "__weakref__",
-        "_bare_retry",
         "_cancelled_queued",
         "_cancelled_running",
         "_elastic",
@@ -450,6 +449,7 @@ class WorkerPool:
         "_handed",
         "_handed_back",
         "_idle_timeout",
+        "_inline",
         "_jobs",
         "_key",
         "_limit",
@@ -458,7 +458,6 @@ class WorkerPool:
         "_min_workers",
         "_name",
         "_next_id",
-        "_plain",
         "_queue_size",
         "_rejected",
         "_retiring",
@@ -533,9 +532,13 @@ class WorkerPool:
             raise ValueError(f"min_workers ({min_workers}) must not exceed workers ({workers})")
         it = check_timeout(idle_timeout, "idle_timeout")
         self._idle_timeout = math.inf if it is None else it
-        self._plain = self._limit is None and self._timeout is None and self._retry is None
-        # Retries, but nothing else around a job: its first attempt is run inline by _work().
-        self._bare_retry = self._retry_fast and self._limit is None and self._timeout is None
+        # No limit, no timeout, and no tenacity before a first attempt fails: _work() calls the
+        # job's function itself (the hot path), and hands a failure to _retries() if retrying.
+        self._inline = (
+            self._limit is None
+            and self._timeout is None
+            and (self._retry is None or self._retry_fast)
+        )
         self._jobs = _JobQueue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0  # the ident of the thread running that loop
@@ -706,14 +709,7 @@ class WorkerPool:
                 t0 = monotonic()
                 self._wait_total += t0 - job._queued_at
                 try:
-                    if self._plain:
-                        kwargs = job._kwargs
-                        result = (
-                            job._fn(*job._args) if kwargs is None else job._fn(*job._args, **kwargs)
-                        )
-                        if result.__class__ is coroutine or hasattr(result, "__await__"):
-                            result = await result
-                    elif self._bare_retry:  # the first attempt as above; retries if it fails
+                    if self._inline:
                         kwargs = job._kwargs
                         failed: Exception | None = None
                         try:
@@ -725,6 +721,8 @@ class WorkerPool:
                             if result.__class__ is coroutine or hasattr(result, "__await__"):
                                 result = await result
                         except Exception as exc:
+                            if self._retry is None:
+                                raise
                             failed = exc  # retried outside this block: no chaining to it
                         if failed is not None:
                             result = await self._retries(job, failed, t0)
@@ -820,13 +818,12 @@ class WorkerPool:
                     # Cancelled, and the function turned that into an error: never retried.
                     raise asyncio.CancelledError
                 self._retried += 1
+            first = False
             with attempt:
-                if first and replay is not None:
-                    first = False
+                if replay is not None:  # tenacity is shown the first attempt's error as its own
                     attempt.retry_state.start_time = started  # delays count from the first
-                    first_error, replay = replay, None
-                    raise first_error
-                first = False
+                    error, replay = replay, None
+                    raise error
                 result = await self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:

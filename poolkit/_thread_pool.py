@@ -477,13 +477,12 @@ class ThreadPool:
                     raise TimeoutError("timed out")
                 with self._lock:
                     self._retried += 1
+            first = False
             with attempt:
-                if first and replay is not None:
-                    first = False
+                if replay is not None:  # tenacity is shown the first attempt's error as its own
                     attempt.retry_state.start_time = started  # delays count from the first
-                    first_error, replay = replay, None
-                    raise first_error
-                first = False
+                    error, replay = replay, None
+                    raise error
                 result = self._attempt(job)
             outcome = attempt.retry_state.outcome
             if outcome is not None and not outcome.failed:
