@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import functools
 import json
@@ -340,7 +341,6 @@ class _Item:
     phase: str = _READ
     started: float = 0.0
     job: poolkit.Job[dict[str, Any]] | None = None
-    settled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,7 +538,7 @@ class Scraper:
             stopped_by=self._stopped_by,
             input_complete=self._input_complete,
             seconds=time.monotonic() - self._t0,
-            hosts={h: HostCounts(**_fields(c)) for h, c in self.hosts.items()},
+            hosts={h: dataclasses.replace(c) for h, c in self.hosts.items()},  # copies
             error=None if self.write_error is None else _describe(self.write_error),
         )
 
@@ -725,10 +725,8 @@ class Scraper:
         """The job of ``item`` is over: write its result, or list it as unfetched.  (Called back
         by the job, or at the end of the run for jobs whose call-back has not run yet.)"""
         job = item.job
-        if item.settled or job is None or not job.done():
-            return
-        item.settled = True
-        del self._outstanding[item.seq]
+        if job is None or not job.done() or self._outstanding.pop(item.seq, None) is None:
+            return  # not over yet, or settled already
         if item.phase is not _OVER:
             self._move(item, _OVER)
         counts = item.counts
@@ -824,10 +822,6 @@ class Scraper:
 def _host_of_job(job: poolkit.Job[Any]) -> str:
     item: _Item = job.args[0]
     return item.host
-
-
-def _fields(counts: HostCounts) -> dict[str, int]:
-    return {name: getattr(counts, name) for name in HostCounts.__slots__}
 
 
 def _describe(exc: BaseException) -> str:
@@ -927,27 +921,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings the command line asks for: every field of Settings has an option of the
+    same name (``--per-host 0`` means no cap of its own)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
+    if values["per_host"] == 0:
+        values["per_host"] = None
+    return Settings(**values)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not _HAVE_AIOHTTP:
         parser.error("aiohttp is not installed: pip install 'poolkit[scraper]'")
     try:
-        settings = Settings(
-            concurrency=args.concurrency,
-            per_host=args.per_host if args.per_host and args.per_host > 0 else None,
-            rate=args.rate,
-            burst=args.burst,
-            attempts=args.attempts,
-            backoff=args.backoff,
-            max_backoff=args.max_backoff,
-            jitter=args.jitter,
-            max_retry_after=args.max_retry_after,
-            timeout=args.timeout,
-            grace=args.grace,
-            workers=args.workers,
-            progress_interval=args.progress_interval,
-        )
+        settings = _settings(args)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     if args.urls != "-" and not os.path.isfile(args.urls):

@@ -10,6 +10,7 @@ connecting and sending took, so two arrivals can be closer together than their g
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import math
@@ -273,6 +274,34 @@ def test_settings_name_the_bad_argument() -> None:
         scraper.Settings(rate="fast")
     with pytest.raises(TypeError, match="per_host"):
         scraper.Settings(per_host=1.5)  # type: ignore[arg-type]
+
+
+def test_every_option_reaches_the_settings() -> None:
+    """Each field of Settings is read from the option of the same name; only --per-host 0 is
+    translated (no cap), and a negative cap is an error, not silently no cap."""
+    given = {
+        "concurrency": 7,
+        "per_host": 3,
+        "rate": "9/min",
+        "burst": 4.0,
+        "attempts": 2,
+        "backoff": 0.25,
+        "max_backoff": 8.0,
+        "jitter": 0.125,
+        "max_retry_after": 60.0,
+        "timeout": 12.0,
+        "grace": 3.0,
+        "workers": 5,
+        "progress_interval": 2.5,
+    }
+    assert set(given) == {f.name for f in dataclasses.fields(scraper.Settings)}
+    argv = [part for name, v in given.items() for part in (f"--{name.replace('_', '-')}", str(v))]
+    settings = scraper._settings(scraper._parser().parse_args(argv))
+    assert dataclasses.asdict(settings) == given
+    no_cap = scraper._settings(scraper._parser().parse_args(["--per-host", "0"]))
+    assert no_cap.per_host is None
+    with pytest.raises(ValueError, match=r"per_host must be >= 1, got -3"):
+        scraper._settings(scraper._parser().parse_args(["--per-host", "-3"]))
 
 
 # ======================================================================= the command
