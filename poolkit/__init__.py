@@ -40,6 +40,7 @@ from ._composite import PerKey as PerKey
 from ._composite import PerKeyStatistics as PerKeyStatistics
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
+from ._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
 from ._exceptions import JobHandedBack as JobHandedBack
 from ._exceptions import LeakError as LeakError
 from ._exceptions import NotAcquired as NotAcquired
@@ -71,6 +72,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelStatistics",
     "EndOfChannel",
+    "HeapAnalysisUnavailable",
     "Job",
     "JobHandedBack",
     "LeakError",

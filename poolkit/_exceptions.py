@@ -15,8 +15,10 @@ The tree::
     │                            the data ran out, nobody did anything wrong
     ├── NotAcquired              (also a RuntimeError) you released a limiter more than you
     │                            had acquired from it
-    └── LeakError                (also an AssertionError) tasks or threads outlived a
-                                 ``no_leaks()`` block; ``.snapshot`` says which and where
+    ├── LeakError                (also an AssertionError) tasks or threads outlived a
+    │                            ``no_leaks()`` block; ``.snapshot`` says which and where
+    └── HeapAnalysisUnavailable  (also a RuntimeError) ``find_blocked`` cannot run on this
+                                 interpreter: its heap analysis is not verified here
 
 Timeouts raise the builtin :class:`TimeoutError`; cancellation is asyncio's own
 :class:`asyncio.CancelledError`.  Bad arguments raise :class:`ValueError` or :class:`TypeError`
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChannelClosed",
     "EndOfChannel",
+    "HeapAnalysisUnavailable",
     "JobHandedBack",
     "LeakError",
     "NotAcquired",
@@ -121,3 +124,14 @@ class LeakError(PoolkitError, AssertionError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.args[0], self.snapshot))
+
+
+class HeapAnalysisUnavailable(PoolkitError, RuntimeError):
+    """Raised by :func:`poolkit.leaks.find_blocked` (and ``snapshot(blocked=True)``) on an
+    interpreter where its heap analysis has not been shown sound and safe: another Python
+    implementation, a free-threaded build, or a CPython version that poolkit's CI does not run.
+
+    Nobody did anything wrong; the message names the interpreter and the reason.  Everything
+    else in :mod:`poolkit.leaks` still works there, and :func:`poolkit.no_leaks` still reports
+    leaks, only without marking which are blocked forever.
+    """

@@ -342,12 +342,22 @@ async def _probe_gen() -> Any:
     yield
 
 
+def _async_gen_steps() -> tuple[type, type]:
+    """The types of ``agen.asend()`` and ``agen.athrow()`` awaitables, which have no public name.
+    Each is closed at once: left unawaited, Python 3.13 warns about it."""
+    gen = _probe_gen()
+    send = gen.asend(None)
+    throw = gen.athrow(GeneratorExit)
+    send.close()
+    throw.close()
+    return type(send), type(throw)
+
+
 _c = _probe()
 _COROUTINE: Any = type(_c)
 _c.close()
-_g = _probe_gen()
-_ASYNC_GEN_STEPS = (type(_g.asend(None)), type(_g.athrow(GeneratorExit)))
-del _c, _g
+del _c
+_ASYNC_GEN_STEPS = _async_gen_steps()
 _LEAVES: set[type] = set()  # awaitables seen to have no frame (futures' iterators...)
 
 
@@ -390,7 +400,9 @@ def _generator_of(step: Any) -> Any:
 
 # ----------------------------------------------------------------------- taking snapshots
 
-_world = threading.Lock()
+# Re-entrant: a finalizer that runs while a snapshot is taken (a task freed by the thread that
+# takes it, reported to the loop's exception handler) may take a snapshot itself.
+_world = threading.RLock()
 
 
 @contextmanager
@@ -495,15 +507,15 @@ def thread_infos(threads: Iterable[threading.Thread], caller: FrameType | None) 
     ]
 
 
-def blocked_ids(loop: asyncio.AbstractEventLoop | None) -> set[int]:
+def blocked_ids(loop: asyncio.AbstractEventLoop | None, keep: list[Any]) -> set[int]:
     """``id()`` of the tasks :mod:`poolkit._blocked` proves blocked; inside :func:`stopped_world`,
-    before the caller holds any task (a task the caller holds is reachable, hence not blocked)."""
+    before the caller holds any task (a task the caller holds is reachable, hence not blocked).
+    ``keep`` receives what the caller must drop after leaving :func:`stopped_world`."""
     from ._blocked import blocked_tasks
 
-    found = blocked_tasks(loop)
-    ids = {id(t) for t in found}
-    found.clear()
-    return ids
+    found = blocked_tasks(loop, keep)
+    keep.append(found)
+    return {id(t) for t in found}
 
 
 def snapshot(
@@ -519,23 +531,28 @@ def snapshot(
     snapshot is a best effort if the loop is running in another thread (module docstring).  The
     snapshot holds no reference to a task, thread or frame.  ``blocked=True`` also marks the
     tasks that are provably blocked forever (``TaskInfo.blocked``; see
-    :func:`poolkit.leaks.find_blocked`), which costs a walk of the whole heap.
+    :func:`poolkit.leaks.find_blocked`), which costs a walk of the whole heap and raises
+    :class:`~poolkit.HeapAnalysisUnavailable` where that analysis cannot run.
     """
     if loop is None:
         loop = running_loop()
     elif not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(f"loop must be an event loop or None, got {loop!r}")
     caller = sys._getframe(1)
+    keep: list[Any] = []
     with stopped_world():
-        dead = blocked_ids(loop) if blocked and tasks and loop is not None else set()
+        dead = blocked_ids(loop, keep) if blocked and tasks and loop is not None else set()
         task_list = collect_tasks(loop) if tasks and loop is not None else []
+        keep.append(task_list)
         task_part = task_infos(task_list, loop)
-        del task_list
         for info in task_part:
             if info.ident in dead:
                 info.blocked = True
-        thread_part = thread_infos(threading.enumerate(), caller) if threads else []
+        thread_list = threading.enumerate() if threads else []
+        keep.append(thread_list)
+        thread_part = thread_infos(thread_list, caller)
     del caller
+    keep.clear()  # outside the stopped world: whatever this frees may run its __del__
     return Snapshot(tuple(task_part), tuple(thread_part), time.time())
 
 

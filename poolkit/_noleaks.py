@@ -30,7 +30,9 @@ The report
 :class:`~poolkit.LeakError` carries a :class:`~poolkit.leaks.Snapshot` of what leaked, grouped
 by stack with creation sites as in ``/debug/pprof/goroutine?debug=1``.  Tasks that are provably
 blocked forever (nothing alive can wake them: :func:`poolkit.leaks.find_blocked`) are marked as
-such; the others are only still running when the budget ran out.
+such; the others are only still running when the budget ran out.  Where that analysis cannot
+run (:class:`~poolkit.HeapAnalysisUnavailable`: a free-threaded build, an unverified CPython
+version), the leaks are reported all the same, without the mark, and the message says why.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ._blocked import analysis_unavailable
 from ._checks import check_timeout
 from ._exceptions import LeakError
 from ._introspect import (
@@ -264,12 +267,18 @@ class NoLeaks:
 
     def _leaks(self, *, mark_blocked: bool) -> tuple[list[TaskInfo], list[ThreadInfo]]:
         """What is left over now, as plain data, after the ignore rules."""
+        keep: list[Any] = []
         with stopped_world():
-            dead = blocked_ids(self._loop) if mark_blocked and self._loop is not None else set()
+            dead: set[int] = set()
+            if mark_blocked and self._loop is not None and analysis_unavailable() is None:
+                dead = blocked_ids(self._loop, keep)
             tasks = self._leftover_tasks()
+            keep.append(tasks)
             task_part = [i for i in task_infos(tasks, self._loop) if self._keep(i)]
-            tasks.clear()
-            thread_part = [i for i in thread_infos(self._leftover_threads(), None) if self._keep(i)]
+            threads = self._leftover_threads()
+            keep.append(threads)
+            thread_part = [i for i in thread_infos(threads, None) if self._keep(i)]
+        keep.clear()  # outside the stopped world: whatever this frees may run its __del__
         for info in task_part:
             info.blocked = info.ident in dead
         return task_part, thread_part
@@ -293,7 +302,10 @@ class NoLeaks:
             gone = f"{len(destroyed)} task{'s' if len(destroyed) != 1 else ''}"
             lost = f"{gone} destroyed by the garbage collector while still pending"
             message = f"{message}; {lost}" if parts else f"{lost} (leaked: nothing could wake them)"
-        if stuck:
+        unavailable = analysis_unavailable() if tasks else None
+        if unavailable is not None:
+            message += f" (which of them are blocked forever is not known here: {unavailable})"
+        elif stuck:
             message += (
                 f"; {stuck} of the tasks {'is' if stuck == 1 else 'are'} blocked forever"
                 f" (nothing alive can wake {'it' if stuck == 1 else 'them'})"

@@ -11,11 +11,13 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "Sleeper",
     "discard",
+    "locked_soon",
     "refuse_in_loop",
     "resolve",
     "thread_deadline",
@@ -85,6 +87,33 @@ def discard(q: deque[Any], w: object) -> None:
         q.remove(w)
     except ValueError:
         pass  # already popped by whoever woke it
+
+
+def locked_soon(lock: threading.Lock, fn: Callable[..., object], *args: Any) -> None:
+    """Call ``fn(*args)`` holding ``lock``: at once if the lock is free, else as soon as it is.
+
+    For the clean-up of a coroutine that is being closed (``GeneratorExit``), which must never
+    block: the garbage collector may close it in the middle of code that holds this very lock in
+    this very thread (an allocation there can start a collection), so waiting for the lock could
+    deadlock.  When the lock is taken, a short-lived thread waits for it instead and runs ``fn``;
+    the holder is never kept waiting and nothing is left undone.  At interpreter shutdown, when
+    no thread can start, the work is dropped: nothing will wait on the primitive again.
+    """
+    if lock.acquire(False):
+        try:
+            fn(*args)
+        finally:
+            lock.release()
+        return
+
+    def later() -> None:
+        with lock:
+            fn(*args)
+
+    try:
+        threading.Thread(target=later, name="poolkit-withdraw", daemon=True).start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        pass
 
 
 def refuse_in_loop(what: str) -> None:

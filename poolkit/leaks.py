@@ -26,6 +26,7 @@ The asyncio and threads counterpart of Go's ``goleak`` and ``/debug/pprof/gorout
 """
 
 from ._blocked import find_blocked as find_blocked
+from ._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
 from ._exceptions import LeakError as LeakError
 from ._introspect import Frame as Frame
 from ._introspect import Snapshot as Snapshot
@@ -43,6 +44,7 @@ from ._watchdog import Watchdog as Watchdog
 __all__ = [
     "Frame",
     "Growth",
+    "HeapAnalysisUnavailable",
     "LeakError",
     "NoLeaks",
     "Sample",

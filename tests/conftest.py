@@ -6,6 +6,9 @@
   that assert exact timings.
 * After the test body returns, no other task may still be alive on its loop, and no thread started
   during the test may still be running: a poolkit object that leaks either fails here.
+* ``pytest --eager-tasks`` (Python 3.12+) installs ``asyncio.eager_task_factory`` on every loop
+  an ``async def`` test runs on, so that the suites show poolkit behaves the same when tasks start
+  eagerly (``.ci/run`` runs the core behaviour suites so on every version that has it).
 * An error that nobody retrieved (asyncio's "Future exception was never retrieved", reported to the
   loop's exception handler) fails the test too: no error may be lost silently.
 """
@@ -39,6 +42,28 @@ if uvloop is not None:
     LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
 
 
+EAGER = False  # set by --eager-tasks
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--eager-tasks",
+        action="store_true",
+        help="run async tests with asyncio.eager_task_factory installed (Python 3.12+)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global EAGER
+    EAGER = bool(config.getoption("--eager-tasks"))
+    if EAGER and not hasattr(asyncio, "eager_task_factory"):
+        raise pytest.UsageError("--eager-tasks needs Python 3.12 or newer")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return "poolkit: tasks start eagerly (asyncio.eager_task_factory)" if EAGER else None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not inspect.iscoroutinefunction(metafunc.function):
         return
@@ -68,6 +93,8 @@ def run_on(kind: str, coro: Coroutine[Any, Any, Any]) -> Any:
     reported: list[dict[str, Any]] = []
     with asyncio.Runner(loop_factory=LOOP_FACTORIES[kind]) as runner:
         runner.get_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        if EAGER:
+            runner.get_loop().set_task_factory(asyncio.eager_task_factory)
         try:
             return runner.run(coro)
         finally:
