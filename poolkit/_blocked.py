@@ -128,12 +128,15 @@ def _check_build() -> None:
         raise HeapAnalysisUnavailable(reason)
 
 
-def _unreachable(objs: list[Any], probe_id: int) -> set[int]:
+def _unreachable(objs: list[Any], probe_id: int, ours: set[int]) -> set[int]:
     """The ``id`` of every object in ``objs`` that no root reaches.
 
     ``probe_id`` is the id of an object in ``objs`` that has exactly one reference from outside
     the heap: it measures how many references the bookkeeping itself adds to every object while
     its count is read (the list, the comprehension's variable, ``getrefcount``'s argument).
+    ``ours`` are the ids of this module's own containers (the list of a previous scan, kept to be
+    dropped later): their references count as links inside the heap, but they are never roots
+    and never followed, so they keep nothing alive.
     The work is done in bulk (one ``get_referents`` call per slice of objects, set algebra on
     ids) so that the cost per object is a few hundred nanoseconds.
     """
@@ -150,11 +153,12 @@ def _unreachable(objs: list[Any], probe_id: int) -> set[int]:
         inside.update(key for key in map(id, refs) if key in counts)
         del refs
     roots = {key for key, count in counts.items() if count - extra > inside.get(key, 0)}
+    roots -= ours
     del inside
     tracked = set(counts)
     del counts
     # Everything in ``objs`` is kept alive by ``objs``, so ids are stable and unique here.
-    by_id = {id(obj): obj for obj in walked}
+    by_id = {id(obj): obj for obj in walked if id(obj) not in ours}
     del walked
     reached = roots
     frontier = [by_id[key] for key in roots if key in by_id]
@@ -172,16 +176,19 @@ def _unreachable(objs: list[Any], probe_id: int) -> set[int]:
 
 
 def _scan(loop: asyncio.AbstractEventLoop | None, keep: list[Any]) -> list[asyncio.Task[Any]]:
-    """The pending tasks that nothing reaches.  ``keep`` receives the heap's list, for the
-    caller to drop once the world runs again: dropping the last reference to an object (one
-    that another thread let go of meanwhile) runs its ``__del__``, which must not happen here."""
+    """The pending tasks that nothing reaches.
+
+    ``keep`` receives the heap's list, for the caller to drop once the world runs again: dropping
+    the last reference to an object (one that another thread let go of meanwhile) would run its
+    ``__del__`` here.  What ``keep`` holds does not count as keeping anything alive.
+    """
     probe: list[Any] = []  # referenced by this frame only: calibrates the bookkeeping's share
     objs = gc.get_objects()
     keep.append(objs)
     probe_id = id(probe)
     if not any(id(obj) == probe_id for obj in objs):  # pragma: no cover - lists are tracked
         raise RuntimeError("the garbage collector does not track lists")
-    dead = _unreachable(objs, probe_id)
+    dead = _unreachable(objs, probe_id, {id(keep), *map(id, keep)})
     if not dead:
         return []
     task_types = _task_types()
@@ -234,10 +241,12 @@ def blocked_tasks(
     if not first:
         return first
     suspects = {id(task): _waiting_on(task) for task in first}
-    keep.append(first)
+    # Safe to drop here: nothing alive reaches these tasks, so this is not their last reference
+    # (the cycle that holds them is), and holding them would make them reachable.
+    first.clear()
     second = _scan(loop, keep)
     confirmed = [task for task in second if suspects.get(id(task)) == _waiting_on(task)]
-    keep.append(second)
+    second.clear()
     return confirmed
 
 
