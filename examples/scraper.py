@@ -888,7 +888,10 @@ async def _file_lines(path: str) -> AsyncIterator[str]:
 def _rate_arg(text: str) -> float | str | None:
     if text.strip().lower() in ("none", "0", "off"):
         return None
-    poolkit.parse_rate(text, "--rate")
+    try:
+        poolkit.parse_rate(text, "--rate")
+    except (TypeError, ValueError) as e:  # argparse shows only this kind's message
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

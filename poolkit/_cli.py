@@ -9,7 +9,8 @@
 ``poolkit demo``
     Run the demo (its own options follow).
 
-``URL`` is the server's address, ``http://127.0.0.1:6060`` or just ``127.0.0.1:6060``.  Requests
+``URL`` is the server's address: ``http://127.0.0.1:6060``, ``127.0.0.1:6060``, or only the port
+(``6060`` or ``:6060``), which means 127.0.0.1.  Requests
 go straight to it: proxy settings in the environment are not used, since a debug endpoint is
 normally on the same machine.  Exit status: 0 on success, 1 if the server could not be reached
 or answered with an error, 2 for a usage error.
@@ -44,6 +45,8 @@ class _Failed(Exception):
 
 def _base_url(text: str) -> str:
     url = text.strip()
+    if url.isdigit() or (url.startswith(":") and url[1:].isdigit()):
+        url = "127.0.0.1:" + url.lstrip(":")  # a bare port, as Go's tools take ":6060"
     if "://" not in url:
         url = "http://" + url
     try:
@@ -84,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    url_help = "the debug server: http://127.0.0.1:6060 or 127.0.0.1:6060"
+    url_help = "the debug server: http://127.0.0.1:6060, 127.0.0.1:6060, or a port (6060, :6060)"
     timeout_help = "seconds to wait for an answer (default: 5)"
 
     dump = commands.add_parser(

@@ -644,24 +644,47 @@ def _labels(labels: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
 
 
-def group(infos: Iterable[Info]) -> list[tuple[int, Info]]:
-    """Infos with the same state, stack, creation site and owner, counted; most common first."""
+def group(infos: Iterable[Info]) -> list[tuple[int, Info, list[str]]]:
+    """Infos with the same state, stack, creation site and owner, counted; most common first.
+    Each group also lists its members' names."""
     counts: dict[tuple[Any, ...], list[Any]] = {}
     for info in infos:
         key = (info.state, info.blocked, info.stack, info.created_at, _owner_group(info.owner))
         entry = counts.get(key)
         if entry is None:
-            counts[key] = [1, info]
+            counts[key] = [1, info, [info.name]]
         else:
             entry[0] += 1
+            entry[2].append(info.name)
     ordered = sorted(counts.values(), key=lambda e: -e[0])  # stable: first seen first on ties
-    return [(n, info) for n, info in ordered]
+    return [(n, info, names) for n, info, names in ordered]
+
+
+# Names that asyncio and threading make up (``Task-12``, ``Thread-3 (run)``): they say nothing
+# that the stack does not, so a group's name line leaves them out.
+_DEFAULT_NAME = re.compile(r"(Task|Thread)-\d+( \(.*\))?\Z")
+_NAMES_SHOWN = 5
+
+
+def _names_line(names: list[str]) -> str | None:
+    """``#\tnames 'a', 'b' and 3 more`` for the names given on purpose, like pprof's labels."""
+    chosen = [name for name in names if not _DEFAULT_NAME.match(name)]
+    if not chosen:
+        return None
+    distinct = sorted(set(chosen))  # tasks come from a set: sorted, so that dumps compare
+    shown = ", ".join(repr(name) for name in distinct[:_NAMES_SHOWN])
+    rest = len(chosen) - sum(chosen.count(name) for name in distinct[:_NAMES_SHOWN])
+    more = f" and {rest} more" if rest else ""
+    return f"#\t{'name' if len(chosen) == 1 else 'names'} {shown}{more}"
 
 
 def _group_lines(kind: str, infos: list[Info]) -> list[str]:
     lines = [f"{kind} profile: total {len(infos)}"]
-    for count, info in group(infos):
+    for count, info, names in group(infos):
         lines.append(f"{count} @ {_heading(info)}")
+        named = _names_line(names)
+        if named is not None:
+            lines.append(named)
         for frame in info.stack:
             lines.append(f"#\t{frame.module}.{frame.function}\t{frame.filename}:{frame.line}")
         if info.created_at is not None:

@@ -534,6 +534,15 @@ def test_cli_dump_accepts_a_url_without_scheme(server: debug.DebugServer) -> Non
     assert "task 'receiver-0' [chan receive]" in done.stdout
 
 
+@pytest.mark.parametrize("form", ["{port}", ":{port}"])
+def test_cli_dump_accepts_a_bare_port_as_localhost(server: debug.DebugServer, form: str) -> None:
+    # Regression: "poolkit dump 6060" was read as the host "6060" (HTTP 404 from elsewhere)
+    # and ":6060" was rejected; both mean 127.0.0.1, as for Go's tools.
+    done = run_cli("dump", form.format(port=server.port), "--debug", "2")
+    assert done.returncode == 0, done.stderr
+    assert "task 'receiver-0' [chan receive]" in done.stdout
+
+
 def test_cli_top(server: debug.DebugServer, scene: Scene) -> None:
     done = run_cli("top", server.url, "--count", "2", "--interval", "0.05")
     assert done.returncode == 0, done.stderr

@@ -337,6 +337,29 @@ async def test_a_forgotten_create_task_is_caught_with_where_it_was_made() -> Non
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_the_grouped_report_names_the_leaked_tasks() -> None:
+    # Regression: the grouped dump in LeakError's message showed only the stack, so a leaked
+    # create_task(..., name="collector") could not be told from other tasks running that code.
+    async def collect() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(LeakError) as caught:
+        async with no_leaks(timeout=0.05):
+            tasks = [asyncio.create_task(collect(), name="collector")]
+            tasks += [asyncio.create_task(collect(), name=f"shard-{i}") for i in range(7)]
+            tasks.append(asyncio.create_task(collect()))  # a default name: not worth a mention
+    report = str(caught.value)
+    assert "8 tasks still alive" not in report and "9 tasks still alive" in report
+    group = report.split("9 @ sleep\n", 1)[1]
+    names = group.split("\n", 1)[0]
+    assert names == (
+        "#\tnames 'collector', 'shard-0', 'shard-1', 'shard-2', 'shard-3' and 3 more"
+    ), report
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_a_thread_blocked_on_a_queue_is_caught() -> None:
     q: queue.Queue[int | None] = queue.Queue()
     with pytest.raises(LeakError) as caught, no_leaks(timeout=0.05):

@@ -276,6 +276,16 @@ def test_settings_name_the_bad_argument() -> None:
         scraper.Settings(per_host=1.5)  # type: ignore[arg-type]
 
 
+def test_a_bad_rate_option_keeps_the_librarys_message(capsys: pytest.CaptureFixture[str]) -> None:
+    # Regression: argparse replaced parse_rate's message with "invalid _rate_arg value: 'abc'".
+    with pytest.raises(SystemExit) as exit_info:
+        scraper._parser().parse_args(["--rate", "abc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --rate: --rate must look like '10/s'" in err and "'abc'" in err, err
+    assert "_rate_arg" not in err
+
+
 def test_every_option_reaches_the_settings() -> None:
     """Each field of Settings is read from the option of the same name; only --per-host 0 is
     translated (no cap), and a negative cap is an error, not silently no cap."""
