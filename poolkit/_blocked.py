@@ -88,7 +88,7 @@ from typing import Any
 from ._exceptions import HeapAnalysisUnavailable
 from ._introspect import TaskInfo, running_loop, stopped_world, task_infos
 
-__all__ = ["analysis_unavailable", "blocked_tasks", "find_blocked"]
+__all__ = ["analysis_unavailable", "blocked_tasks", "check_available", "find_blocked"]
 
 # The (major, minor) versions of CPython whose internals CI checks (module docstring).
 VERIFIED = ((3, 11), (3, 12), (3, 13))
@@ -122,7 +122,8 @@ def analysis_unavailable() -> str | None:
     return None
 
 
-def _check_build() -> None:
+def check_available() -> None:
+    """Raise :class:`~poolkit.HeapAnalysisUnavailable` if the analysis cannot run here."""
     reason = analysis_unavailable()
     if reason is not None:
         raise HeapAnalysisUnavailable(reason)
@@ -236,7 +237,7 @@ def blocked_tasks(
     reported if a second scan finds it unreachable too, still waiting on the same future; the
     second scan costs nothing when the first finds nothing, the usual case.
     """
-    _check_build()
+    check_available()
     first = _scan(loop, keep)
     if not first:
         return first
@@ -273,7 +274,7 @@ def find_blocked(loop: asyncio.AbstractEventLoop | None = None) -> list[TaskInfo
         loop = running_loop()
     elif not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(f"loop must be an event loop or None, got {loop!r}")
-    _check_build()
+    check_available()
     keep: list[Any] = []
     with stopped_world():
         tasks = blocked_tasks(loop, keep)

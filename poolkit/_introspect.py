@@ -538,6 +538,10 @@ def snapshot(
         loop = running_loop()
     elif not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(f"loop must be an event loop or None, got {loop!r}")
+    if blocked:
+        from ._blocked import check_available
+
+        check_available()
     caller = sys._getframe(1)
     keep: list[Any] = []
     with stopped_world():
