@@ -657,7 +657,10 @@ async def test_overlapping_blocks_on_one_loop_give_the_handler_back() -> None:
                 b_in.set()
                 await a_out.wait()
 
-        await asyncio.gather(block_a(), block_b())
+        # B's task first: with eager tasks, each runs as it is created, and B must already be
+        # alive when A's block begins (or A rightly counts it as a task its block started).
+        b = asyncio.create_task(block_b())
+        await asyncio.gather(asyncio.create_task(block_a()), b)
         assert loop.get_exception_handler() is handler
         loop.call_exception_handler({"message": "still mine"})
         assert mine == ["still mine"]
