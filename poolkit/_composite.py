@@ -32,6 +32,22 @@ distinct keys seen over a day do not keep a million limits alive, only those sti
 state; ``sweep()`` forgets every idle key at once.  A key's limit is pinned while an acquisition
 on it is in flight, so it is never forgotten between being looked up and being used, also with
 several threads.
+
+"Full" follows the rate.  A bucket with an infinite rate is always full, so it is forgotten as
+soon as nobody waits in it.  A bucket with rate 0 is a fixed budget that never refills: once
+drawn from it is never full again, so it is kept for as long as the ``PerKey`` lives (forgetting
+it would hand the key a new, full budget); only a budget never drawn from is forgotten.  So a
+``PerKey`` of fixed budgets grows with the keys that used theirs, by design: use a rate if
+budgets should come back.  A bucket with reservations not yet due is not idle either (a new one
+would not know what they were promised).
+
+Nothing under a lock
+--------------------
+The clean-up of an acquisition that is being closed (``GeneratorExit``: its task was stranded on
+a closed event loop and is being destroyed, perhaps by the garbage collector in a thread that
+holds one of these locks) never waits for a lock: the slots of concurrency limiters are given
+back, and the key's pin is dropped, at once if the lock is free and otherwise from a short-lived
+thread once it is.
 """
 
 from __future__ import annotations
@@ -66,6 +82,25 @@ K = TypeVar("K", bound=Hashable)
 L = TypeVar("L", bound="CapacityLimiter | TokenBucket | Limits")
 
 Simple = CapacityLimiter | TokenBucket
+
+
+def _unblocked(lock: threading.Lock, fn: Callable[..., object], *args: Any) -> None:
+    """Call ``fn(*args)``, which takes ``lock`` itself, without ever waiting for ``lock`` here.
+
+    For the clean-up of a coroutine that is being closed (``GeneratorExit``): the garbage
+    collector may close it in the middle of code that holds ``lock`` in this very thread, so
+    waiting would deadlock.  If ``lock`` is free, ``fn`` runs now (and may wait only for another
+    thread); if it is held, a short-lived thread runs ``fn`` instead.  At interpreter shutdown,
+    when no thread can start, the work is dropped.
+    """
+    if lock.acquire(False):
+        lock.release()
+        fn(*args)
+        return
+    try:
+        threading.Thread(target=fn, args=args, name="poolkit-give-back", daemon=True).start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        pass
 
 
 # ======================================================================= PerKey
@@ -219,14 +254,22 @@ class PerKey(Generic[K, L]):
     # ----------------------------------------------------------------- acquire / release
 
     async def acquire(self, key: K, cost: float = 1, *, timeout: float | None = None) -> None:
-        """``acquire(cost)`` on ``key``'s limit (made now if the key is new)."""
+        """``acquire(cost)`` on ``key``'s limit (made now if the key is new).
+
+        Raises what the key's limit raises (``ValueError``, :class:`TimeoutError`,
+        :class:`~poolkit.BudgetExhausted` for a spent fixed budget); nothing is held then.
+        """
         entry = self._pin(key)
-        ok = False
         try:
             await entry.limit.acquire(cost, timeout=timeout)  # type: ignore[arg-type]
-            ok = True
-        finally:
-            self._unpin(entry, ok)
+        except GeneratorExit:
+            # Closed by the garbage collector, perhaps while this thread holds self._lock.
+            _unblocked(self._lock, self._unpin, entry, False)
+            raise
+        except BaseException:
+            self._unpin(entry, False)
+            raise
+        self._unpin(entry, True)
 
     def try_acquire(self, key: K, cost: float = 1) -> bool:
         """``try_acquire(cost)`` on ``key``'s limit; never blocks."""
@@ -515,8 +558,8 @@ class Limits:
 
         Raises ``ValueError`` if ``cost`` can never fit a member (or a ``key=`` is missing or
         unexpected), :class:`TimeoutError` after ``timeout`` seconds in all (at once if the
-        buckets cannot make it).  If it raises or is cancelled, nothing is held and no token is
-        spent.
+        buckets cannot make it), :class:`~poolkit.BudgetExhausted` if a bucket with rate 0 cannot
+        cover it.  If it raises or is cancelled, nothing is held and no token is spent.
         """
         timeout = check_timeout(timeout)
         plan = self._plan(key, cost)
@@ -543,6 +586,15 @@ class Limits:
                     w, loop, clock, None if left is None else now + left, self._label()
                 )
             ok = True
+        except GeneratorExit:
+            # Closed by the garbage collector, perhaps while this thread holds the lock of one
+            # of these limits: give back and unpin without ever waiting for a lock.
+            for lim in reversed(held):
+                _unblocked(lim._lock, lim.release, cost)
+            for pk, entry in plan.entries:
+                _unblocked(pk._lock, pk._unpin, entry, False)
+            plan.entries = []
+            raise
         except BaseException:
             self._give_back(held, cost)
             raise

@@ -2,7 +2,8 @@
 
 The bucket holds up to ``burst`` tokens and refills at ``rate`` tokens per second; it starts
 full.  An acquisition of ``cost`` takes ``cost`` tokens.  So over any window of ``w`` seconds at
-most ``rate * w + burst`` tokens are granted.
+most ``rate * w + burst`` tokens are granted, reservations included (see "Tolerance" for the one
+part in a million that float arithmetic is allowed).
 
 Waiters form one FIFO queue per bucket, whatever their cost: a waiter for 8 tokens at the head is
 served before the waiters for 1 token behind it.  Only the first in line waits for time; it
@@ -12,6 +13,70 @@ running task or thread, so a cancelled or timed-out waiter has consumed nothing,
 line recomputes at once, so it is not delayed by the one that left.  A timeout that cannot be met
 (the tokens owed to the waiters ahead, plus ``cost``, cannot be refilled in time) raises
 :class:`TimeoutError` at once.
+
+Tolerance
+---------
+Time is a float number of seconds, and far from zero a float cannot hold every instant: at a
+monotonic clock of 123456.789 s (a day and a half of uptime) the step is 1.5e-11 s, so the second
+0.1 s from ``t0``, ``(t0 + 0.2) - (t0 + 0.1)``, is 0.09999999999126885, and a bucket refilling at
+10/s finds 0.9999999999 of a token where one is due.  Counting time in integer nanoseconds, as Go
+does, fixes that case but not a rate such as 3/s, whose token takes 333333333.3 ns, nor a clock
+read as a float; exact rationals would cost the hot path several times its price.  So every
+decision -- ``try_acquire``, ``acquire`` (at once, with ``timeout=0``, and when a waiter's timer
+fires), ``reserve`` (and its ``max_delay``) and the idle check of ``PerKey`` -- makes one test:
+``available >= cost * (1 - 1e-6)``, where ``available`` is ``statistics().tokens``.  A grant that
+falls short by that much leaves the bucket at exactly zero: the error is not carried into the
+next grant (carried, it made ``try_acquire`` refuse tokens that were due, and grew).  So a grant
+may come a millionth of its cost's refill time early (0.1 µs for one token at 10/s), and a window
+may see at most ``(rate * w + burst) * (1 + 1e-6)``; in practice what is forgiven is float noise,
+about 1e-16 of a token.  A cost of 0 takes nothing, so it never waits for tokens, only for its
+turn.  The tolerance covers a clock's rounding while ``rate * ulp(clock) < 1e-6 * cost``: up to
+68000 grants a second of one token after a day and a half of uptime, 2000 after 35 days.
+
+Rates with no limit, and none at all
+------------------------------------
+``rate=math.inf`` (or ``"inf"``) switches the limit off: every acquisition is granted at once,
+whatever its cost (``burst`` is ignored, as Go ignores it, and kept for when a finite rate is
+assigned again), and ``statistics().tokens`` is ``inf``.  Assigning ``inf`` while tasks wait lets
+them all go at once; assigning a finite rate again starts from a full bucket.
+
+``rate=0`` is a fixed budget: ``burst`` tokens in all, never refilled.  Waiting for tokens that
+can never come would hang silently, so an ``acquire`` that the tokens left (after the waiters
+ahead and the reservations) cannot cover raises :class:`BudgetExhausted` at once, with or
+without a timeout; ``try_acquire`` returns False and ``reserve`` returns a reservation that is
+not ``ok``.  Waiters already queued when the rate is set to 0 are served in turn as far as the
+tokens left go; the others get :class:`BudgetExhausted`.  A caller who wants to wait for the
+rate to be raised again waits on that event itself, then acquires.
+
+Reservations
+------------
+``reserve(cost)`` (Go's ``Reservation``) never waits: it books ``cost`` tokens at the earliest
+instant the bucket can grant them *after every waiter already queued* (each taking its tokens as
+soon as this bucket has them), and returns a :class:`Reservation` with that instant (``time``, on
+the bucket's clock) and the ``delay`` until it.  The caller sleeps for ``delay`` and acts, or calls
+``cancel()``.  The tokens are consumed at ``time``; until then the bucket keeps a *floor*: no later
+``acquire``, ``try_acquire`` or reservation may take a token that a booked reservation will need,
+so however the others come and go, every reservation finds its tokens at its time and the window
+bound holds with reservations counted at their times.  A later ``acquire`` does not queue behind a
+reservation: it may take tokens before the reservation's time if the reservation does not need
+them (because a waiter ahead of it left, say), otherwise it waits for them.
+
+``cancel()`` before the reservation's time gives back all of its tokens (they were never taken;
+the other reservations keep their floor, so nothing they were promised is given away, and this is
+more than Go gives back when later reservations exist); at or after its time it gives back nothing:
+the caller may have acted.  A reservation keeps its time whatever happens next: if the rate or the
+burst is lowered, or a waiter ahead of it is served late (its task did not run on time, or it was
+also waiting for another bucket of a ``Limits``), the reservation still takes its tokens at its
+time, before that waiter, and after a rate change the new rate may be exceeded by the
+reservations made before it, as in Go.
+
+Nothing under the lock
+----------------------
+Nothing that can block or run foreign code happens while the lock is held.  A waiter whose event
+loop is closed is skipped, and the reference to it is dropped only after the lock is released
+(``_graves``): dropping it destroys its task, and the task's clean-up wants this very lock.  That
+clean-up (``GeneratorExit``, perhaps from the garbage collector in a thread that holds the lock)
+never waits for the lock either: it withdraws through :func:`~poolkit._wait.locked_soon`.
 
 Why not aiolimiter's engine
 ---------------------------
@@ -39,30 +104,37 @@ Clock
 ``clock=None`` (the default) reads the running event loop's ``loop.time()`` from tasks and
 ``time.monotonic()`` from threads: the same clock on the default loop, close on uvloop (never
 allowed to run backwards), and virtual on :class:`poolkit.testing.VirtualTimeLoop`, so rate tests
-run on virtual time with no set-up.  Any callable returning seconds can be passed instead.
+run on virtual time with no set-up.  Any callable returning seconds can be passed instead.  A
+reading earlier than one already seen refills nothing (nor takes anything back): an interval is
+never counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import final
 
 from ._checks import check_timeout
+from ._exceptions import PoolkitError
 from ._registry import register
-from ._wait import Sleeper, discard, monotonic, refuse_in_loop
+from ._wait import Sleeper, discard, locked_soon, monotonic, refuse_in_loop
 
 __all__ = [
     "LOCK",
+    "BudgetExhausted",
+    "Reservation",
     "TokenBucket",
     "TokenBucketStatistics",
     "enqueue",
+    "lay_to_rest",
     "parse_rate",
     "try_take",
     "wait_async",
@@ -77,16 +149,34 @@ LOCK = _LOCK = threading.Lock()
 
 _WAITING = 0
 _DONE = 1
-_GONE = 2  # cancelled or timed out
+_GONE = 2  # cancelled, timed out, or stranded on a closed event loop
 _TOO_BIG = 3  # burst lowered below its cost while it waited
+_EXHAUSTED = 4  # rate 0, and the tokens left cannot cover it
 
-# A waiter whose timer fires at the computed instant may find float error leaving it a hair short;
-# counting that as enough (1e-9 of a token per token of burst) avoids re-arming a zero-length timer.
-_SLACK = 1e-9
+_R_PENDING = 0  # booked: its tokens are taken at its time
+_R_SETTLED = 1  # its time has come: its tokens are spent
+_R_CANCELLED = 2
+_R_REFUSED = 3  # not ok: nothing was booked
+
+# The shared tolerance (see "Tolerance" in the module docstring): a grant may fall short of its
+# cost by this fraction, and then leaves the bucket at exactly zero.
+_REL = 1e-6
+# A floor this small a fraction of its reservation's need is float noise: it is 0 (the instant the
+# floor starts to rise, computed two ways).
+_NOISE = 1e-9
 # The shortest sleep after a look at a clock that had not moved since the previous look.
 _MIN_SLEEP = 0.001
+# _shortfall(): the waiter can never be served (rate 0, not enough tokens left).
+_NEVER = -1.0
+# The first reading refills from here, finding the bucket full; finite, so that even a rate of 0
+# multiplies it to 0 (from -inf it would be NaN).
+_BEFORE_TIME = -1.7976931348623157e308
 
 _UNITS = {
+    "ms": 0.001,
+    "msec": 0.001,
+    "millisecond": 0.001,
+    "milliseconds": 0.001,
     "s": 1.0,
     "sec": 1.0,
     "second": 1.0,
@@ -104,29 +194,59 @@ _UNITS = {
     "days": 86400.0,
 }
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*([a-zA-Z]+)\s*$")
+_INF_RE = re.compile(r"^\s*(inf|infinity)\s*$", re.IGNORECASE)
+
+
+class BudgetExhausted(PoolkitError):
+    """Raised by ``acquire`` on a token bucket whose rate is 0 when the tokens left cannot cover
+    the cost: they would never come.
+
+    Nobody did anything wrong: a bucket with rate 0 is a fixed budget of ``burst`` tokens, and it
+    is spent (or what is left is owed to the waiters ahead and to reservations).  Nothing was
+    taken.  ``try_acquire`` returns False in the same situation.  Waiters queued when the rate is
+    assigned 0 get it too, once the tokens left have served those ahead of them.
+    """
 
 
 def parse_rate(rate: float | str, name: str = "rate") -> float:
-    """Tokens per second from a number or a string such as ``"10/s"``, ``"600/min"``, ``"5000/h"``.
+    """Tokens per second from a number or a string such as ``"10/s"``, ``"600/min"``, ``"1/100ms"``.
 
-    Strings are ``<count>/<unit>`` or ``<count>/<n><unit>`` (``"3/5s"``); units are s, sec,
-    second(s), m, min, minute(s), h, hr, hour(s), d, day(s).  The rate must be positive and
-    finite (``ValueError``); anything else is a ``TypeError``.
+    Strings are ``<count>/<unit>`` or ``<count>/<n><unit>`` (``"3/5s"``, ``"1/100ms"``); units are
+    ms, msec, millisecond(s), s, sec, second(s), m, min, minute(s), h, hr, hour(s), d, day(s).
+    ``"inf"`` (or ``"infinity"``) and ``math.inf`` mean no limit; 0 (or ``"0/s"``) means no
+    refill at all, a fixed budget.
+
+    Args:
+        rate: a number of tokens per second, or a string as above.
+        name: the argument's name, for the error message.
+
+    Returns:
+        The rate in tokens per second: a float ``>= 0``, possibly ``math.inf``.
+
+    Raises:
+        ValueError: a negative or NaN number, a string of another form, or a unit not listed.
+        TypeError: anything that is neither a number nor a string.
     """
     if isinstance(rate, str):
+        if _INF_RE.match(rate):
+            return math.inf
         m = _RATE_RE.match(rate)
         unit = m and _UNITS.get(m.group(3).lower())
         if not m or unit is None:
-            raise ValueError(f"{name} must look like '10/s', '600/min' or '5000/h', got {rate!r}")
+            raise ValueError(
+                f"{name} must look like '10/s', '600/min', '1/100ms' or 'inf' (units: ms, s, "
+                f"m or min, h or hr, d or day), got {rate!r}"
+            )
         per = float(m.group(2)) if m.group(2) else 1.0
         value = float(m.group(1)) / (per * unit) if per > 0 else math.nan
     elif isinstance(rate, bool) or not isinstance(rate, (int, float)):
         raise TypeError(f"{name} must be a number of tokens per second or a string, got {rate!r}")
     else:
         value = float(rate)
-    if not (value > 0 and math.isfinite(value)):
+    if not value >= 0:
         raise ValueError(
-            f"{name} must be a positive, finite number of tokens per second, got {rate!r}"
+            f"{name} must be a number of tokens per second >= 0 (math.inf or 'inf' for no "
+            f"limit), got {rate!r}"
         )
     return value
 
@@ -160,6 +280,45 @@ class _Waiter(Sleeper):
         self.parts = parts
         self.state = _WAITING
 
+    def wake(self) -> bool:
+        """Wake the owner; False if it can never run again (its event loop is closed).
+
+        Unlike ``Sleeper.wake`` it leaves the future of a closed loop alone: resolving it would
+        drop the future's callback, the last reference to the task, and destroy the task here,
+        under the lock (see "Nothing under the lock").
+        """
+        loop = self.loop
+        if loop is not None and loop.is_closed():
+            return False
+        return Sleeper.wake(self)
+
+
+# Waiters taken out of a queue under the lock whose task can never run again: released by
+# lay_to_rest() once the lock is free.  Appended to only with the lock held.
+_graves: deque[_Waiter] = deque()
+
+
+def lay_to_rest() -> None:
+    """Destroy the tasks of the waiters set aside as stranded.  Call it holding no lock.
+
+    Resolving the future of a closed loop fails to schedule the task and drops its callback, the
+    last reference to the task, which is destroyed here: its coroutine's clean-up withdraws
+    nothing (the waiter has left already) and the loop reports the pending task as destroyed.
+    """
+    pop = _graves.popleft
+    try:
+        while _graves:
+            w = pop()
+            fut = w.fut
+            if fut is not None and not fut.done():
+                try:
+                    fut.set_result(None)
+                except RuntimeError:  # "Event loop is closed": as expected
+                    pass
+            del w, fut  # the references die here, outside the lock
+    except IndexError:  # another thread took the last one
+        pass
+
 
 @dataclass(frozen=True, slots=True)
 class TokenBucketStatistics:
@@ -168,20 +327,143 @@ class TokenBucketStatistics:
     name: str | None
     """The name given to the bucket, if any."""
     rate: float
-    """Tokens added per second."""
+    """Tokens added per second (``inf``: no limit; 0: a fixed budget, never refilled)."""
     burst: float
-    """The bucket's size: the most tokens it holds, and so the largest single cost."""
+    """The bucket's size: the most tokens it holds, and so the largest single cost (ignored
+    while the rate is ``inf``)."""
     tokens: float
-    """Tokens available right now (before the waiters, if any, take theirs)."""
+    """Tokens that could be taken right now, before the waiters (if any) take theirs: the level
+    less what booked reservations still need (``inf`` while the rate is ``inf``; below zero only
+    after the rate or burst was lowered under reservations already made)."""
     waiting: int
     """Tasks and threads queued in ``acquire``."""
     granted_total: int
-    """Successful acquisitions since the bucket was created."""
+    """Successful acquisitions since the bucket was created, reservations counted once their
+    time has come."""
     cost_granted_total: float
-    """Tokens handed out since the bucket was created."""
+    """Tokens handed out since the bucket was created (reservations likewise)."""
+    reserved: float
+    """Tokens booked by reservations whose time has not come yet."""
+
+
+# ----------------------------------------------------------------------- reservations
+
+
+@final
+class Reservation:
+    """Tokens booked by :meth:`TokenBucket.reserve` for a later instant (Go's ``Reservation``).
+
+    ``ok`` says whether the tokens were booked at all; if so, sleep for ``delay`` seconds (or until
+    ``time`` on the bucket's clock) and act, or call :meth:`cancel` to give the tokens back.  See
+    "Reservations" in the module docstring for how it shares the bucket with ``acquire``.
+    """
+
+    __slots__ = ("_bucket", "_cost", "_delay", "_need", "_state", "_time")
+
+    def __init__(
+        self, bucket: TokenBucket, cost: float, time: float, delay: float, state: int
+    ) -> None:
+        self._bucket = bucket
+        self._cost = cost
+        self._time = time
+        self._delay = delay
+        self._state = state
+        self._need = cost  # the level needed just before its time: set by _recompute_needs()
+
+    @property
+    def ok(self) -> bool:
+        """True if the tokens were booked; False if they could not be (``delay`` is ``inf``)."""
+        return self._state != _R_REFUSED
+
+    @property
+    def cost(self) -> float:
+        """The tokens asked for."""
+        return self._cost
+
+    @property
+    def time(self) -> float:
+        """The instant, on the bucket's clock, at which the tokens are the caller's (``inf`` if
+        not ``ok``)."""
+        return self._time
+
+    @property
+    def delay(self) -> float:
+        """Seconds from the reservation to :attr:`time`: how long to wait before acting (0.0: at
+        once; ``inf`` if not ``ok``)."""
+        return self._delay
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` gave the tokens back."""
+        return self._state == _R_CANCELLED
+
+    def cancel(self) -> float:
+        """Give the tokens back, if the reservation's time has not come yet.
+
+        Before :attr:`time` every token comes back (none was taken), and the first waiter
+        recomputes at once.  At or after it, or for a reservation that is not ``ok`` or was
+        already cancelled, nothing happens.  Calling it again is harmless.
+
+        Returns:
+            The tokens given back: :attr:`cost`, or 0.0.
+        """
+        b = self._bucket
+        try:
+            with _LOCK:
+                if self._state != _R_PENDING:
+                    return 0.0
+                b._refill(b._now())  # settles it if its time has come
+                if self._state != _R_PENDING:
+                    return 0.0
+                b._pending.remove(self)
+                _recompute_needs(b)
+                self._state = _R_CANCELLED
+                _nudge(b)
+                return self._cost
+        finally:
+            if _graves:
+                lay_to_rest()
+
+    def __repr__(self) -> str:
+        if self._state == _R_REFUSED:
+            return f"<Reservation cost={self._cost:g} ok=False>"
+        state = ("pending", "settled", "cancelled")[self._state]
+        return (
+            f"<Reservation cost={self._cost:g} time={self._time:.6f} delay={self._delay:.6f} "
+            f"{state}>"
+        )
+
+
+def _recompute_needs(b: TokenBucket) -> None:
+    """With the lock held: for each booked reservation, the level the bucket must hold just before
+    its time so that it and every later one get their tokens (refilling in between, up to the
+    cap).  The floor at ``t`` is ``need - rate * (time - t)`` of the first one, if positive."""
+    rate = b._rate
+    need = 0.0
+    after: float | None = None
+    for r in reversed(b._pending):
+        if after is not None and after > r._time:
+            need -= rate * (after - r._time)  # -inf for an infinite rate: floored to 0
+            if need < 0.0:
+                need = 0.0
+        need += r._cost
+        r._need = need
+        after = r._time
 
 
 # ----------------------------------------------------------------------- the engine (lock held)
+
+
+def _fits(avail: float, cost: float) -> bool:
+    """The one test of "Tolerance": ``avail`` covers ``cost`` but for a millionth of it.  A cost
+    of 0 takes nothing, so it always fits (it waits only for its turn)."""
+    return avail >= cost - cost * _REL or cost == 0.0
+
+
+def _floor(r: Reservation, rate: float, t: float) -> float:
+    """What the bucket must keep at ``t`` for ``r``, the first reservation, and those after it."""
+    floor = r._need - rate * (r._time - t)
+    return floor if floor > r._need * _NOISE else 0.0
 
 
 def _first(q: deque[_Waiter]) -> _Waiter | None:
@@ -190,9 +472,68 @@ def _first(q: deque[_Waiter]) -> _Waiter | None:
     return q[0] if q else None
 
 
+def _queued_costs(b: TokenBucket) -> list[float]:
+    """The costs, in ``b``, of the waiters queued in ``b``, in order."""
+    return [cost for w in b._queue if w.state == _WAITING for bb, cost in w.parts if bb is b]
+
+
+def _when(b: TokenBucket, demands: Iterable[float]) -> float:
+    """Just after ``b._refill()``: seconds from ``b._stamp`` until the last of ``demands`` can be
+    granted, each in turn as soon as this bucket has it, around the booked reservations; 0.0 if
+    at once, ``inf`` if never (rate 0).
+
+    Between two reservations the level rises at ``rate`` up to the cap while the floor is 0, then
+    the floor rises as fast as the level (what comes in is the reservation's), so what is
+    available only grows until the floor starts rising; at a reservation's time it is continuous.
+    """
+    rate = b._rate
+    if rate == math.inf:
+        return 0.0
+    size = b._size
+    pending = b._pending
+    n = len(pending)
+    t0 = t = b._stamp
+    level = b._tokens
+    i = 0
+    for d in demands:
+        while True:
+            floor = _floor(pending[i], rate, t) if i < n else 0.0
+            avail = level - floor
+            if _fits(avail, d):
+                level -= d if avail >= d else max(avail, 0.0)  # as _take() does
+                break
+            if rate > 0.0 and floor == 0.0:
+                at = t + (d - avail) / rate
+                # Up to when the floor starts rising, give or take the tolerance (in time).
+                if i >= n or at <= pending[i]._time - (pending[i]._need - d * _REL) / rate:
+                    t = at
+                    level = 0.0  # it had exactly d at ``at``
+                    break
+            if i >= n:
+                return math.inf  # rate 0: nothing more will come
+            r = pending[i]
+            level = min(size, level + rate * (r._time - t)) - r._cost
+            t = r._time
+            i += 1
+    return t - t0
+
+
+def _wait_for(b: TokenBucket, now: float, cost: float) -> float:
+    """Seconds until ``b`` can grant ``cost`` (from ``now``, or from a later reading already
+    seen); 0.0 if at once, ``inf`` if never."""
+    avail = b._avail(now)
+    if _fits(avail, cost):
+        return 0.0
+    if b._pending:
+        return _when(b, (cost,))
+    rate = b._rate
+    return math.inf if rate == 0.0 else (cost - avail) / rate
+
+
 def _shortfall(w: _Waiter, now: float) -> float:
     """0.0 if ``w`` can take every part now; else seconds until it can, if it is first in line in
-    every bucket; ``inf`` if someone is ahead of it somewhere (it waits to be nudged)."""
+    every bucket; ``inf`` if someone is ahead of it somewhere (it waits to be nudged);
+    ``_NEVER`` if a bucket with rate 0 cannot cover it."""
     wait = 0.0
     for b, cost in w.parts:
         head = _first(b._queue)
@@ -202,12 +543,13 @@ def _shortfall(w: _Waiter, now: float) -> float:
             if loop is None or not loop.is_closed():
                 return math.inf
             _leave(head, _GONE)  # stranded on a closed event loop: it will never run
+            _graves.append(head)
             head = _first(b._queue)
-        short = cost - b._refill(now)
-        if short > _SLACK * b._burst:
-            wait = max(wait, short / b._rate)
-    if now + wait == now:
-        return 0.0  # a wait too short for the clock to represent: as good as there
+        part = _wait_for(b, now, cost)
+        if part == math.inf:
+            return _NEVER
+        if part > wait:
+            wait = part
     return wait
 
 
@@ -218,16 +560,15 @@ def _nudge(b: TokenBucket) -> None:
         if w is None or w.wake():
             return
         _leave(w, _GONE)  # its event loop is closed: it will never run, so it must not block
+        _graves.append(w)
 
 
-def _grant(w: _Waiter) -> None:
+def _grant(w: _Waiter, now: float) -> None:
     w.state = _DONE
     for b, cost in w.parts:
-        b._tokens -= cost
+        b._take(cost, b._avail(now))
         b._queue.popleft()  # w is first: _shortfall() checked it
-        b._queued_cost -= cost
-        b._granted += 1
-        b._cost_granted += cost
+        b._queued_cost = b._queued_cost - cost if b._queue else 0.0
     for b, _ in w.parts:
         _nudge(b)
 
@@ -238,18 +579,36 @@ def _leave(w: _Waiter, state: int) -> None:
     w.state = state
     for b, cost in w.parts:
         discard(b._queue, w)
-        b._queued_cost -= cost
+        b._queued_cost = b._queued_cost - cost if b._queue else 0.0
     for b in led:
         _nudge(b)
 
 
+def _fail_too_big(b: TokenBucket) -> None:
+    """Waiters whose cost no longer fits in ``b`` leave with ValueError."""
+    size = b._size
+    for w in [w for w in b._queue if w.state == _WAITING]:
+        if any(bb is b and cost > size for bb, cost in w.parts):
+            _leave(w, _TOO_BIG)
+            if not w.wake():
+                _graves.append(w)
+
+
 def _estimate(parts: tuple[tuple[TokenBucket, float], ...], now: float) -> float:
-    """Seconds until ``parts`` could be granted after everyone queued ahead is served."""
+    """Seconds until ``parts`` could be granted after everyone queued ahead is served, each as
+    soon as the bucket has its tokens (``inf``: never, a bucket with rate 0 cannot)."""
     wait = 0.0
     for b, cost in parts:
-        short = b._queued_cost + cost - b._refill(now)
-        if short > 0:
-            wait = max(wait, short / b._rate)
+        avail = b._avail(now)
+        if b._pending:
+            part = _when(b, [*_queued_costs(b), cost])
+        else:
+            if _fits(avail - b._queued_cost, cost):
+                continue
+            rate = b._rate
+            part = math.inf if rate == 0.0 else (b._queued_cost + cost - avail) / rate
+        if part > wait:
+            wait = part
     return wait
 
 
@@ -257,10 +616,10 @@ def try_take(parts: tuple[tuple[TokenBucket, float], ...], now: float) -> bool:
     """With the lock held: take every part in one step, if nobody is queued in any of the buckets
     and every one has the tokens; otherwise take nothing."""
     for b, cost in parts:
-        if _first(b._queue) is not None or b._refill(now) < cost:
+        if _first(b._queue) is not None or not _fits(b._avail(now), cost):
             return False
     for b, cost in parts:
-        b._take(cost)
+        b._take(cost, b._avail(now))
     return True
 
 
@@ -272,9 +631,12 @@ def enqueue(
     label: str,
 ) -> _Waiter:
     for b, cost in parts:  # checked again under the lock: another thread may have lowered burst
-        if cost > b._burst:
+        if cost > b._size:
             b._check_cost(cost)
-    if timeout is not None and _estimate(parts, now) > timeout:
+    wait = _estimate(parts, now)
+    if wait == math.inf:
+        raise _exhausted_error(parts, label, True)
+    if timeout is not None and wait > timeout:
         raise TimeoutError(f"{label}: cannot get the tokens within {timeout} s")
     w = _Waiter(parts, loop)
     for b, cost in parts:
@@ -284,8 +646,50 @@ def enqueue(
 
 
 def _too_big_error(w: _Waiter) -> ValueError:
-    costs = ", ".join(f"{cost:g} > burst {b._burst:g}" for b, cost in w.parts if cost > b._burst)
+    costs = ", ".join(f"{cost:g} > burst {b._burst:g}" for b, cost in w.parts if cost > b._size)
     return ValueError(f"cost exceeds the bucket's burst (lowered while waiting): {costs}")
+
+
+def _exhausted_error(
+    parts: tuple[tuple[TokenBucket, float], ...], label: str, queued: bool
+) -> BudgetExhausted:
+    """``queued``: everyone queued is ahead of the caller (it is not queued yet)."""
+    spent = ", ".join(
+        f"cost {cost:g} with {max(b._avail(b._stamp), 0.0):g} tokens left"
+        + (f" and {b._queued_cost:g} owed to the waiters ahead" if queued and b._queue else "")
+        for b, cost in parts
+        if b._rate == 0.0
+    )
+    return BudgetExhausted(
+        f"{label}: rate 0 (a fixed budget), {spent}: the tokens would never come; assign a "
+        f"rate to refill it"
+    )
+
+
+def _withdraw(w: _Waiter) -> None:
+    if w.state == _WAITING:
+        _leave(w, _GONE)
+
+
+def _step(w: _Waiter, now: float, deadline: float | None, label: str) -> float:
+    """With the lock held: grant ``w`` (0.0), raise why it cannot wait, or return how long to
+    sleep before looking again."""
+    if w.state == _TOO_BIG:
+        raise _too_big_error(w)
+    wait = _shortfall(w, now)
+    if wait == 0.0:
+        _grant(w, now)
+        return 0.0
+    if wait == _NEVER:  # w is first in line everywhere: nobody is ahead of it
+        _leave(w, _EXHAUSTED)
+        raise _exhausted_error(w.parts, label, False)
+    if deadline is not None:
+        if now >= deadline:
+            _leave(w, _GONE)
+            raise TimeoutError(f"{label}: no tokens within the timeout")
+        if deadline - now < wait:
+            wait = deadline - now
+    return wait
 
 
 async def wait_async(
@@ -299,26 +703,31 @@ async def wait_async(
     last = -math.inf
     try:
         while True:
-            with _LOCK:
-                if w.state == _TOO_BIG:
-                    raise _too_big_error(w)
-                now = clock() if clock is not None else loop.time()
-                wait = _shortfall(w, now)
-                if wait == 0.0:
-                    _grant(w)
-                    return
-                if now <= last and wait < _MIN_SLEEP:
-                    # The clock did not move since the last look (uvloop's moves in 1 ms steps
-                    # and its timers round to whole ms): sleep a tick instead of spinning.
-                    wait = _MIN_SLEEP
-                last = now
-                if deadline is not None:
-                    if now >= deadline:
-                        _leave(w, _GONE)
-                        raise TimeoutError(f"{label}: no tokens within the timeout")
-                    wait = min(wait, deadline - now)
-                fut = w.fut = loop.create_future()
-            timer = None if wait == math.inf else loop.call_later(wait, _wake_fut, fut)
+            try:
+                with _LOCK:
+                    now = clock() if clock is not None else loop.time()
+                    wait = _step(w, now, deadline, label)
+                    if wait == 0.0:
+                        return
+                    fut = w.fut = loop.create_future()
+            finally:
+                if _graves:
+                    lay_to_rest()
+            if now <= last and wait < _MIN_SLEEP:
+                # The clock did not move since the last look (uvloop's moves in 1 ms steps and
+                # its timers round to whole ms): sleep a tick instead of spinning.
+                wait = _MIN_SLEEP
+            last = now
+            if wait == math.inf:
+                timer = None
+            elif clock is None:
+                # Far from zero, now + wait may round back to now: aim one step of the clock on.
+                when = now + wait
+                timer = loop.call_at(
+                    when if when > now else math.nextafter(now, math.inf), _wake_fut, fut
+                )
+            else:
+                timer = loop.call_later(wait, _wake_fut, fut)
             try:
                 await fut
             finally:
@@ -326,15 +735,14 @@ async def wait_async(
                     timer.cancel()
     except BaseException as exc:
         if isinstance(exc, GeneratorExit):
-            if not _LOCK.acquire(True, 0.1):  # never deadlock when closed by the GC (see _channel)
-                raise
+            # Closed by the garbage collector, perhaps in a thread that holds the lock right now:
+            # never wait for it (see the module docstring).
+            locked_soon(_LOCK, _withdraw, w)
         else:
-            _LOCK.acquire()
-        try:
-            if w.state == _WAITING:
-                _leave(w, _GONE)
-        finally:
-            _LOCK.release()
+            with _LOCK:
+                _withdraw(w)
+            if _graves:
+                lay_to_rest()
         raise
 
 
@@ -344,19 +752,15 @@ def wait_thread(w: _Waiter, clock: Clock | None, deadline: float | None, label: 
     assert tlock is not None
     try:
         while True:
-            with _LOCK:
-                if w.state == _TOO_BIG:
-                    raise _too_big_error(w)
-                now = clock() if clock is not None else monotonic()
-                wait = _shortfall(w, now)
-                if wait == 0.0:
-                    _grant(w)
-                    return
-                if deadline is not None:
-                    if now >= deadline:
-                        _leave(w, _GONE)
-                        raise TimeoutError(f"{label}: no tokens within the timeout")
-                    wait = min(wait, deadline - now)
+            try:
+                with _LOCK:
+                    now = clock() if clock is not None else monotonic()
+                    wait = _step(w, now, deadline, label)
+                    if wait == 0.0:
+                        return
+            finally:
+                if _graves:
+                    lay_to_rest()
             # tlock is held; a nudge releases it, so this returns at once, holding it again.
             if wait > threading.TIMEOUT_MAX:
                 tlock.acquire()
@@ -364,8 +768,9 @@ def wait_thread(w: _Waiter, clock: Clock | None, deadline: float | None, label: 
                 tlock.acquire(True, wait)
     except BaseException:
         with _LOCK:
-            if w.state == _WAITING:
-                _leave(w, _GONE)
+            _withdraw(w)
+        if _graves:
+            lay_to_rest()
         raise
 
 
@@ -381,20 +786,33 @@ def _wake_fut(fut: asyncio.Future[None]) -> None:
 class TokenBucket:
     """Up to ``rate`` tokens per second, in bursts of up to ``burst``; FIFO; tasks and threads.
 
-    ``rate`` is a number of tokens per second or a string such as ``"10/s"``, ``"600/min"``,
-    ``"5000/h"``.  ``burst`` is the bucket's size, so the most that is granted at once and the
-    largest single cost; it defaults to one second's worth of tokens, at least 1
-    (``max(1, ceil(rate))``).  The bucket starts full.
-
     ``await acquire(cost)`` waits for ``cost`` tokens, served first come, first served whatever
     the cost; ``try_acquire(cost)`` takes them only if they are there and nobody is queued;
-    ``acquire_blocking(cost)`` is the thread form; ``async with bucket:`` / ``with bucket:`` take
-    one token (nothing is given back on exit: tokens are spent).  A ``cost`` above ``burst``
-    raises ``ValueError`` at once; a ``timeout`` that cannot be met raises :class:`TimeoutError`
-    at once; either way, and when cancelled, nothing is consumed.
+    ``acquire_blocking(cost)`` is the thread form; ``reserve(cost)`` books them for a later
+    instant without waiting; ``async with bucket:`` / ``with bucket:`` take one token (nothing is
+    given back on exit: tokens are spent).  A ``cost`` above ``burst`` raises ``ValueError`` at
+    once; a ``timeout`` that cannot be met raises :class:`TimeoutError` at once; either way, and
+    when cancelled, nothing is consumed.
 
     ``rate`` and ``burst`` can be assigned at any time; waiters are rescheduled, and waiters whose
-    cost no longer fits in the bucket get ``ValueError``.  See the module docstring for the clock.
+    cost no longer fits in the bucket get ``ValueError``.  See the module docstring for the
+    tolerance, infinite and zero rates, reservations and the clock.
+
+    Args:
+        rate: tokens per second, a number or a string such as ``"10/s"``, ``"600/min"``,
+            ``"1/100ms"``; ``math.inf`` or ``"inf"`` for no limit, 0 for a fixed budget of
+            ``burst`` tokens that never refills.
+        burst: the bucket's size, so the most granted at once and the largest single cost;
+            default one second's worth of tokens, at least 1 (``max(1, ceil(rate))``), and 1 for
+            an infinite rate (it matters only once a finite rate is assigned).  It starts full.
+        name: a label for ``repr``, dumps and metrics.
+        clock: a callable returning seconds; default the running loop's clock in tasks and
+            ``time.monotonic`` in threads.
+
+    Raises:
+        ValueError: ``rate`` negative, NaN or a malformed string; ``burst`` below 1, NaN or
+            infinite.
+        TypeError: an argument of the wrong type.
     """
 
     __slots__ = (
@@ -404,9 +822,11 @@ class TokenBucket:
         "_cost_granted",
         "_granted",
         "_name",
+        "_pending",
         "_queue",
         "_queued_cost",
         "_rate",
+        "_size",
         "_stamp",
         "_tokens",
     )
@@ -420,37 +840,95 @@ class TokenBucket:
         clock: Clock | None = None,
     ) -> None:
         self._rate = parse_rate(rate)
-        self._burst = float(max(1, math.ceil(self._rate))) if burst is None else _check_burst(burst)
+        if burst is not None:
+            self._burst = _check_burst(burst)
+        else:
+            self._burst = 1.0 if self._rate == math.inf else float(max(1, math.ceil(self._rate)))
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
         self._name = name
         self._clock = clock
-        self._tokens = self._burst
-        self._stamp = -math.inf  # no reading yet: the first one finds the bucket full
+        # The cap on the level: burst, or inf while the rate is inf (every cost fits, at once).
+        self._size = math.inf if self._rate == math.inf else self._burst
+        self._tokens = self._size
+        self._stamp = _BEFORE_TIME  # no reading yet: the first one finds the bucket full
         self._queue: deque[_Waiter] = deque()
         self._queued_cost = 0.0
+        self._pending: list[Reservation] = []  # booked, in order of time, all after _stamp
         self._granted = 0
         self._cost_granted = 0.0
         register(self, "bucket")
 
     # ----------------------------------------------------------------- time and tokens
 
-    def _refill(self, now: float) -> float:
-        # The first reading refills from -inf: an infinite refill, capped at burst (full).
+    def _refill(self, now: float) -> None:
+        """With the lock held: bring the level to ``now``, settling the reservations due by then
+        at their own times.  A reading before the last one changes nothing."""
         if now > self._stamp:
+            if self._pending and self._pending[0]._time <= now:
+                self._settle(now)
             tokens = self._tokens + (now - self._stamp) * self._rate
-            self._tokens = tokens if tokens < self._burst else self._burst
+            self._tokens = tokens if tokens < self._size else self._size
             self._stamp = now
-        return self._tokens
 
-    def _peek(self, now: float) -> float:
-        """The tokens there would be at ``now``, without refilling: reading statistics (perhaps
-        from another thread, on another clock, as the debug endpoint does) changes nothing."""
-        if now > self._stamp:
-            return min(self._tokens + (now - self._stamp) * self._rate, self._burst)
-        return self._tokens
+    def _settle(self, now: float) -> None:
+        pending = self._pending
+        rate = self._rate
+        size = self._size
+        while pending and pending[0]._time <= now:
+            r = pending.pop(0)
+            tokens = self._tokens + (r._time - self._stamp) * rate  # r._time > _stamp
+            if tokens > size:
+                tokens = size
+            tokens -= r._cost
+            if 0.0 > tokens >= -r._cost * _REL:
+                tokens = 0.0
+            self._tokens = tokens
+            self._stamp = r._time
+            self._granted += 1
+            self._cost_granted += r._cost
+            r._state = _R_SETTLED
+
+    def _avail(self, now: float) -> float:
+        """With the lock held: refill to ``now``; the tokens that may be taken, above the floor
+        that booked reservations need."""
+        self._refill(now)
+        if not self._pending:
+            return self._tokens
+        return self._tokens - _floor(self._pending[0], self._rate, self._stamp)
+
+    def _take(self, cost: float, avail: float) -> None:
+        """Take ``cost``, given ``avail`` from :meth:`_avail` and ``_fits(avail, cost)``; a
+        shortfall within the tolerance leaves the bucket at exactly its floor, not below it."""
+        self._tokens -= cost if avail >= cost else max(avail, 0.0)
+        self._granted += 1
+        self._cost_granted += cost
+
+    def _peek(self, now: float) -> tuple[float, int, float]:
+        """What :meth:`_avail` would return at ``now``, and the count and cost of the reservations
+        due by then, without changing anything: reading statistics (perhaps from another thread,
+        on another clock, as the debug endpoint does) changes nothing."""
+        rate = self._rate
+        size = self._size
+        level = self._tokens
+        t = self._stamp
+        pending = self._pending
+        i = 0
+        due = 0.0
+        if now > t:
+            while i < len(pending) and pending[i]._time <= now:
+                r = pending[i]
+                level = min(size, level + (r._time - t) * rate) - r._cost
+                due += r._cost
+                t = r._time
+                i += 1
+            level = min(size, level + (now - t) * rate)
+            t = now
+        if i < len(pending):
+            level -= _floor(pending[i], rate, t)
+        return level, i, due
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -463,7 +941,7 @@ class TokenBucket:
             raise TypeError(f"cost must be a number of tokens, got {cost!r}")
         if not (cost >= 0 and math.isfinite(cost)):
             raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
-        if cost > self._burst:
+        if cost > self._size:
             raise ValueError(
                 f"cost {cost:g} exceeds the bucket's burst {self._burst:g}; "
                 f"it could never be granted"
@@ -477,11 +955,19 @@ class TokenBucket:
 
     @property
     def name(self) -> str | None:
+        """The name given when it was made, if any."""
         return self._name
 
     @property
     def rate(self) -> float:
-        """Tokens per second.  Assign a number or a string such as ``"5/s"`` to change it."""
+        """Tokens per second.  Assign a number or a string such as ``"5/s"`` to change it.
+
+        The tokens accrued so far count at the old rate.  Waiters are rescheduled: assigning
+        ``inf`` lets them all go at once, assigning 0 fails those the tokens left cannot serve
+        (:class:`BudgetExhausted`), and a finite rate after ``inf`` starts from a full bucket and
+        fails waiters whose cost is above ``burst`` (``ValueError``).  Reservations keep their
+        times.  Bad values raise as in the constructor.
+        """
         return self._rate
 
     @rate.setter
@@ -490,12 +976,21 @@ class TokenBucket:
         with _LOCK:
             self._refill(self._now())  # tokens so far accrue at the old rate
             self._rate = rate
+            if rate == math.inf:
+                self._size = self._tokens = math.inf
+            elif self._size != self._burst:  # from inf: a full bucket, and burst counts again
+                self._size = self._tokens = self._burst
+                _fail_too_big(self)
+            _recompute_needs(self)
             _nudge(self)
+        if _graves:
+            lay_to_rest()
 
     @property
     def burst(self) -> float:
         """The bucket's size.  Assign to change it; waiters whose cost no longer fits get
-        ``ValueError``, and the tokens held are capped at the new size."""
+        ``ValueError``, and the tokens held are capped at the new size (while the rate is
+        ``inf`` it is only remembered).  Bad values raise as in the constructor."""
         return self._burst
 
     @burst.setter
@@ -504,63 +999,120 @@ class TokenBucket:
         with _LOCK:
             self._refill(self._now())
             self._burst = burst
-            self._tokens = min(self._tokens, burst)
-            for w in [w for w in self._queue if w.state == _WAITING]:
-                if any(b is self and cost > burst for b, cost in w.parts):
-                    _leave(w, _TOO_BIG)
-                    w.wake()
+            if self._rate != math.inf:
+                self._size = burst
+                self._tokens = min(self._tokens, burst)
+                _fail_too_big(self)
+            _recompute_needs(self)
             _nudge(self)
+        if _graves:
+            lay_to_rest()
 
     def statistics(self) -> TokenBucketStatistics:
+        """A snapshot: rate, burst, tokens available now, waiters, totals, tokens reserved.
+
+        Returns:
+            A frozen :class:`TokenBucketStatistics`.  Reading it changes nothing.
+        """
         with _LOCK:
+            tokens, due, due_cost = self._peek(self._now())
             return TokenBucketStatistics(
                 name=self._name,
                 rate=self._rate,
                 burst=self._burst,
-                tokens=self._peek(self._now()),
+                tokens=tokens,
                 waiting=sum(1 for w in self._queue if w.state == _WAITING),
-                granted_total=self._granted,
-                cost_granted_total=self._cost_granted,
+                granted_total=self._granted + due,
+                cost_granted_total=self._cost_granted + due_cost,
+                reserved=sum(r._cost for r in self._pending[due:]),
             )
 
     def __repr__(self) -> str:
         s = self.statistics()
         name = f" {s.name!r}" if s.name is not None else ""
+        reserved = f" reserved={s.reserved:g}" if s.reserved else ""
         return (
             f"<TokenBucket{name} rate={s.rate:g}/s burst={s.burst:g} tokens={s.tokens:.2f} "
-            f"waiting={s.waiting}>"
+            f"waiting={s.waiting}{reserved}>"
         )
 
     # ----------------------------------------------------------------- acquire
 
     def try_acquire(self, cost: float = 1) -> bool:
-        """Take ``cost`` tokens if they are there and nobody is queued; never blocks."""
-        self._check_cost(cost)
-        with _LOCK:
-            if _first(self._queue) is None and self._refill(self._now()) >= cost:
-                self._take(cost)
+        """Take ``cost`` tokens if they are there and nobody is queued; never blocks.
+
+        Args:
+            cost: tokens to take, ``0 <= cost <= burst``.
+
+        Returns:
+            True if they were taken, False if not (nothing is taken then).
+
+        Raises:
+            ValueError: ``cost`` negative, not finite, or above ``burst``.
+            TypeError: ``cost`` is not a number.
+        """
+        kind: object = cost.__class__
+        if not (kind is int and 0 <= cost <= self._size):  # the usual case, checked quickly
+            self._check_cost(cost)
+        lock = _LOCK
+        lock.acquire()
+        try:
+            queue = self._queue
+            if queue and _first(queue) is not None:
+                return False
+            now = self._now()
+            if not self._pending:
+                # _refill() and _take() inlined, as in acquire().
+                tokens = self._tokens
+                if now > self._stamp:
+                    tokens += (now - self._stamp) * self._rate
+                    if tokens > self._size:
+                        tokens = self._size
+                    self._stamp = now
+                if tokens >= cost:
+                    self._tokens = tokens - cost
+                    self._granted += 1
+                    self._cost_granted += cost
+                    return True
+                self._tokens = tokens
+                avail = tokens
+            else:
+                avail = self._avail(now)
+            if _fits(avail, cost):
+                self._take(cost, avail)
                 return True
             return False
+        finally:
+            lock.release()
 
     def _is_idle(self) -> bool:
-        """Nobody waiting and the bucket full: forgetting it changes nothing (for PerKey)."""
+        """Nobody waiting, nothing booked and the bucket full: forgetting it changes nothing (for
+        PerKey).  A bucket with rate 0 that was drawn from is never full again, so it is never
+        forgotten: a new one would hold its whole budget again."""
         with _LOCK:
-            return _first(self._queue) is None and self._refill(self._now()) >= self._burst
-
-    def _take(self, cost: float) -> None:
-        self._tokens -= cost
-        self._granted += 1
-        self._cost_granted += cost
+            full = self._avail(self._now()) >= self._burst  # (settles what is due first)
+            return full and not self._pending and _first(self._queue) is None
 
     async def acquire(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Wait for ``cost`` tokens, first come first served, and take them.
 
-        Raises ``ValueError`` if ``cost`` exceeds ``burst``, and :class:`TimeoutError` at once if
-        the tokens owed to the waiters ahead plus ``cost`` cannot be refilled within ``timeout``
-        seconds (or when the timeout passes).  Cancelled or timed out, it has taken nothing.
+        Cancelled or timed out, it has taken nothing.
+
+        Args:
+            cost: tokens to take, ``0 <= cost <= burst``.
+            timeout: seconds to wait at most; ``None`` waits as long as it takes, 0 does not wait.
+
+        Raises:
+            ValueError: ``cost`` negative, not finite, or above ``burst`` (also if ``burst`` is
+                lowered below it while waiting).
+            TypeError: ``cost`` or ``timeout`` is not a number.
+            TimeoutError: at once if the tokens owed to the waiters ahead plus ``cost`` cannot be
+                refilled within ``timeout``, else when it passes.
+            BudgetExhausted: the rate is 0 and the tokens left cannot cover ``cost`` after the
+                waiters ahead (at once, or when the rate is assigned 0 while waiting).
         """
         kind: object = cost.__class__  # (typed as object: mypy thinks a float is never an int)
-        if not (kind is int and 0 <= cost <= self._burst):  # the usual case, checked quickly
+        if not (kind is int and 0 <= cost <= self._size):  # the usual case, checked quickly
             self._check_cost(cost)
         if timeout is not None:
             timeout = check_timeout(timeout)
@@ -572,19 +1124,28 @@ class TokenBucket:
             now = clock() if clock is not None else loop.time()
             queue = self._queue
             if not queue or _first(queue) is None:
-                # _refill() and _take() inlined: this is the hot path.
-                tokens = self._tokens
-                if now > self._stamp:
-                    tokens += (now - self._stamp) * self._rate
-                    if tokens > self._burst:
-                        tokens = self._burst
-                    self._stamp = now
-                if tokens >= cost:
-                    self._tokens = tokens - cost
-                    self._granted += 1
-                    self._cost_granted += cost
-                    return
-                self._tokens = tokens
+                if not self._pending:
+                    # _refill() and _take() inlined: this is the hot path.
+                    tokens = self._tokens
+                    if now > self._stamp:
+                        tokens += (now - self._stamp) * self._rate
+                        if tokens > self._size:
+                            tokens = self._size
+                        self._stamp = now
+                    if tokens >= cost:
+                        self._tokens = tokens - cost
+                        self._granted += 1
+                        self._cost_granted += cost
+                        return
+                    self._tokens = tokens
+                    if _fits(tokens, cost):
+                        self._take(cost, tokens)
+                        return
+                else:
+                    avail = self._avail(now)
+                    if _fits(avail, cost):
+                        self._take(cost, avail)
+                        return
             w = enqueue(((self, cost),), loop, now, timeout, self._label())
         finally:
             lock.release()
@@ -593,19 +1154,75 @@ class TokenBucket:
     def acquire_blocking(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until the tokens are taken.
 
-        Raises ``RuntimeError`` if called in a thread whose event loop is running.
+        Args:
+            cost: tokens to take, ``0 <= cost <= burst``.
+            timeout: seconds to wait at most; ``None`` waits as long as it takes.
+
+        Raises:
+            RuntimeError: called in a thread whose event loop is running (it would freeze it).
+            ValueError, TypeError, TimeoutError, BudgetExhausted: as :meth:`acquire`.
         """
         self._check_cost(cost)
         timeout = check_timeout(timeout)
         with _LOCK:
             now = self._now()
-            if _first(self._queue) is None and self._refill(now) >= cost:
-                self._take(cost)
-                return
+            if _first(self._queue) is None:
+                avail = self._avail(now)
+                if _fits(avail, cost):
+                    self._take(cost, avail)
+                    return
             refuse_in_loop("acquire_blocking")
             w = enqueue(((self, cost),), None, now, timeout, self._label())
             w.arm_thread()
         wait_thread(w, self._clock, None if timeout is None else now + timeout, self._label())
+
+    def reserve(self, cost: float = 1, *, max_delay: float | None = None) -> Reservation:
+        """Book ``cost`` tokens for the earliest instant the bucket can grant them after the
+        waiters already queued; never waits.
+
+        The reservation's tokens are taken at its ``time``; until then no other acquisition or
+        reservation may take a token it needs.  See "Reservations" in the module docstring.
+
+        Args:
+            cost: tokens to book, ``0 <= cost <= burst``.
+            max_delay: book only if the tokens are the caller's within this many seconds;
+                ``None`` for any delay.
+
+        Returns:
+            A :class:`Reservation`; ``ok`` is False (and nothing is booked) if the delay would
+            exceed ``max_delay``, or if the rate is 0 and the tokens left cannot cover it.
+
+        Raises:
+            ValueError: ``cost`` negative, not finite or above ``burst``; ``max_delay`` negative
+                or NaN.
+            TypeError: ``cost`` or ``max_delay`` is not a number.
+        """
+        self._check_cost(cost)
+        max_delay = check_timeout(max_delay, "max_delay")
+        with _LOCK:
+            if cost > self._size:  # burst lowered meanwhile by another thread
+                self._check_cost(cost)
+            now = self._now()
+            avail = self._avail(now)
+            if _first(self._queue) is None and _fits(avail, cost):
+                self._take(cost, avail)
+                return Reservation(self, cost, now, 0.0, _R_SETTLED)
+            wait = _when(self, [*_queued_costs(self), cost])
+            when = self._stamp + wait
+            delay = max(when - now, 0.0)
+            if wait == math.inf or (
+                # (the tolerance again, in time: the tokens due by then may be a hair short)
+                max_delay is not None and delay - max_delay > cost * _REL / self._rate
+            ):
+                return Reservation(self, cost, math.inf, math.inf, _R_REFUSED)
+            if when <= self._stamp:
+                # Everyone ahead could go right now (they wait for another bucket): this too.
+                self._take(cost, avail)
+                return Reservation(self, cost, now, 0.0, _R_SETTLED)
+            r = Reservation(self, cost, when, delay, _R_PENDING)
+            bisect.insort(self._pending, r, key=_time_of)
+            _recompute_needs(self)
+            return r
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -628,3 +1245,7 @@ class TokenBucket:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+def _time_of(r: Reservation) -> float:
+    return r._time

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 import poolkit
 from poolkit import CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
+from poolkit._ratelimit import BudgetExhausted
+from tests.conftest import run_on
 
 
 async def settle(n: int = 5) -> None:
@@ -469,3 +475,207 @@ def test_a_limit_both_fixed_and_per_key_is_refused() -> None:
     with pytest.raises(ValueError, match="would be charged twice"):
         limits.try_acquire(key="k")
     assert shared.borrowed == 0
+
+
+# ================================================================ infinite and zero rates
+
+
+@pytest.mark.virtual_time
+async def test_limits_with_an_infinite_bucket_and_a_fixed_budget() -> None:
+    unlimited, budget, cap = TokenBucket(math.inf), TokenBucket(0, 5), CapacityLimiter(3)
+    limits = Limits(unlimited, budget, cap)
+    await limits.acquire(3)  # above the unlimited bucket's burst of 1: ignored
+    limits.release(3)
+    assert limits.try_acquire(2)
+    limits.release(2)
+    with pytest.raises(BudgetExhausted, match="rate 0"):
+        await limits.acquire(1)  # 5 spent: the budget, not time, is the limit
+    assert not limits.try_acquire(1)
+    assert cap.borrowed == 0  # the slot taken before the buckets was given back
+    assert now() == 0
+    assert unlimited.statistics().tokens == math.inf
+    assert budget.statistics().granted_total == 2
+
+
+@pytest.mark.virtual_time
+async def test_combined_waiters_are_served_from_a_budget_as_far_as_it_goes() -> None:
+    quota, slow = TokenBucket(1, 5), TokenBucket(1, 2)
+    limits = Limits(quota, slow)
+    await slow.acquire(2)
+    done: list[tuple[int, float]] = []
+
+    async def take(i: int) -> None:
+        await limits.acquire(2)
+        done.append((i, now()))
+
+    tasks = [asyncio.create_task(take(i)) for i in range(3)]
+    await asyncio.sleep(0.5)
+    quota.rate = 0  # 5 left: two of them, and the third can never be served
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert done == [(0, 2.0), (1, 4.0)]
+    assert isinstance(results[2], BudgetExhausted)
+    assert now() == 4.0  # it failed as soon as it was first in line
+
+
+@pytest.mark.virtual_time
+async def test_an_unlimited_bucket_made_finite_fails_a_waiter_whose_cost_no_longer_fits() -> None:
+    unlimited, slow, cap = TokenBucket(math.inf), TokenBucket(1, 5), CapacityLimiter(4)
+    limits = Limits(unlimited, slow, cap)
+    await slow.acquire(5)
+    waiter = asyncio.create_task(limits.acquire(4))
+    await asyncio.sleep(1)
+    unlimited.rate = 10  # burst 1 counts again
+    with pytest.raises(ValueError, match="4 > burst 1"):
+        await waiter
+    assert cap.borrowed == 0
+
+
+@pytest.mark.virtual_time
+async def test_per_key_forgets_unlimited_buckets_but_never_a_spent_budget() -> None:
+    unlimited: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket("inf"))
+    for key in "abc":
+        await unlimited.acquire(key, 10)
+    unlimited.sweep()
+    assert len(unlimited) == 0  # always full: forgetting changes nothing
+    assert unlimited.statistics().forgotten_total == 3
+    budgets: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(0, 2), sweep_per_use=4)
+    await budgets.acquire("spent", 2)
+    await budgets.acquire("half", 1)
+    assert budgets.try_acquire("unused", 0)  # drew nothing: still full
+    for n in range(20):  # every use looks at a few keys to forget
+        budgets.try_acquire(f"other{n}", 0)
+    await asyncio.sleep(86400)
+    assert budgets.sweep() == 1  # the last "other" (full); "spent" and "half" are kept:
+    # forgetting them would give those keys a full budget again
+    assert set(budgets.keys()) == {"spent", "half"}
+    with pytest.raises(BudgetExhausted):
+        await budgets.acquire("spent")
+    assert budgets.try_acquire("half")
+    assert not budgets.try_acquire("half")
+    assert budgets.statistics().forgotten_total == 21
+
+
+# ================================================================ stranded waiters, clean-up
+
+
+@contextmanager
+def timed_without_gc() -> Iterator[list[float]]:
+    """Time the block with the garbage collector paused (collected first): the stall measured
+    must be poolkit's, not a collection of the heap the other tests left."""
+    gc.collect()
+    gc.disable()
+    elapsed: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        yield elapsed
+    finally:
+        elapsed.append(time.perf_counter() - t0)
+        gc.enable()
+
+
+def strand(*makes: Any) -> None:
+    """Start a task for each ``make()`` on a new loop of this thread, let each run until it
+    waits, then close the loop: they can never run again.  No reference to them is kept."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
+    for make in makes:
+        asyncio.ensure_future(make(), loop=loop)  # noqa: RUF006  (stranded on purpose)
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_stranded_limits_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
+    # Each one skipped used to be destroyed under the buckets' lock, its clean-up waiting 0.1 s
+    # for that lock; and the slot each one holds must come back.
+    cap, bucket = CapacityLimiter(20), TokenBucket(1000, 1)
+    limits = Limits(cap, bucket)
+    assert bucket.try_acquire()
+    strand(*[limits.acquire] * 9)
+    assert (cap.borrowed, bucket.statistics().waiting) == (9, 9)
+
+    async def main() -> None:
+        with timed_without_gc() as elapsed:
+            await limits.acquire()
+        assert elapsed[0] < 0.05, elapsed
+        for _ in range(3):
+            async with limits:
+                pass
+
+    run_on(kind, main())
+    assert cap.borrowed == 1
+    assert bucket.statistics().waiting == 0
+    assert bucket.statistics().granted_total == 5
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_stranded_per_key_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
+    per_host: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(1000, 1))
+    limits = Limits(CapacityLimiter(20), per_host)
+    assert per_host.try_acquire("h")
+    strand(*[lambda: per_host.acquire("h")] * 5, *[lambda: limits.acquire(key="h")] * 4)
+    host = per_host.statistics_for("h")
+    assert host is not None and getattr(host, "waiting", None) == 9
+
+    async def main() -> None:
+        with timed_without_gc() as elapsed:
+            await per_host.acquire("h")
+            await limits.acquire(key="h")
+        assert elapsed[0] < 0.05, elapsed
+        limits.release(key="h")
+
+    run_on(kind, main())
+    # The stranded ones unpinned "h" and left its queue: it is idle, and (full again a
+    # millisecond later) perhaps forgotten already.
+    entry = per_host._entries.get("h")
+    assert entry is None or (entry.pins, entry.limit.statistics().waiting) == (0, 0)
+
+
+def close_holding(lock: Any, coro: Any) -> bool:
+    """Close ``coro`` in a thread that holds ``lock``, as the garbage collector may; True if that
+    returned within a second (a clean-up that waits for the lock never returns)."""
+    done = threading.Event()
+
+    def run() -> None:
+        with lock:
+            coro.close()
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(1.0)
+
+
+@pytest.mark.virtual_time
+async def test_per_key_clean_up_never_waits_for_its_own_lock() -> None:
+    per_key: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(1, 1))
+    assert per_key.try_acquire("k")
+    coro = per_key.acquire("k")
+    coro.send(None)  # waiting for its token, with "k" pinned
+    returned = close_holding(per_key._lock, coro)
+    assert returned, "the clean-up waited for a lock its own thread holds"
+    for _ in range(200):  # the pin is dropped once the lock is free, by a short-lived thread
+        if per_key._entries["k"].pins == 0:
+            break
+        time.sleep(0.005)  # noqa: ASYNC251  (real time, for a thread; the loop has nothing to do)
+    assert per_key._entries["k"].pins == 0
+    host = per_key.statistics_for("k")
+    assert host is not None and getattr(host, "waiting", None) == 0
+
+
+@pytest.mark.virtual_time
+async def test_limits_clean_up_gives_slots_back_without_waiting_for_the_limiter_lock() -> None:
+    cap, bucket = CapacityLimiter(2), TokenBucket(1, 1)
+    limits = Limits(cap, bucket)
+    assert bucket.try_acquire()
+    coro = limits.acquire()
+    coro.send(None)  # holds a slot, waits for a token
+    assert cap.borrowed == 1
+    returned = close_holding(cap._lock, coro)
+    assert returned, "the clean-up waited for the limiter's lock, which its own thread holds"
+    for _ in range(200):
+        if cap.borrowed == 0:
+            break
+        time.sleep(0.005)  # noqa: ASYNC251  (as above)
+    assert cap.borrowed == 0
+    assert bucket.statistics().waiting == 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,7 +17,10 @@ from hypothesis import strategies as st
 
 import poolkit
 from poolkit import TokenBucket, parse_rate
+from poolkit._ratelimit import BudgetExhausted
 from poolkit.testing import VirtualTimeLoop
+from tests import conftest
+from tests.conftest import run_on
 
 
 async def settle(n: int = 5) -> None:
@@ -24,6 +30,15 @@ async def settle(n: int = 5) -> None:
 
 def now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def run_lightly(coro: Coroutine[Any, Any, Any], *, start: float = 0.0) -> Any:
+    """Run ``coro`` on a fresh virtual-time loop (eager tasks under ``--eager-tasks``): for
+    hypothesis examples, without ``run_on``'s garbage collection after each one."""
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
+        if conftest.EAGER:
+            runner.get_loop().set_task_factory(asyncio.eager_task_factory)
+        return runner.run(coro)
 
 
 # ---------------------------------------------------------------- rates and bad input
@@ -51,15 +66,17 @@ def test_parse_rate(spec: Any, per_second: float) -> None:
 @pytest.mark.parametrize(
     ("rate", "exc"),
     [
-        (0, ValueError),
         (-1, ValueError),
+        (-math.inf, ValueError),
         (math.nan, ValueError),
-        (math.inf, ValueError),
         ("10/fortnight", ValueError),
         ("ten/s", ValueError),
         ("10", ValueError),
-        ("0/s", ValueError),
+        ("-1/s", ValueError),
         ("1/0s", ValueError),
+        ("1/0ms", ValueError),
+        ("infinite", ValueError),
+        ("inf/s", ValueError),
         (None, TypeError),
         (True, TypeError),
         ([10], TypeError),
@@ -322,6 +339,7 @@ async def test_try_acquire_statistics_and_repr() -> None:
         waiting=1,
         granted_total=2,
         cost_granted_total=2.0,
+        reserved=0.0,
     )
     assert repr(bucket) == "<TokenBucket 'api' rate=2/s burst=2 tokens=0.00 waiting=1>"
     await asyncio.sleep(0.25)
@@ -485,7 +503,7 @@ async def test_burst_lowered_between_check_and_queue_fails_the_acquire() -> None
     bucket = TokenBucket(100, 10)
     assert bucket.try_acquire(10)
     real = rl._LOCK
-    fired = []
+    fired: list[int] = []
 
     class LowerFirst:
         def __enter__(self) -> None:
@@ -547,3 +565,609 @@ async def test_reading_statistics_from_another_thread_changes_nothing() -> None:
     for _ in range(3):
         await bucket.acquire()
     assert loop.time() - start == pytest.approx(3.0)  # one a second, as if nobody had looked
+
+
+# ---------------------------------------------------------------- float time far from zero (4a)
+
+# Realistic monotonic readings: zero, a day and a half of uptime, five weeks.
+OFFSETS = [0.0, 123456.789, 3.2e6 + 0.321]
+
+
+@pytest.mark.parametrize("start", OFFSETS)
+def test_a_token_due_every_tenth_of_a_second_is_there_every_tenth(start: float) -> None:
+    # The issue's case: at 10/s with a burst of 1, try_acquire every 0.1 s was refused at the
+    # 5th step (a refill capped at 1.0000000000000004, then 0.9999999999999998 carried over).
+    async def main() -> int:
+        bucket = TokenBucket(10, 1)
+        for k in range(1000):
+            if k:
+                await asyncio.sleep(0.1)
+            if not bucket.try_acquire():
+                return k
+        return 1000
+
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
+        assert runner.run(main()) == 1000
+
+
+@pytest.mark.parametrize("start", OFFSETS)
+@pytest.mark.parametrize("rate", [10.0, 3.0, 1000.0, 0.7692307692307693])
+def test_a_waiting_acquire_and_try_acquire_agree_at_every_instant(
+    start: float, rate: float
+) -> None:
+    # A waiter is granted when its timer fires; at that very instant a twin bucket with the same
+    # history must grant try_acquire too, and show the token in its statistics.
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        waited = TokenBucket(rate, 1)
+        twin = TokenBucket(rate, 1)
+        for k in range(200):
+            await waited.acquire()
+            assert loop.time() - start == pytest.approx(k / rate, rel=1e-9, abs=1e-6)
+            assert twin.statistics().tokens >= 1 - 1e-6, k
+            assert twin.try_acquire(), f"step {k}: the waiter got a token that try_acquire did not"
+
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
+        runner.run(main())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offset=st.sampled_from(OFFSETS),
+    rate=st.sampled_from([10.0, 3.0, 100.0, 1000.0, 0.7692307692307693]),
+    burst=st.sampled_from([1.0, 2.0, 3.0]),
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([1.0, 2.0, 3.0])), min_size=1, max_size=60
+    ),
+)
+def test_decisions_agree_with_exact_arithmetic_far_from_zero(
+    offset: float, rate: float, burst: float, steps: list[tuple[int, float]]
+) -> None:
+    # The clock moves in steps of half a token's refill time, computed as a float reading
+    # offset + n * step (one rounding, as a real clock's); the exact bucket is kept in
+    # Fractions.  try_acquire, acquire(timeout=0) on a twin, and statistics().tokens must all
+    # agree with it at every step.
+    from fractions import Fraction
+
+    clock = [offset]
+    a = TokenBucket(rate, burst, clock=lambda: clock[0])
+    b = TokenBucket(rate, burst, clock=lambda: clock[0])
+    exact = Fraction(burst)
+    halves = 0
+
+    async def main() -> None:
+        nonlocal exact, halves
+        for i, (k, cost) in enumerate(steps):
+            halves += k
+            clock[0] = offset + halves / (2 * rate)
+            exact = min(Fraction(burst), exact + Fraction(k, 2))
+            due = cost <= burst and exact >= cost
+            tokens = a.statistics().tokens
+            assert tokens == pytest.approx(float(exact), abs=1e-6), i
+            if cost > burst:
+                continue
+            got_a = a.try_acquire(cost)
+            try:
+                await b.acquire(cost, timeout=0)
+                got_b = True
+            except TimeoutError:
+                got_b = False
+            assert got_a is got_b is due, (i, tokens, float(exact), cost)
+            assert (tokens >= cost - cost * 1e-6) is due
+            if due:
+                exact -= Fraction(cost)
+
+    run_lightly(main())  # (the buckets use the test's clock, not the loop's)
+
+
+def test_a_grant_short_by_float_noise_leaves_exactly_zero() -> None:
+    t0 = 123456.789
+    clock = [t0]
+    bucket = TokenBucket(10, 1, clock=lambda: clock[0])
+    assert bucket.try_acquire()
+    clock[0] = t0 + 0.1  # 0.10000000000582077 s later
+    assert bucket.try_acquire()
+    clock[0] = t0 + 0.2  # 0.09999999999126885 s later: 0.9999999999 of a token
+    assert bucket.statistics().tokens == pytest.approx(1.0)
+    assert bucket.try_acquire()
+    assert bucket.statistics().tokens == 0.0  # not -8.7e-11, carried into the next step
+    clock[0] = t0 + 0.3
+    assert bucket.statistics().tokens == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- stranded waiters (4b)
+
+
+@contextmanager
+def timed_without_gc() -> Iterator[list[float]]:
+    """Time the block with the garbage collector paused (collected first): the stall measured
+    must be poolkit's, not a collection of the heap the other tests left."""
+    gc.collect()
+    gc.disable()
+    elapsed: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        yield elapsed
+    finally:
+        elapsed.append(time.perf_counter() - t0)
+        gc.enable()
+
+
+def strand(make: Any, n: int) -> None:
+    """Start ``n`` calls of ``make()`` as tasks on a new loop, let each run until it waits, then
+    close the loop: they can never run again.  No reference to them is kept."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
+    for _ in range(n):
+        asyncio.ensure_future(make(), loop=loop)  # noqa: RUF006  (stranded on purpose)
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_stranded_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
+    # Each stranded waiter skipped used to destroy its task under the shared lock, whose clean-up
+    # then waited 0.1 s for that lock: 9 of them stalled the next acquire by ~0.9 s.  (Stranded
+    # on this thread, as the later acquire: waking a task of a closed loop in its own thread is
+    # what destroyed it on the spot.)
+    bucket = TokenBucket(1000, 1)
+    assert bucket.try_acquire()
+    strand(bucket.acquire, 9)
+    assert bucket.statistics().waiting == 9
+
+    async def main() -> None:
+        with timed_without_gc() as elapsed:
+            await bucket.acquire()
+        assert elapsed[0] < 0.05, elapsed
+        # Later waiters are served, in order, and nothing is left queued.
+        order: list[int] = []
+
+        async def take(i: int) -> None:
+            await bucket.acquire()
+            order.append(i)
+
+        await asyncio.gather(*(take(i) for i in range(5)))
+        assert order == list(range(5))
+
+    run_on(kind, main())
+    s = bucket.statistics()
+    assert (s.waiting, s.granted_total) == (0, 7)
+
+
+def test_stranded_waiters_do_not_stall_a_thread() -> None:
+    bucket = TokenBucket(1000, 1)
+    assert bucket.try_acquire()
+    strand(bucket.acquire, 9)
+    with timed_without_gc() as elapsed:
+        bucket.acquire_blocking()
+    assert elapsed[0] < 0.05, elapsed
+    assert bucket.statistics().waiting == 0
+
+
+@pytest.mark.parametrize("change", ["rate", "burst", "cancel"])
+def test_stranded_waiters_do_not_stall_a_change(change: str) -> None:
+    # Assigning rate or burst, or cancelling a reservation, wakes the first in line; each
+    # stranded one used to be destroyed there, under the lock, for 0.1 s each.
+    bucket = TokenBucket(1, 2)
+    assert bucket.try_acquire(2)
+    r = bucket.reserve(1)
+    strand(bucket.acquire, 9)
+    with timed_without_gc() as elapsed:
+        if change == "rate":
+            bucket.rate = 2
+        elif change == "burst":
+            bucket.burst = 3
+        else:
+            assert r.cancel() == 1
+    assert elapsed[0] < 0.05, elapsed
+    assert bucket.statistics().waiting == 0
+
+
+async def test_a_waiter_closed_while_the_lock_is_held_never_waits_for_it() -> None:
+    # The garbage collector may close a waiting coroutine in a thread that holds the lock.  Its
+    # clean-up used to wait 0.1 s for the lock, give up, and leave the waiter queued for good.
+    import poolkit._ratelimit as rl
+
+    bucket = TokenBucket(1, 1)
+    assert bucket.try_acquire()
+    coro = bucket.acquire()
+    coro.send(None)  # runs until it waits for its token
+    assert bucket.statistics().waiting == 1
+    with timed_without_gc() as elapsed, rl.LOCK:
+        coro.close()
+    assert elapsed[0] < 0.05, elapsed
+    deadline = time.monotonic() + 2.0  # the withdrawal runs once the lock is free
+    while bucket.statistics().waiting and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)  # (a thread of locked_soon's does it: nothing to await)
+    assert bucket.statistics().waiting == 0
+    assert bucket.statistics().granted_total == 1
+
+
+# ---------------------------------------------------------------- rates: ms, inf, 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "per_second"),
+    [
+        ("1/100ms", 10.0),
+        ("5/ms", 5000.0),
+        ("2 / 500 milliseconds", 4.0),
+        ("1/250msec", 4.0),
+        ("3/1millisecond", 3000.0),
+        ("inf", math.inf),
+        (" Infinity ", math.inf),
+        ("INF", math.inf),
+        (math.inf, math.inf),
+        (0, 0.0),
+        ("0/s", 0.0),
+        ("0/100ms", 0.0),
+    ],
+)
+def test_parse_rate_milliseconds_infinity_and_zero(spec: Any, per_second: float) -> None:
+    assert parse_rate(spec) == pytest.approx(per_second)
+    assert TokenBucket(spec, 1).rate == pytest.approx(per_second)
+
+
+def test_rate_error_lists_every_unit() -> None:
+    with pytest.raises(ValueError, match=r"'1/100ms' or 'inf' \(units: ms, s, m or min, h or hr"):
+        parse_rate("10/fortnight", "--rate")
+    with pytest.raises(ValueError, match=r"--rate must .* >= 0 .* got -2"):
+        parse_rate(-2, "--rate")
+
+
+@pytest.mark.virtual_time
+async def test_an_infinite_rate_is_no_limit() -> None:
+    bucket = TokenBucket(math.inf)
+    assert bucket.burst == 1  # the default; it only matters once a finite rate is assigned
+    for _ in range(100):
+        await bucket.acquire(50)  # above burst: ignored, as in Go
+    assert now() == 0
+    assert bucket.try_acquire(1e9)
+    await bucket.acquire(7, timeout=0)
+    bucket.acquire_blocking(3)
+    r = bucket.reserve(1000)
+    assert (r.ok, r.delay) == (True, 0.0)
+    assert r.cancel() == 0.0  # nothing to give back to an unlimited bucket
+    bucket.burst = 4  # remembered, and still unlimited
+    assert bucket.try_acquire(5)
+    s = bucket.statistics()
+    assert (s.rate, s.burst, s.tokens, s.granted_total) == (math.inf, 4, math.inf, 105)
+    assert repr(bucket) == "<TokenBucket rate=inf/s burst=4 tokens=inf waiting=0>"
+    assert TokenBucket("inf", 5).burst == 5
+
+
+@pytest.mark.virtual_time
+async def test_rate_set_to_inf_lets_every_waiter_go_at_once_then_back_to_a_full_bucket() -> None:
+    bucket = TokenBucket(1, 2)
+    await bucket.acquire(2)
+    done: list[tuple[int, float]] = []
+
+    async def take(i: int, cost: float) -> None:
+        await bucket.acquire(cost)
+        done.append((i, now()))
+
+    tasks = []
+    for i, cost in enumerate([2, 1, 2, 1, 2]):
+        tasks.append(asyncio.create_task(take(i, cost)))
+        await settle(1)
+    await asyncio.sleep(0.5)
+    assert done == []
+    bucket.rate = math.inf
+    await asyncio.gather(*tasks)
+    assert done == [(i, 0.5) for i in range(5)]  # all of them, in order, at once
+    bucket.rate = "1/s"  # back: a full bucket, burst counts again
+    assert bucket.statistics().tokens == 2
+    await bucket.acquire(2)
+    assert now() == 0.5
+    await bucket.acquire(1)
+    assert now() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="exceeds the bucket's burst 2"):
+        await bucket.acquire(3)
+
+
+@pytest.mark.virtual_time
+async def test_rate_zero_is_a_fixed_budget_and_a_spent_one_fails_at_once() -> None:
+    bucket = TokenBucket("0/s", 5, name="quota")
+    for _ in range(4):
+        await bucket.acquire()
+    with pytest.raises(BudgetExhausted, match=r"'quota': rate 0 .* cost 2 with 1 tokens left"):
+        await bucket.acquire(2)
+    with pytest.raises(BudgetExhausted):
+        await bucket.acquire(2, timeout=10)  # the budget, not the timeout, is the reason
+    assert not bucket.try_acquire(2)
+    refused = bucket.reserve(2)
+    assert (refused.ok, refused.delay, refused.time) == (False, math.inf, math.inf)
+    await asyncio.sleep(1000)  # never refilled
+    assert now() == 1000
+    last = bucket.reserve(1)
+    assert (last.ok, last.delay) == (True, 0.0)
+    with pytest.raises(BudgetExhausted):
+        await bucket.acquire(0.5)
+    await bucket.acquire(0)  # nothing costs nothing
+    s = bucket.statistics()
+    assert (s.rate, s.tokens, s.granted_total, s.cost_granted_total) == (0, 0, 6, 5)
+    assert isinstance(BudgetExhausted("x"), poolkit.PoolkitError)
+
+
+def test_a_fixed_budget_in_fractions_is_spent_to_the_last_fraction() -> None:
+    # 1 - 0.1 nine times is 0.09999999999999987: the tolerance lets the tenth tenth through.
+    bucket = TokenBucket(0, 1)
+    assert all(bucket.try_acquire(0.1) for _ in range(10))
+    assert not bucket.try_acquire(0.1)
+    with pytest.raises(BudgetExhausted):
+        bucket.acquire_blocking(0.1)
+
+
+@pytest.mark.virtual_time
+async def test_waiters_fail_when_the_rate_is_set_to_zero_and_come_back_with_a_rate() -> None:
+    bucket = TokenBucket(1, 5)
+    await bucket.acquire(5)
+    first = asyncio.create_task(bucket.acquire(2))
+    await settle(1)
+    second = asyncio.create_task(bucket.acquire(2))
+    third = asyncio.create_task(bucket.acquire(1))
+    fourth = asyncio.create_task(bucket.acquire(1))
+    await asyncio.sleep(3.5)  # first served at 2; 1.5 tokens left
+    await first
+    bucket.rate = 0
+    with pytest.raises(BudgetExhausted, match=r"cost 2 with 1\.5 tokens left: the tokens would"):
+        await second
+    await third  # served in turn from what is left,
+    with pytest.raises(BudgetExhausted, match=r"cost 1 with 0\.5 tokens left"):
+        await fourth  # as far as it goes
+    assert now() == 3.5
+    assert bucket.statistics().waiting == 0
+    bucket.rate = "2/s"
+    await bucket.acquire(1)
+    assert now() == 3.75
+
+
+def test_bad_reserve_arguments() -> None:
+    bucket = TokenBucket(10, 5)
+    with pytest.raises(ValueError, match="cost 6 exceeds the bucket's burst 5"):
+        bucket.reserve(6)
+    with pytest.raises(ValueError, match="cost must be a finite number >= 0, got -1"):
+        bucket.reserve(-1)
+    with pytest.raises(TypeError, match="cost must be a number of tokens, got '1'"):
+        bucket.reserve("1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_delay must be >= 0 seconds or None, got -1"):
+        bucket.reserve(1, max_delay=-1)
+    with pytest.raises(TypeError, match="max_delay must be a number of seconds or None"):
+        bucket.reserve(1, max_delay="1")  # type: ignore[arg-type]
+    assert bucket.statistics().tokens == 5
+
+
+# ---------------------------------------------------------------- reservations
+
+
+@pytest.mark.virtual_time
+async def test_reserve_books_tokens_for_later_and_counts_them_at_their_time() -> None:
+    bucket = TokenBucket(2, 2)
+    now_ = bucket.reserve(2)
+    assert (now_.ok, now_.delay, now_.time, now_.cost) == (True, 0.0, 0.0, 2)
+    later = bucket.reserve(1)
+    assert (later.delay, later.time) == (0.5, 0.5)
+    assert repr(later) == "<Reservation cost=1 time=0.500000 delay=0.500000 pending>"
+    s = bucket.statistics()
+    assert (s.tokens, s.reserved, s.granted_total) == (0, 1, 1)
+    assert repr(bucket) == "<TokenBucket rate=2/s burst=2 tokens=0.00 waiting=0 reserved=1>"
+    assert not bucket.try_acquire(0.5)  # the half token in by 0.25 s will be the reservation's
+    await asyncio.sleep(0.5)
+    s = bucket.statistics()
+    assert (s.tokens, s.reserved, s.granted_total, s.cost_granted_total) == (0, 0, 2, 3)
+    assert later.cancel() == 0.0  # too late: its time has come
+    assert not later.cancelled
+    await bucket.acquire()
+    assert now() == 1.0
+
+
+@pytest.mark.virtual_time
+async def test_a_reservation_does_not_overtake_the_waiters_queued_before_it() -> None:
+    bucket = TokenBucket(1, 1)
+    await bucket.acquire()
+    done: dict[str, float] = {}
+
+    async def take(name: str, cost: float) -> None:
+        await bucket.acquire(cost)
+        done[name] = now()
+
+    first = asyncio.create_task(take("first", 1))
+    await settle(1)
+    r = bucket.reserve(1)
+    assert r.time == 2.0  # after "first", which is due at 1
+    behind = asyncio.create_task(take("behind", 1))  # queued after the reservation was made
+    await asyncio.gather(first, behind)
+    assert done == {"first": 1.0, "behind": 3.0}  # the reservation took its token at 2
+
+
+@pytest.mark.virtual_time
+async def test_a_later_acquire_may_use_tokens_a_reservation_does_not_need() -> None:
+    bucket = TokenBucket(1, 2)
+    await bucket.acquire(2)
+    ahead = asyncio.create_task(bucket.acquire(2))  # due at 2
+    await settle(1)
+    r = bucket.reserve(1)
+    assert r.time == 3.0
+    await asyncio.sleep(0.5)
+    ahead.cancel()  # the 2 tokens it would have taken are free; r still needs 1 at 3
+    with pytest.raises(asyncio.CancelledError):
+        await ahead
+    await bucket.acquire(1)
+    assert now() == 1.0  # not after the reservation: it does not need this token
+    assert not bucket.try_acquire(0.5)  # the next token is free only once it has come in
+    await bucket.acquire(1)
+    assert now() == 2.0  # r's token comes in between 2 and 3
+    await bucket.acquire(1)
+    assert now() == 4.0  # from 2 on, what comes in is r's until 3: this one waits for r
+    assert bucket.statistics().granted_total == 5  # 2, 1 at 1, 1 at 2, r at 3, 1 at 4
+
+
+@pytest.mark.virtual_time
+async def test_cancelling_a_reservation_gives_its_tokens_to_the_next_waiter() -> None:
+    bucket = TokenBucket(1, 1)
+    await bucket.acquire()
+    r = bucket.reserve(1)
+    assert r.time == 1.0
+    waiter = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0.5)
+    assert r.cancel() == 1.0
+    assert r.cancelled
+    assert r.cancel() == 0.0  # once
+    assert repr(r) == "<Reservation cost=1 time=1.000000 delay=1.000000 cancelled>"
+    await waiter
+    assert now() == 1.0  # r's token, not the one after it
+    assert bucket.statistics().granted_total == 2
+
+
+@pytest.mark.virtual_time
+async def test_max_delay_and_a_timeout_count_the_reservations() -> None:
+    bucket = TokenBucket(1, 1)
+    assert bucket.try_acquire()
+    assert not bucket.reserve(1, max_delay=0.5).ok
+    r = bucket.reserve(1, max_delay=1)
+    assert r.ok
+    with pytest.raises(TimeoutError, match=r"cannot get the tokens within 1\.5 s"):
+        await bucket.acquire(timeout=1.5)  # 2 s: after the reservation's token
+    await bucket.acquire(timeout=2)
+    assert now() == 2.0
+
+
+@pytest.mark.virtual_time
+async def test_a_reservation_keeps_its_time_when_the_rate_is_lowered() -> None:
+    bucket = TokenBucket(2, 2)
+    await bucket.acquire(2)
+    r = bucket.reserve(2)
+    assert r.time == 1.0
+    bucket.rate = 1  # it was told 1 s; it still takes its tokens then (as in Go)
+    await asyncio.sleep(1)
+    s = bucket.statistics()
+    assert (s.reserved, s.granted_total) == (0, 2)
+    assert s.tokens == pytest.approx(-1.0)  # 1 token came in at the new rate: 1 owed
+    await bucket.acquire(1)
+    assert now() == 3.0
+
+
+@pytest.mark.virtual_time
+async def test_per_key_keeps_a_bucket_with_a_reservation_not_yet_due() -> None:
+    made: list[TokenBucket] = []
+
+    def factory() -> TokenBucket:
+        made.append(TokenBucket(1, 2))
+        return made[-1]
+
+    per_key: poolkit.PerKey[str, TokenBucket] = poolkit.PerKey(factory)
+    await per_key.acquire("k", 2)
+    bucket = made[0]
+    ahead = asyncio.create_task(bucket.acquire(2))
+    await settle(1)
+    r = bucket.reserve(2)
+    assert r.time == 4.0
+    ahead.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ahead
+    await asyncio.sleep(3)  # full again at 2, but both are promised at 4 (one can go now)
+    assert bucket.statistics().tokens == 1
+    assert per_key.sweep() == 0, "forgetting it would hand the reserved tokens to anyone"
+    await asyncio.sleep(2)  # r took its 2 at 4; one has come in since
+    assert per_key.sweep() == 0
+    await asyncio.sleep(1)  # full, nothing booked: a new bucket would be the same
+    assert per_key.sweep() == 1
+
+
+# ---------------------------------------------------------------- the bound, with reservations
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rate=st.sampled_from([1.0, 3.0, 10.0, 0.5]),
+    burst=st.sampled_from([1.0, 2.0, 5.0]),
+    ops=st.lists(
+        st.tuples(
+            st.floats(0, 2),  # when the task starts
+            st.sampled_from(
+                ["acquire", "cancel", "timeout", "try", "reserve", "reserve+cancel", "reserve<"]
+            ),
+            st.floats(0, 1),  # its cost, as a fraction of burst
+            st.floats(0, 3),  # when to cancel (after start), or max_delay
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_the_window_bound_holds_counting_reservations_and_they_keep_fifo(
+    rate: float, burst: float, ops: list[tuple[float, str, float, float]]
+) -> None:
+    grants: list[tuple[float, float]] = []
+    granted_at: dict[int, float] = {}
+    queued: set[int] = set()
+    fifo: list[tuple[float, set[int]]] = []  # (a reservation's time, the waiters queued then)
+    latest = [0.0]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(rate, burst)
+
+        async def one(i: int, start: float, kind: str, fraction: float, extra: float) -> None:
+            await asyncio.sleep(start)
+            cost = round(fraction * burst, 3)
+            if kind in ("acquire", "cancel", "timeout"):
+                queued.add(i)
+                try:
+                    await bucket.acquire(cost, timeout=1.0 if kind == "timeout" else None)
+                except TimeoutError:
+                    return
+                finally:
+                    queued.discard(i)
+                granted_at[i] = now()
+                grants.append((now(), cost))
+            elif kind == "try":
+                if bucket.try_acquire(cost):
+                    grants.append((now(), cost))
+            else:
+                ahead = set(queued)
+                r = bucket.reserve(cost, max_delay=extra if kind == "reserve<" else None)
+                if not r.ok:
+                    assert kind == "reserve<" and r.delay == math.inf
+                    return
+                assert r.time == pytest.approx(now() + r.delay)
+                assert kind != "reserve<" or r.delay <= extra + 1e-9
+                fifo.append((r.time, ahead))
+                latest[0] = max(latest[0], r.time)
+                if kind == "reserve+cancel":
+                    await asyncio.sleep(extra)
+                    back = r.cancel()
+                    if r.cancelled:  # before its time: every token back
+                        assert (back, now() < r.time) == (cost, True)
+                        return
+                    assert (back, now() >= r.time) == (0.0, True)  # too late: spent
+                grants.append((r.time, cost))
+
+        tasks = [asyncio.create_task(one(i, *op)) for i, op in enumerate(ops)]
+        for (start, kind, _, after), task in zip(ops, tasks, strict=True):
+            if kind == "cancel":
+                loop.call_at(start + after, task.cancel)
+        # Liveness: on virtual time a generous deadline costs nothing, and a waiter that is never
+        # woken shows up as a failure here rather than as a hang.
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10_000)
+        for result in results:  # the checks made inside the tasks
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        await asyncio.sleep(max(0.0, latest[0] - now()) + 1)  # every reservation is due
+        s = bucket.statistics()
+        assert s.granted_total == len(grants)
+        assert s.cost_granted_total == pytest.approx(sum(c for _, c in grants))
+        assert (s.waiting, s.reserved) == (0, 0)
+
+    run_lightly(main())
+    grants.sort()
+    for i in range(len(grants)):
+        total = 0.0
+        for j in range(i, len(grants)):
+            total += grants[j][1]
+            bound = rate * (grants[j][0] - grants[i][0]) + burst
+            assert total <= bound * (1 + 1e-6) + 1e-9, (i, j, grants)
+    for when, ahead in fifo:  # waiters queued before a reservation were served before its time
+        for i in ahead:
+            if i in granted_at:
+                assert granted_at[i] <= when + 1e-9, (when, i, granted_at)
