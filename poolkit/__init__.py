@@ -5,7 +5,7 @@ needs to be looked at to know what poolkit offers.  The layers, bottom up (a mod
 from layers below it)::
 
     _exceptions, _checks, _wait errors, argument checks, waking a blocked task or thread
-    _channel                    Channel, select
+    _channel                    Channel, select, send and receive handles
     _limiter                    CapacityLimiter            how many at once
     _ratelimit                  TokenBucket                how many per unit of time
     _composite                  Limits, PerKey             several limits as one; a limit per key
@@ -28,9 +28,11 @@ by entry point) and ``poolkit.testing`` (the virtual-time event loop used by the
 from ._channel import Channel as Channel
 from ._channel import ChannelStatistics as ChannelStatistics
 from ._channel import ReceiveCase as ReceiveCase
+from ._channel import ReceiveHandle as ReceiveHandle
 from ._channel import SelectCase as SelectCase
 from ._channel import Selected as Selected
 from ._channel import SendCase as SendCase
+from ._channel import SendHandle as SendHandle
 from ._channel import select as select
 from ._channel import select_blocking as select_blocking
 from ._channel import select_nowait as select_nowait
@@ -38,6 +40,7 @@ from ._composite import Limits as Limits
 from ._composite import LimitsStatistics as LimitsStatistics
 from ._composite import PerKey as PerKey
 from ._composite import PerKeyStatistics as PerKeyStatistics
+from ._exceptions import BudgetExhausted as BudgetExhausted
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
 from ._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
@@ -47,6 +50,7 @@ from ._exceptions import NotAcquired as NotAcquired
 from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolkitError as PoolkitError
 from ._exceptions import QueueFull as QueueFull
+from ._exceptions import ReceiversGone as ReceiversGone
 from ._exceptions import WouldBlock as WouldBlock
 from ._jobs import Outcome as Outcome
 from ._jobs import PoolStatistics as PoolStatistics
@@ -56,6 +60,7 @@ from ._limiter import CapacityLimiterStatistics as CapacityLimiterStatistics
 from ._noleaks import no_leaks as no_leaks
 from ._pool import Job as Job
 from ._pool import WorkerPool as WorkerPool
+from ._ratelimit import Reservation as Reservation
 from ._ratelimit import TokenBucket as TokenBucket
 from ._ratelimit import TokenBucketStatistics as TokenBucketStatistics
 from ._ratelimit import parse_rate as parse_rate
@@ -66,6 +71,7 @@ from ._thread_pool import ThreadPool as ThreadPool
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BudgetExhausted",
     "CapacityLimiter",
     "CapacityLimiterStatistics",
     "Channel",
@@ -87,10 +93,14 @@ __all__ = [
     "PoolkitError",
     "QueueFull",
     "ReceiveCase",
+    "ReceiveHandle",
+    "ReceiversGone",
+    "Reservation",
     "RetryPolicy",
     "SelectCase",
     "Selected",
     "SendCase",
+    "SendHandle",
     "ThreadJob",
     "ThreadPool",
     "TokenBucket",

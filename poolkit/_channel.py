@@ -30,6 +30,37 @@ sender runs, so a receiver meeting a blocked sender invites it and waits (the nu
 switches per item is the same as for a direct hand-off).  ``receive_nowait()`` on an unbuffered
 channel therefore succeeds only if an item has already been handed over.
 
+Handles: several producers, several consumers
+---------------------------------------------
+``channel.send_handles(n)`` gives each of ``n`` producers a :class:`SendHandle` of its own; each
+closes its own, and the channel closes when the last one does, as with trio's ``clone()``.  The
+channel object itself is not a handle: its creator hands the handles out and has nothing of its
+own to close.  In trio the creator keeps an open handle that it must close too, and forgetting
+to is the classic way to leave the consumers waiting forever; here that mistake cannot be made.
+The price is that a handle cannot be made once the count has fallen to zero (the channel is then
+closed, and ``send_handle()`` raises rather than reopen it), so every handle must exist before the
+first one can close: make them together with ``send_handles(n)``, or ``clone()`` one that is
+still open.  A handle that is garbage-collected while open (its channel still open) warns with
+``ResourceWarning`` and does not close itself: closing is the producer's statement that it is
+done, and a producer that died without saying so should not end the stream as if it had.
+
+:class:`ReceiveHandle` is the mirror image for consumers.  When the last receive handle is closed,
+nothing sent from then on could ever be received, so the channel closes for senders with
+:class:`~poolkit.ReceiversGone` (blocked senders wake with it; their items were not delivered),
+and the items still in the buffer are handed back: the last ``close()`` returns them (they are also
+kept in ``channel.handed_back``), as a pool's shutdown hands back the jobs it never started.  Items
+already promised to a woken receiver stay its own; should that receiver withdraw instead (cancelled
+before it ran), its item joins ``channel.handed_back``.  Nothing is dropped silently.
+
+Locks and foreign code
+----------------------
+Nothing that can block or run foreign code happens under a channel's lock.  A waiter whose event
+loop is closed can never run; it is skipped, and the reference to it is dropped only once the lock
+is released (:func:`~poolkit._wait.bury`), because dropping it destroys its task, whose clean-up
+(``GeneratorExit``) wants the very same lock.  That clean-up never waits for the lock either (the
+garbage collector may run it in a thread that holds it): it withdraws through
+:func:`~poolkit._wait.locked_soon`, so a promise made to a task that will never run is passed on.
+
 Threads
 -------
 Every method is thread-safe: state is guarded by one ``threading.Lock`` per channel that is never
@@ -46,6 +77,7 @@ import itertools
 import math
 import random
 import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -53,11 +85,15 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 from ._checks import check_timeout
-from ._exceptions import ChannelClosed, EndOfChannel, WouldBlock
+from ._exceptions import ChannelClosed, EndOfChannel, ReceiversGone, WouldBlock
 from ._registry import register
 from ._wait import (
-    Sleeper,
+    LockedSleeper,
+    bury,
     discard,
+    graveyard,
+    lay_to_rest,
+    locked_soon,
     monotonic,
     refuse_in_loop,
     resolve,
@@ -69,9 +105,11 @@ __all__ = [
     "Channel",
     "ChannelStatistics",
     "ReceiveCase",
+    "ReceiveHandle",
     "SelectCase",
     "Selected",
     "SendCase",
+    "SendHandle",
     "select",
     "select_blocking",
     "select_nowait",
@@ -87,6 +125,11 @@ _CLOSED = 2  # receiver: end of channel; sender: the channel was closed
 _TIMED_OUT = 3
 _CANCELLED = 4
 _DONE = 5  # the owner has completed or abandoned its operation: nothing left to undo
+
+# Whether the receiving side has gone (its last receive handle was closed), and when.
+_PRESENT = 0
+_GONE_AFTER_CLOSE = 1  # the channel was already closed: senders were told ChannelClosed
+_GONE = 2  # the channel closed because of it: senders are told ReceiversGone
 
 # Arrival numbers for senders, so a sender that has to queue again keeps its place (a select keeps
 # one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
@@ -116,7 +159,7 @@ class _SelectClaim:
             return True
 
 
-class _Waiter(Sleeper):
+class _Waiter(LockedSleeper):
     """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
 
     __slots__ = ("arrival", "expired", "index", "item", "sel", "state")
@@ -129,7 +172,7 @@ class _Waiter(Sleeper):
         index: int = -1,
         arrival: int = -1,
     ) -> None:
-        Sleeper.__init__(self, loop)
+        LockedSleeper.__init__(self, loop)
         self.item = item  # a sender's item
         self.arrival = _next_arrival() if arrival < 0 else arrival
         self.state = _PENDING
@@ -181,9 +224,22 @@ class ChannelStatistics:
     items_received: int
     """Items taken out of the channel since it was created."""
     closed: bool
-    """Whether :meth:`Channel.close` has been called."""
+    """Whether the channel is closed: :meth:`Channel.close` was called, or its last send handle
+    was closed, or its last receive handle was."""
     peak_buffered: int
     """The largest value ``buffered`` has had."""
+    send_handles_open: int
+    """Send handles made and not yet closed; the channel closes when the last one is closed."""
+    receive_handles_open: int
+    """Receive handles made and not yet closed; when the last one is closed, the receivers have
+    gone (``receivers_gone``)."""
+    receivers_gone: bool
+    """Whether the last receive handle was closed: senders get :class:`~poolkit.ReceiversGone`
+    (or :class:`~poolkit.ChannelClosed` if the channel had been closed before)."""
+    items_handed_back: int
+    """Items that were in the buffer when the receivers went away, handed back to the caller of
+    the last receive handle's ``close()`` (and kept in ``Channel.handed_back``).  Always
+    ``items_sent == items_received + items_handed_back + items still in the channel``."""
 
 
 @final
@@ -209,7 +265,19 @@ class Channel(Generic[T]):
     to run in a thread whose event loop is running; the ``_nowait`` forms never block and work
     anywhere.
 
-    ``capacity`` must be a non-negative ``int`` or ``math.inf`` (``TypeError``/``ValueError``).
+    Several producers each close their own :class:`SendHandle` (:meth:`send_handles`), and the
+    channel closes when the last one does; consumers that hold receive handles
+    (:meth:`receive_handles`) tell blocked and later senders that they have gone
+    (:class:`~poolkit.ReceiversGone`) by closing the last one.  See the module docstring.
+
+    Args:
+        capacity: the buffer size: 0 (unbuffered, the default), a positive ``int``, or
+            ``math.inf`` (unbounded).
+        name: shown in ``repr``, statistics and metrics.
+
+    Raises:
+        TypeError: ``capacity`` is not an ``int`` or ``math.inf``, or ``name`` is not a ``str``.
+        ValueError: ``capacity`` is negative.
     """
 
     __slots__ = (
@@ -217,13 +285,17 @@ class Channel(Generic[T]):
         "_buf",
         "_capacity",
         "_closed",
+        "_gone",
+        "_handed",
         "_invited",
         "_lock",
         "_name",
         "_peak",
         "_promised",
         "_received",
+        "_receivers",
         "_recvq",
+        "_senders",
         "_sendq",
         "_sent",
     )
@@ -249,6 +321,10 @@ class Channel(Generic[T]):
         self._sent = 0
         self._received = 0
         self._peak = 0
+        self._senders = 0  # open send handles
+        self._receivers = 0  # open receive handles
+        self._gone = _PRESENT
+        self._handed: list[T] = []  # handed back when the receivers went away
         register(self, "channel")
 
     # ----------------------------------------------------------------- introspection
@@ -265,8 +341,21 @@ class Channel(Generic[T]):
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called (items may still be buffered)."""
+        """Whether the channel is closed (items may still be buffered): :meth:`close` was called,
+        or its last :class:`SendHandle` was closed, or its last :class:`ReceiveHandle` was."""
         return self._closed
+
+    @property
+    def handed_back(self) -> list[T]:
+        """The items that were buffered when the last receive handle was closed (a copy).
+
+        They were never received; the last ``ReceiveHandle.close()`` returned them too.  An item
+        promised to a receiver that was already woken, and that then withdraws (cancelled before
+        it ran), is added here later: nobody else will receive it.  In the order they were sent;
+        empty unless the receivers have gone.
+        """
+        with self._lock:
+            return list(self._handed)
 
     def statistics(self) -> ChannelStatistics:
         """Return a consistent snapshot of the channel's counters."""
@@ -281,16 +370,27 @@ class Channel(Generic[T]):
                 items_received=self._received,
                 closed=self._closed,
                 peak_buffered=self._peak,
+                send_handles_open=self._senders,
+                receive_handles_open=self._receivers,
+                receivers_gone=self._gone != _PRESENT,
+                items_handed_back=len(self._handed),
             )
 
     def __repr__(self) -> str:
         s = self.statistics()
         cap = "inf" if s.capacity == math.inf else str(s.capacity)
         name = f" {s.name!r}" if s.name is not None else ""
+        handles = ""
+        if s.send_handles_open:
+            handles += f" send_handles={s.send_handles_open}"
+        if s.receive_handles_open:
+            handles += f" receive_handles={s.receive_handles_open}"
+        if s.receivers_gone:
+            handles += f" receivers_gone=True handed_back={s.items_handed_back}"
         return (
             f"<Channel{name} capacity={cap} buffered={s.buffered} "
             f"senders_waiting={s.senders_waiting} receivers_waiting={s.receivers_waiting} "
-            f"sent={s.items_sent} received={s.items_received} closed={s.closed}>"
+            f"sent={s.items_sent} received={s.items_received} closed={s.closed}{handles}>"
         )
 
     # ----------------------------------------------------------------- core (lock held)
@@ -307,7 +407,7 @@ class Channel(Generic[T]):
         while q:
             if q[0].live():
                 return True
-            q.popleft()  # a select that was satisfied elsewhere
+            bury(q.popleft())  # a select that was satisfied elsewhere
         return False
 
     def _claim_receiver(self) -> _Waiter | None:
@@ -321,6 +421,7 @@ class Channel(Generic[T]):
             w = q.popleft()
             if w.claim(_GRANTED):
                 return w
+            bury(w)  # a stale select registration: its task may be gone too
         return None
 
     def _promise_receivers(self) -> None:
@@ -334,6 +435,9 @@ class Channel(Generic[T]):
             if not w.wake():  # its loop is closed: it will never run
                 w.state = _DONE
                 self._promised -= 1
+                bury(w)  # maybe the last reference to its task: drop it after the lock
+        if self._gone and len(buf) > self._promised:
+            self._hand_back()  # a promised receiver withdrew after the receivers had gone
         if self._closed and not buf:
             self._end_receivers()
 
@@ -350,6 +454,7 @@ class Channel(Generic[T]):
                 self._promised += 1
                 return True
             w.state = _DONE  # its loop is closed: it will never run; try the next one
+            bury(w)
         if self._capacity - len(buf) + self._promised - self._invited > 0:
             buf.append(item)
             self._sent += 1
@@ -439,17 +544,19 @@ class Channel(Generic[T]):
             w = q.popleft()
             if w.claim(_GRANTED):
                 self._invited += 1
-                if not w.wake():
-                    w.state = _DONE
-                    self._invited -= 1
+                if w.wake():
+                    continue
+                w.state = _DONE
+                self._invited -= 1
+            bury(w)
 
     def _end_receivers(self) -> None:
         """Closed and empty: every waiting receiver gets EndOfChannel."""
         q = self._recvq
         while q:
             w = q.popleft()
-            if w.claim(_CLOSED):
-                w.wake()
+            if not (w.claim(_CLOSED) and w.wake()):
+                bury(w)
 
     def _withdraw(self, w: _Waiter, sending: bool) -> None:
         """The owner of ``w`` gives up (cancelled, interrupted): undo whatever it was promised."""
@@ -466,17 +573,16 @@ class Channel(Generic[T]):
                 self._promise_receivers()
 
     def _withdraw_locked(self, w: _Waiter, sending: bool, exc: BaseException) -> None:
-        if not isinstance(exc, GeneratorExit):
-            with self._lock:
-                self._withdraw(w, sending)
-        # GeneratorExit: the coroutine is being closed, perhaps by the garbage collector, which may
-        # run in this very thread while it holds the lock.  Give up rather than deadlock; a task
-        # whose waiter is still queued is reachable, so this only skips waiters already settled.
-        elif self._lock.acquire(True, 0.1):
-            try:
-                self._withdraw(w, sending)
-            finally:
-                self._lock.release()
+        if isinstance(exc, GeneratorExit):
+            # The coroutine is being closed, perhaps by the garbage collector, which may run in
+            # this very thread while it holds the lock: waiting for the lock could deadlock.  The
+            # withdrawal runs as soon as the lock is free, so no promise or invitation is lost.
+            locked_soon(self._lock, self._withdraw, w, sending)
+            return
+        with self._lock:
+            self._withdraw(w, sending)
+        if graveyard:
+            lay_to_rest()
 
     def _expire(self, w: _Waiter, sending: bool) -> None:
         with self._lock:
@@ -485,7 +591,12 @@ class Channel(Generic[T]):
                 discard(self._sendq if sending else self._recvq, w)
                 w.wake()
 
-    def _closed_error(self) -> ChannelClosed:
+    def _closed_error(self) -> ChannelClosed | ReceiversGone:
+        if self._gone == _GONE:
+            return ReceiversGone(
+                f"send on {self._label()}, whose receivers have all gone (its last receive handle "
+                f"was closed): the item was not delivered"
+            )
         return ChannelClosed(f"send on {self._label()}, which was closed")
 
     def _end_error(self) -> EndOfChannel:
@@ -503,19 +614,25 @@ class Channel(Generic[T]):
         """Close the channel.  Idempotent; never blocks; callable from any thread.
 
         Blocked senders wake with :class:`~poolkit.ChannelClosed`.  Buffered items stay receivable;
-        once they are gone, receivers get :class:`~poolkit.EndOfChannel`.
+        once they are gone, receivers get :class:`~poolkit.EndOfChannel`.  It closes the channel
+        at once for every :class:`SendHandle` too (their own ``close()`` is then a formality).
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            q = self._sendq
-            while q:
-                w = q.popleft()
-                if w.claim(_CLOSED):
-                    w.wake()
-            if not self._buf:
-                self._end_receivers()
+            self._close_locked()
+        if graveyard:
+            lay_to_rest()
+
+    def _close_locked(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        q = self._sendq
+        while q:
+            w = q.popleft()
+            if not (w.claim(_CLOSED) and w.wake()):
+                bury(w)
+        if not self._buf:
+            self._end_receivers()
 
     def __enter__(self) -> Channel[T]:
         return self
@@ -559,10 +676,13 @@ class Channel(Generic[T]):
                 n = len(buf) - self._promised
                 if n > self._peak:
                     self._peak = n
-                return True
-            return self._offer(item)
+                return True  # nobody waits: nothing was buried
+            sent = self._offer(item)
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        return sent
 
     def _try_receive(self) -> Any:
         """``receive_nowait`` without the exception: ``_EMPTY`` when it would block (for the
@@ -570,23 +690,44 @@ class Channel(Generic[T]):
         lock = self._lock
         lock.acquire()
         try:
-            return self._take()
+            buf = self._buf
+            if len(buf) > self._promised and not self._sendq:  # _take()'s common case, inlined
+                self._received += 1
+                return buf.popleft()  # nobody waits to be invited: nothing was buried
+            item = self._take()
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        return item
 
     def send_nowait(self, item: T) -> None:
         """Send ``item`` if that needs no waiting; otherwise raise :class:`~poolkit.WouldBlock`.
 
-        Raises :class:`~poolkit.ChannelClosed` if the channel is closed.
+        Raises :class:`~poolkit.ChannelClosed` if the channel is closed, and
+        :class:`~poolkit.ReceiversGone` if it closed because its receivers have gone.
         """
         lock = self._lock
         lock.acquire()
         try:
-            if self._offer(item):
-                return
+            buf = self._buf
+            if (  # the common case of _offer(), inlined as in send()
+                not (self._recvq or self._sendq or self._invited or self._closed)
+                and self._capacity - len(buf) + self._promised > 0
+            ):
+                buf.append(item)
+                self._sent += 1
+                n = len(buf) - self._promised
+                if n > self._peak:
+                    self._peak = n
+                return  # nobody waits: nothing was buried
+            sent = self._offer(item)
         finally:
             lock.release()
-        raise WouldBlock(f"{self._label()} has no room and no waiting receiver")
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        if not sent:
+            raise WouldBlock(f"{self._label()} has no room and no waiting receiver")
 
     def receive_nowait(self) -> T:
         """Receive an item if one is ready; otherwise raise :class:`~poolkit.WouldBlock`.
@@ -596,9 +737,15 @@ class Channel(Generic[T]):
         lock = self._lock
         lock.acquire()
         try:
+            buf = self._buf
+            if len(buf) > self._promised and not self._sendq:  # _take()'s common case, inlined
+                self._received += 1
+                return buf.popleft()  # nobody waits to be invited: nothing was buried
             item = self._take()
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
         if item is _EMPTY:
             raise WouldBlock(f"{self._label()} has no item ready")
         return item  # type: ignore[no-any-return]
@@ -609,8 +756,9 @@ class Channel(Generic[T]):
         """Send ``item``, waiting for room (or, unbuffered, for a receiver to take it).
 
         Raises :class:`~poolkit.ChannelClosed` if the channel is or becomes closed before the item
-        went in, and :class:`TimeoutError` after ``timeout`` seconds.  If cancelled (or timed out)
-        the item was not delivered.
+        went in (:class:`~poolkit.ReceiversGone` if it closed because its last receive handle was
+        closed), and :class:`TimeoutError` after ``timeout`` seconds.  If it raises, or is
+        cancelled, the item was not delivered.
         """
         if timeout is not None:
             timeout = check_timeout(timeout)
@@ -631,15 +779,19 @@ class Channel(Generic[T]):
                 n = len(buf) - self._promised
                 if n > self._peak:
                     self._peak = n
-                return
-            if self._offer(item):
-                return
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: send would block")
-            w = _Waiter(item, asyncio.get_running_loop())
-            self._enqueue_sender(w)
+                return  # nobody waits: nothing was buried
+            sent = self._offer(item)
+            if not sent and timeout != 0:
+                w = _Waiter(item, asyncio.get_running_loop())
+                self._enqueue_sender(w)
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        if sent:
+            return
+        if timeout == 0:
+            raise TimeoutError(f"{self._label()}: send would block")
         await self._await(w, True, timeout)
 
     async def receive(self, *, timeout: float | None = None) -> T:
@@ -654,14 +806,27 @@ class Channel(Generic[T]):
         lock = self._lock
         lock.acquire()
         try:
-            item = self._take()
-            if item is not _EMPTY:
-                return item  # type: ignore[no-any-return]
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: receive would block")
-            w = self._enqueue_receiver()
+            buf = self._buf
+            if len(buf) > self._promised:  # _take(), inlined
+                item = buf.popleft()
+                self._received += 1
+                if not self._sendq:
+                    return item  # nobody waits to be invited: nothing was buried
+                self._invite_senders()
+            elif self._closed and not buf:
+                raise self._end_error()
+            else:
+                item = _EMPTY
+                if timeout != 0:
+                    w = self._enqueue_receiver()
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        if item is not _EMPTY:
+            return item
+        if timeout == 0:
+            raise TimeoutError(f"{self._label()}: receive would block")
         return await self._await(w, False, timeout)  # type: ignore[no-any-return]
 
     def _enqueue_sender(self, w: _Waiter) -> None:
@@ -708,6 +873,8 @@ class Channel(Generic[T]):
                         state = _TIMED_OUT
                 finally:
                     lock.release()
+                    if graveyard:
+                        lay_to_rest()
                 if state == _CLOSED:
                     raise self._closed_error() if sending else self._end_error()
                 raise self._timeout_error(sending)
@@ -723,15 +890,24 @@ class Channel(Generic[T]):
         lock = self._lock
         lock.acquire()
         try:
-            try:
-                item = self._take()
-            except EndOfChannel:
-                raise StopAsyncIteration from None
-            if item is not _EMPTY:
-                return item  # type: ignore[no-any-return]
-            w = self._enqueue_receiver()
+            buf = self._buf
+            if len(buf) > self._promised:  # _take(), inlined
+                item = buf.popleft()
+                self._received += 1
+                if not self._sendq:
+                    return item  # nobody waits to be invited: nothing was buried
+                self._invite_senders()
+            elif self._closed and not buf:
+                raise StopAsyncIteration
+            else:
+                item = _EMPTY
+                w = self._enqueue_receiver()
         finally:
             lock.release()
+        if graveyard:  # waiters whose loop is closed, skipped above: let them go now
+            lay_to_rest()
+        if item is not _EMPTY:
+            return item
         try:
             return await self._await(w, False, None)  # type: ignore[no-any-return]
         except EndOfChannel:
@@ -746,15 +922,19 @@ class Channel(Generic[T]):
         the loop); otherwise as :meth:`send`.
         """
         timeout = check_timeout(timeout)
-        with self._lock:
-            if self._offer(item):
-                return
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: send would block")
-            refuse_in_loop("send_blocking")
-            w = _Waiter(item)
-            w.arm_thread()
-            self._enqueue_sender(w)
+        try:
+            with self._lock:
+                if self._offer(item):
+                    return
+                if timeout == 0:
+                    raise TimeoutError(f"{self._label()}: send would block")
+                refuse_in_loop("send_blocking")
+                w = _Waiter(item)
+                w.arm_thread()
+                self._enqueue_sender(w)
+        finally:
+            if graveyard:
+                lay_to_rest()
         self._block(w, True, timeout)
 
     def receive_blocking(self, *, timeout: float | None = None) -> T:
@@ -764,21 +944,33 @@ class Channel(Generic[T]):
         :meth:`receive`.
         """
         timeout = check_timeout(timeout)
-        with self._lock:
-            item = self._take()
-            if item is not _EMPTY:
-                return item  # type: ignore[no-any-return]
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: receive would block")
-            refuse_in_loop("receive_blocking")
-            w = _Waiter()
-            w.arm_thread()
-            self._recvq.append(w)
-            if self._sendq:
-                self._invite_senders()
+        try:
+            with self._lock:
+                item = self._take()
+                if item is not _EMPTY:
+                    return item  # type: ignore[no-any-return]
+                if timeout == 0:
+                    raise TimeoutError(f"{self._label()}: receive would block")
+                refuse_in_loop("receive_blocking")
+                w = _Waiter()
+                w.arm_thread()
+                self._recvq.append(w)
+                if self._sendq:
+                    self._invite_senders()
+        finally:
+            if graveyard:
+                lay_to_rest()
         return self._block(w, False, timeout)  # type: ignore[no-any-return]
 
     def _block(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
+        try:
+            return self._block_locked(w, sending, timeout)
+        finally:
+            if graveyard:
+                lay_to_rest()
+
+    def _block_locked(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
+        """The body of :meth:`_block`, which lets buried waiters go once the lock is free."""
         tlock = w.tlock
         assert tlock is not None
         deadline = thread_deadline(timeout)
@@ -815,6 +1007,140 @@ class Channel(Generic[T]):
             except EndOfChannel:
                 return
 
+    # ----------------------------------------------------------------- handles
+
+    def send_handles(self, n: int) -> list[SendHandle[T]]:
+        """Make ``n`` send handles at once, one for each of ``n`` producers.
+
+        Each producer closes its own handle (``async with handle:``); the channel closes, as by
+        :meth:`close`, when the last open send handle is closed.  The channel object itself does
+        not count: whoever made the handles has nothing of its own to close.  Make every handle
+        before any producer can close one (that is what this method is for): once the count of
+        open handles has fallen to zero the channel is closed for good.  To add a producer later,
+        :meth:`SendHandle.clone` a handle that is still open.
+
+        Args:
+            n: how many handles to make, at least 1.
+
+        Returns:
+            ``n`` open send handles of this channel (:class:`SendHandle`).
+
+        Raises:
+            TypeError: ``n`` is not an ``int``.
+            ValueError: ``n`` is less than 1.
+            ChannelClosed: the channel is closed (by :meth:`close`, or because its last send
+                handle was closed).
+            ReceiversGone: the channel's receivers have gone (its last receive handle was closed).
+        """
+        _check_count(n)
+        with self._lock:
+            if self._closed:
+                raise self._handle_refused(True)
+            self._senders += n
+        return [_new_handle(SendHandle, self) for _ in range(n)]
+
+    def send_handle(self) -> SendHandle[T]:
+        """Make one send handle: ``send_handles(1)[0]``; see :meth:`send_handles`.
+
+        Returns:
+            An open :class:`SendHandle` of this channel.
+
+        Raises:
+            ChannelClosed: the channel is closed.
+            ReceiversGone: the channel's receivers have gone.
+        """
+        return self.send_handles(1)[0]
+
+    def receive_handles(self, n: int) -> list[ReceiveHandle[T]]:
+        """Make ``n`` receive handles at once, one for each of ``n`` consumers.
+
+        Each consumer closes its own handle when it stops receiving.  When the last open receive
+        handle is closed the receivers have gone: blocked and later senders get
+        :class:`~poolkit.ReceiversGone` instead of waiting forever, and the items still buffered
+        are handed back by that last ``close()``.  Plain receives on the channel object are
+        still allowed but do not count as a receiver.  As with :meth:`send_handles`, make every
+        handle before any consumer can close one, or :meth:`ReceiveHandle.clone` an open one.
+        A channel closed by its senders still accepts new receive handles, to drain it.
+
+        Args:
+            n: how many handles to make, at least 1.
+
+        Returns:
+            ``n`` open receive handles of this channel (:class:`ReceiveHandle`).
+
+        Raises:
+            TypeError: ``n`` is not an ``int``.
+            ValueError: ``n`` is less than 1.
+            ChannelClosed: the receivers have gone already (the last receive handle was closed).
+        """
+        _check_count(n)
+        with self._lock:
+            if self._gone != _PRESENT:
+                raise self._handle_refused(False)
+            self._receivers += n
+        return [_new_handle(ReceiveHandle, self) for _ in range(n)]
+
+    def receive_handle(self) -> ReceiveHandle[T]:
+        """Make one receive handle: ``receive_handles(1)[0]``; see :meth:`receive_handles`.
+
+        Returns:
+            An open :class:`ReceiveHandle` of this channel.
+
+        Raises:
+            ChannelClosed: the receivers have gone already.
+        """
+        return self.receive_handles(1)[0]
+
+    def _handle_refused(self, sending: bool) -> ChannelClosed | ReceiversGone:
+        label = self._label()
+        if not sending:
+            return ChannelClosed(
+                f"cannot make a receive handle of {label}: its last receive handle was closed, "
+                f"and its receivers have gone for good"
+            )
+        if self._gone == _GONE:
+            return ReceiversGone(
+                f"cannot make a send handle of {label}: its receivers have all gone (its last "
+                f"receive handle was closed)"
+            )
+        return ChannelClosed(
+            f"cannot make a send handle of {label}: it is closed (close() was called, or its "
+            f"last send handle was closed, which closes it for good); make every handle before "
+            f"the first can be closed, with send_handles(n), or clone() one that is still open"
+        )
+
+    def _receivers_leave(self) -> list[T]:
+        """The last receive handle was closed (lock held): hand back what nobody was promised.
+
+        Items already promised to woken receivers stay, for them to take; the rest are handed
+        back in order.  Senders are refused from now on.
+        """
+        handed = self._hand_back()
+        buf = self._buf
+        if self._closed:
+            self._gone = _GONE_AFTER_CLOSE
+            if not buf and self._recvq:
+                self._end_receivers()
+        else:
+            self._gone = _GONE
+            self._close_locked()
+        return handed
+
+    def _hand_back(self) -> list[T]:
+        """Take the items nobody is promised out of the buffer, into ``_handed`` (lock held).
+
+        They go in front of any handed back before: an item freed later (its promised receiver
+        withdrew) is the last of the promised ones, sent before every item handed back so far.
+        So ``handed_back`` stays in the order the items were sent.
+        """
+        buf = self._buf
+        handed: list[T] = []
+        while len(buf) > self._promised:
+            handed.append(buf.pop())
+        handed.reverse()
+        self._handed[:0] = handed
+        return handed
+
     # ----------------------------------------------------------------- select cases
 
     def receive_case(self) -> ReceiveCase[T]:
@@ -829,16 +1155,424 @@ class Channel(Generic[T]):
 _EMPTY: Any = object()
 
 
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be a positive int, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n!r}")
+
+
+H = TypeVar("H", "SendHandle[Any]", "ReceiveHandle[Any]")
+
+
+def _new_handle(cls: type[H], channel: Channel[Any]) -> H:
+    """A handle already counted in ``channel`` (its ``__init__`` refuses to be called)."""
+    h = object.__new__(cls)
+    h._channel = channel
+    h._closed = False
+    return h
+
+
+def _warn_unclosed(handle: object, consequence: str) -> None:
+    try:
+        warnings.warn(
+            f"{handle!r} was garbage-collected without being closed: {consequence}; close it "
+            f"(async with / with) when done with it",
+            ResourceWarning,
+            source=handle,
+            stacklevel=2,
+        )
+    except (AttributeError, TypeError):  # at interpreter shutdown, module globals may be None
+        pass
+
+
+_NO_INIT = "are made by Channel.{0}_handles(n), Channel.{0}_handle() or {1}.clone()"
+
+
+@final
+class SendHandle(Generic[T]):
+    """One producer's share of a :class:`Channel`: it sends, and it closes on its own.
+
+    Made by :meth:`Channel.send_handles`, :meth:`Channel.send_handle` or :meth:`clone`.
+    :meth:`close` closes this handle only, and is idempotent; the channel closes, exactly as by
+    :meth:`Channel.close`, when its last open send handle is closed (receivers drain what is
+    buffered, then get :class:`~poolkit.EndOfChannel`).  ``async with handle:`` and
+    ``with handle:`` close it on the way out, whatever happens in the block.
+    :meth:`Channel.close` still closes the channel at once for every handle.
+
+    Sending through a closed handle raises :class:`~poolkit.ChannelClosed` saying so, even while
+    other handles keep the channel open.  A send already under way when its handle is closed
+    (from another task or thread) is not affected, unless that was the last handle: then the
+    channel is closed and the blocked send raises ``ChannelClosed`` like any other.  Otherwise
+    each method behaves as the channel's own (:meth:`Channel.send` and so on), thread-safe.
+
+    A handle garbage-collected while it and its channel are open emits ``ResourceWarning``; it
+    does not close itself (a producer that died without closing its handle has not said that it
+    is done, and the stream should not end as if it had).
+    """
+
+    __slots__ = ("_channel", "_closed")
+
+    _channel: Channel[T]
+    _closed: bool
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("send handles " + _NO_INIT.format("send", "SendHandle"))
+
+    @property
+    def channel(self) -> Channel[T]:
+        """The channel this handle sends on."""
+        return self._channel
+
+    @property
+    def closed(self) -> bool:
+        """Whether this handle has been closed (the channel may still be open)."""
+        return self._closed
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(
+            f"send through a closed send handle of {self._channel._label()}: this handle was "
+            f"closed (the channel stays open while other send handles are)"
+        )
+
+    async def send(self, item: T, *, timeout: float | None = None) -> None:
+        """Send ``item`` through this handle: :meth:`Channel.send`.
+
+        Raises:
+            ChannelClosed: this handle is closed, or the channel is (the item was not delivered).
+            ReceiversGone: the channel's receivers have gone (the item was not delivered).
+            TimeoutError: no room within ``timeout`` seconds (the item was not delivered).
+        """
+        if self._closed:
+            raise self._closed_error()
+        await self._channel.send(item, timeout=timeout)
+
+    def send_nowait(self, item: T) -> None:
+        """Send ``item`` if that needs no waiting: :meth:`Channel.send_nowait`.
+
+        Raises:
+            WouldBlock: it would have to wait.
+            ChannelClosed: this handle is closed, or the channel is.
+            ReceiversGone: the channel's receivers have gone.
+        """
+        if self._closed:
+            raise self._closed_error()
+        self._channel.send_nowait(item)
+
+    def send_blocking(self, item: T, *, timeout: float | None = None) -> None:
+        """Thread form of :meth:`send`: :meth:`Channel.send_blocking`.
+
+        Raises:
+            ChannelClosed: this handle is closed, or the channel is (the item was not delivered).
+            ReceiversGone: the channel's receivers have gone (the item was not delivered).
+            TimeoutError: no room within ``timeout`` seconds (the item was not delivered).
+            RuntimeError: this thread runs an event loop, which blocking would freeze.
+        """
+        if self._closed:
+            raise self._closed_error()
+        self._channel.send_blocking(item, timeout=timeout)
+
+    def send_case(self, item: T) -> SendCase[T]:
+        """A send of ``item`` through this handle, to pass to :func:`select`.
+
+        If the handle is closed by the time the case is selected on, ``select`` raises
+        :class:`~poolkit.ChannelClosed`.
+        """
+        case = SendCase(self._channel, item)
+        case._handle = self
+        return case
+
+    def clone(self) -> SendHandle[T]:
+        """Another send handle of the same channel, for one more producer.
+
+        Race-free, unlike a later :meth:`Channel.send_handle`: this handle keeps the channel
+        open while the new one is made.
+
+        Returns:
+            A new, open handle; the channel now closes when both (and every other) are closed.
+
+        Raises:
+            ChannelClosed: this handle is closed, or the channel is.
+            ReceiversGone: the channel's receivers have gone.
+        """
+        ch = self._channel
+        with ch._lock:
+            if self._closed:
+                raise ChannelClosed(f"clone() of a closed send handle of {ch._label()}")
+            if ch._closed:
+                raise ch._handle_refused(True)
+            ch._senders += 1
+        return _new_handle(SendHandle, ch)
+
+    def close(self) -> None:
+        """Close this handle: no more sends through it.  Idempotent; never blocks; any thread.
+
+        If it was the channel's last open send handle, the channel is closed as by
+        :meth:`Channel.close`: blocked senders get :class:`~poolkit.ChannelClosed`, and receivers
+        drain the buffer and then get :class:`~poolkit.EndOfChannel`.
+        """
+        ch = self._channel
+        try:
+            with ch._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                ch._senders -= 1
+                if not ch._senders:
+                    ch._close_locked()
+        finally:
+            if graveyard:
+                lay_to_rest()
+
+    def __enter__(self) -> SendHandle[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SendHandle[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ch = self._channel
+        state = "closed" if self._closed else "open"
+        return f"<SendHandle {state} of {ch._label()} ({ch._senders} send handles open)>"
+
+    def __del__(self) -> None:
+        try:
+            forgotten = not self._closed and not self._channel._closed
+        except AttributeError:  # never initialised
+            return
+        if forgotten:
+            _warn_unclosed(
+                self, "the channel stays open, and its receivers wait, until it is closed"
+            )
+
+
+@final
+class ReceiveHandle(Generic[T]):
+    """One consumer's share of a :class:`Channel`: it receives, and it closes on its own.
+
+    Made by :meth:`Channel.receive_handles`, :meth:`Channel.receive_handle` or :meth:`clone`.
+    :meth:`close` closes this handle only, and is idempotent.  When the channel's last open
+    receive handle is closed, its receivers have gone: senders blocked at that moment, and every
+    later sender, get :class:`~poolkit.ReceiversGone` (their items were not delivered) instead of
+    waiting forever; the items still in the buffer are handed back, returned by that last
+    ``close()`` and kept in :attr:`Channel.handed_back`, so nothing is dropped silently.  Items
+    already promised to a woken receiver stay with it (should it withdraw instead, cancelled
+    before it ran, its item joins ``channel.handed_back``).  ``async with handle:`` and
+    ``with handle:`` close it on the way out (the items handed back are then in
+    ``channel.handed_back``).
+
+    Receiving through a closed handle raises :class:`~poolkit.ChannelClosed`.  A receive already
+    under way when its handle is closed is not affected, unless that was the last handle: then the
+    channel is closed, and a receiver still waiting gets :class:`~poolkit.EndOfChannel` (its
+    ``async for`` ends).  Otherwise each method behaves as the channel's own
+    (:meth:`Channel.receive` and so on), thread-safe.
+
+    A handle garbage-collected while open, with items still to come, emits ``ResourceWarning``;
+    it does not close itself.
+    """
+
+    __slots__ = ("_channel", "_closed")
+
+    _channel: Channel[T]
+    _closed: bool
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("receive handles " + _NO_INIT.format("receive", "ReceiveHandle"))
+
+    @property
+    def channel(self) -> Channel[T]:
+        """The channel this handle receives from."""
+        return self._channel
+
+    @property
+    def closed(self) -> bool:
+        """Whether this handle has been closed."""
+        return self._closed
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(
+            f"receive through a closed receive handle of {self._channel._label()}: this handle "
+            f"was closed"
+        )
+
+    async def receive(self, *, timeout: float | None = None) -> T:
+        """Receive the next item through this handle: :meth:`Channel.receive`.
+
+        Raises:
+            ChannelClosed: this handle is closed (nothing was taken).
+            EndOfChannel: the channel is closed and drained.
+            TimeoutError: nothing arrived within ``timeout`` seconds (nothing was taken).
+        """
+        if self._closed:
+            raise self._closed_error()
+        return await self._channel.receive(timeout=timeout)
+
+    def receive_nowait(self) -> T:
+        """Receive an item if one is ready: :meth:`Channel.receive_nowait`.
+
+        Raises:
+            WouldBlock: no item is ready.
+            ChannelClosed: this handle is closed.
+            EndOfChannel: the channel is closed and drained.
+        """
+        if self._closed:
+            raise self._closed_error()
+        return self._channel.receive_nowait()
+
+    def receive_blocking(self, *, timeout: float | None = None) -> T:
+        """Thread form of :meth:`receive`: :meth:`Channel.receive_blocking`.
+
+        Raises:
+            ChannelClosed: this handle is closed (nothing was taken).
+            EndOfChannel: the channel is closed and drained.
+            TimeoutError: nothing arrived within ``timeout`` seconds (nothing was taken).
+            RuntimeError: this thread runs an event loop, which blocking would freeze.
+        """
+        if self._closed:
+            raise self._closed_error()
+        return self._channel.receive_blocking(timeout=timeout)
+
+    def receive_case(self) -> ReceiveCase[T]:
+        """A receive through this handle, to pass to :func:`select`.
+
+        If the handle is closed by the time the case is selected on, ``select`` raises
+        :class:`~poolkit.ChannelClosed`.
+        """
+        case = ReceiveCase(self._channel)
+        case._handle = self
+        return case
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        """``async for``: items until the channel is closed and drained.
+
+        Raises :class:`~poolkit.ChannelClosed` if the handle was closed before this step.
+        """
+        if self._closed:
+            raise self._closed_error()
+        return await self._channel.__anext__()
+
+    def __iter__(self) -> Iterator[T]:
+        """``for`` in a thread: items until the channel is closed and drained."""
+        ch = self._channel
+        while True:
+            if self._closed:
+                raise self._closed_error()
+            try:
+                yield ch.receive_blocking()
+            except EndOfChannel:
+                return
+
+    def clone(self) -> ReceiveHandle[T]:
+        """Another receive handle of the same channel, for one more consumer.
+
+        Race-free, unlike a later :meth:`Channel.receive_handle`: this handle keeps the
+        receivers present while the new one is made.
+
+        Returns:
+            A new, open handle.
+
+        Raises:
+            ChannelClosed: this handle is closed.
+        """
+        ch = self._channel
+        with ch._lock:
+            if self._closed:
+                raise ChannelClosed(f"clone() of a closed receive handle of {ch._label()}")
+            ch._receivers += 1
+        return _new_handle(ReceiveHandle, ch)
+
+    def close(self) -> list[T]:
+        """Close this handle: no more receives through it.  Idempotent; never blocks; any thread.
+
+        Returns:
+            The items handed back: empty, unless this was the channel's last open receive
+            handle.  Then the receivers have gone, and these are the items that were in the
+            buffer, in order, that no receiver will now take (they are also appended to
+            :attr:`Channel.handed_back`).  Senders blocked at this moment, and every later
+            sender, get :class:`~poolkit.ReceiversGone` (or :class:`~poolkit.ChannelClosed` if the
+            channel had been closed already).
+        """
+        ch = self._channel
+        try:
+            with ch._lock:
+                if self._closed:
+                    return []
+                self._closed = True
+                ch._receivers -= 1
+                if ch._receivers:
+                    return []
+                return ch._receivers_leave()
+        finally:
+            if graveyard:
+                lay_to_rest()
+
+    def __enter__(self) -> ReceiveHandle[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ReceiveHandle[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ch = self._channel
+        state = "closed" if self._closed else "open"
+        return f"<ReceiveHandle {state} of {ch._label()} ({ch._receivers} receive handles open)>"
+
+    def __del__(self) -> None:
+        try:
+            ch = self._channel
+            forgotten = not self._closed and not (ch._closed and not ch._buf)
+        except AttributeError:  # never initialised
+            return
+        if forgotten:
+            _warn_unclosed(self, "its senders are never told that the receivers have gone")
+
+
 @final
 class ReceiveCase(Generic[T]):
     """``select`` case: receive from ``channel``.  Made by :meth:`Channel.receive_case`."""
 
-    __slots__ = ("channel",)
+    __slots__ = ("_handle", "channel")
 
     def __init__(self, channel: Channel[T]) -> None:
         if not isinstance(channel, Channel):
             raise TypeError(f"channel must be a poolkit.Channel, got {channel!r}")
         self.channel = channel
+        self._handle: ReceiveHandle[T] | None = None  # made by ReceiveHandle.receive_case()
 
     def __repr__(self) -> str:
         return f"<ReceiveCase {self.channel._label()}>"
@@ -848,13 +1582,14 @@ class ReceiveCase(Generic[T]):
 class SendCase(Generic[T]):
     """``select`` case: send ``item`` on ``channel``.  Made by :meth:`Channel.send_case`."""
 
-    __slots__ = ("channel", "item")
+    __slots__ = ("_handle", "channel", "item")
 
     def __init__(self, channel: Channel[T], item: T) -> None:
         if not isinstance(channel, Channel):
             raise TypeError(f"channel must be a poolkit.Channel, got {channel!r}")
         self.channel = channel
         self.item = item
+        self._handle: SendHandle[T] | None = None  # made by SendHandle.send_case()
 
     def __repr__(self) -> str:
         return f"<SendCase {self.channel._label()} item={self.item!r}>"
@@ -881,18 +1616,26 @@ def _select_plan(cases: tuple[SelectCase, ...]) -> list[Channel[Any]]:
     if not cases:
         raise ValueError("select() needs at least one case")
     sending: dict[int, bool] = {}
+    channels: dict[int, Channel[Any]] = {}
     for case in cases:
-        if not isinstance(case, (ReceiveCase, SendCase)):
+        kind = type(case)  # both case classes are final
+        if kind is SendCase:
+            is_send = True
+        elif kind is ReceiveCase:
+            is_send = False
+        else:
             raise TypeError(
                 f"select() cases must come from channel.receive_case() or channel.send_case(), "
                 f"got {case!r}"
             )
-        is_send = isinstance(case, SendCase)
-        if sending.setdefault(id(case.channel), is_send) != is_send:
-            raise ValueError(
-                f"select() cannot both send on and receive from {case.channel._label()}"
-            )
-    channels = {id(c.channel): c.channel for c in cases}
+        handle = case._handle
+        if handle is not None and handle._closed:
+            raise handle._closed_error()
+        ch = case.channel
+        key = id(ch)
+        if sending.setdefault(key, is_send) != is_send:
+            raise ValueError(f"select() cannot both send on and receive from {ch._label()}")
+        channels[key] = ch
     return [channels[k] for k in sorted(channels)]  # one global lock order: no deadlock
 
 
@@ -941,6 +1684,8 @@ class _Locks:
     def __exit__(self, *exc: object) -> None:
         for ch in reversed(self.channels):
             ch._lock.release()
+        if graveyard:  # waiters skipped under the locks: let them go now that every one is free
+            lay_to_rest()
 
 
 def _select_register(cases: tuple[SelectCase, ...], template: _Waiter) -> _SelectClaim:
@@ -989,11 +1734,15 @@ def _select_finish(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> Selected
         if isinstance(case, SendCase):
             raise ch._closed_error()
         return Selected(w.index, case, None, True)
-    with ch._lock:
-        if isinstance(case, ReceiveCase):
-            return Selected(w.index, case, ch._collect(w), False)
-        if ch._retry(w, False):
-            return Selected(w.index, case, None, False)
+    try:
+        with ch._lock:
+            if isinstance(case, ReceiveCase):
+                return Selected(w.index, case, ch._collect(w), False)
+            if ch._retry(w, False):
+                return Selected(w.index, case, None, False)
+    finally:
+        if graveyard:
+            lay_to_rest()
     return None
 
 
@@ -1006,6 +1755,26 @@ def _select_withdraw(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
         case = cases[w.index]
         with case.channel._lock:
             case.channel._withdraw(w, isinstance(case, SendCase))
+        if graveyard:
+            lay_to_rest()
+
+
+def _select_abandon(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
+    """:func:`_select_withdraw` for a select being closed (``GeneratorExit``): never waits.
+
+    The garbage collector may close it in a thread that holds one of the channel locks.  Claiming
+    ``sel`` takes only its own mutex, which is never held across anything that could start a
+    collection; a promise or invitation already made is undone as soon as its channel's lock is
+    free (:func:`~poolkit._wait.locked_soon`).  The registrations left in other queues are stale
+    from now on, and dropped by whoever meets them.
+    """
+    if sel.take():
+        return
+    w = sel.winner
+    if w is not None and w.state == _GRANTED:
+        case = cases[w.index]
+        ch = case.channel
+        locked_soon(ch._lock, ch._withdraw, w, isinstance(case, SendCase))
 
 
 def select_nowait(*cases: SelectCase) -> Selected:
@@ -1014,7 +1783,9 @@ def select_nowait(*cases: SelectCase) -> Selected:
     Cases come from ``channel.receive_case()`` and ``channel.send_case(item)``.  If several are
     ready, one is chosen uniformly at random.  A receive from a closed, drained channel is ready and
     reported with ``closed=True``; a send on a closed channel raises
-    :class:`~poolkit.ChannelClosed`.  Thread-safe; never blocks.
+    :class:`~poolkit.ChannelClosed` (:class:`~poolkit.ReceiversGone` if its receivers have gone),
+    and a case made through a handle that is now closed raises ``ChannelClosed``.  Thread-safe;
+    never blocks.
     """
     with _Locks(_select_plan(cases)):
         done = _select_ready(cases)
@@ -1028,7 +1799,10 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
 
     The others have no effect.  If several are ready at once, one is chosen uniformly at random (as
     in Go).  A receive from a closed, drained channel is a ready case reported with ``closed=True``;
-    a send on a closed channel raises :class:`~poolkit.ChannelClosed`.  ``timeout`` raises
+    a send on a closed channel raises :class:`~poolkit.ChannelClosed`, or
+    :class:`~poolkit.ReceiversGone` if it closed because its receivers have gone (also when that
+    happens while the select waits); a case made through a handle that is now closed raises
+    ``ChannelClosed``.  ``timeout`` raises
     :class:`TimeoutError`.  If cancelled (or timed out), no case ran.  The same channel may not be
     both sent on and received from in one call (``ValueError``).
     """
@@ -1052,9 +1826,7 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
         try:
             await fut
         except GeneratorExit:
-            # Being closed, perhaps by the garbage collector in a thread that holds one of the
-            # channel locks: make the registrations stale without taking any lock.
-            sel.take()
+            _select_abandon(cases, sel)
             raise
         except BaseException:
             _select_withdraw(cases, sel)

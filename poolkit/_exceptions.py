@@ -9,10 +9,16 @@ The tree::
     ├── JobHandedBack            awaiting a job that never started: the pool was shut down
     │                            (cancel=True, or a drain that ran out of time) and handed it
     │                            back to the caller of shutdown()
-    ├── ChannelClosed            you (or your side of the program) closed the channel and then
-    │                            tried to send on it
+    ├── ChannelClosed            you (or your side of the program) closed the channel, or your
+    │                            handle of it, and then tried to use it: send on it, receive
+    │                            through the closed handle, make a new handle
+    ├── ReceiversGone            the other side went away: every receive handle of the channel
+    │                            was closed, so nothing sent would ever be received; the item
+    │                            was not delivered
     ├── EndOfChannel             the channel was closed and every item in it has been received:
     │                            the data ran out, nobody did anything wrong
+    ├── BudgetExhausted          a token bucket with rate 0 (a fixed budget) cannot cover the
+    │                            cost any more: the tokens would never come; nobody's fault
     ├── NotAcquired              (also a RuntimeError) you released a limiter more than you
     │                            had acquired from it
     ├── LeakError                (also an AssertionError) tasks or threads outlived a
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from ._introspect import Snapshot
 
 __all__ = [
+    "BudgetExhausted",
     "ChannelClosed",
     "EndOfChannel",
     "HeapAnalysisUnavailable",
@@ -42,6 +49,7 @@ __all__ = [
     "PoolClosed",
     "PoolkitError",
     "QueueFull",
+    "ReceiversGone",
     "WouldBlock",
 ]
 
@@ -59,11 +67,25 @@ class WouldBlock(PoolkitError):
 
 
 class ChannelClosed(PoolkitError):
-    """Raised when sending on a channel that has been closed.
+    """Raised when sending on a channel that has been closed, or using a handle that was closed.
 
-    It is the caller's side that is at fault: ``close()`` promises that no more items will be sent.
-    Senders that were blocked when the channel was closed get this error too; their item was
-    *not* delivered.
+    It is the caller's side that is at fault: ``close()`` promises that no more items will be sent
+    (by anybody, for ``Channel.close``; through that handle, for a handle's ``close``).  Senders
+    that were blocked when the channel was closed get this error too; their item was *not*
+    delivered.  Receiving through a closed :class:`~poolkit.ReceiveHandle`, and making a new
+    handle of a channel that is already closed, raise it as well; the message says which.
+    """
+
+
+class ReceiversGone(PoolkitError):
+    """Raised when sending on a channel whose receivers have all gone away.
+
+    The receiving side is at fault, not the sender: the last :class:`~poolkit.ReceiveHandle` of
+    the channel was closed, so nothing sent now would ever be received.  Senders that were
+    blocked at that moment get it too, instead of waiting forever; their item was *not*
+    delivered (it is still theirs).  Items that were already buffered were handed back to
+    whoever closed the last receive handle (its ``close()`` returned them; they are also in
+    ``channel.handed_back``).
     """
 
 
@@ -134,4 +156,15 @@ class HeapAnalysisUnavailable(PoolkitError, RuntimeError):
     Nobody did anything wrong; the message names the interpreter and the reason.  Everything
     else in :mod:`poolkit.leaks` still works there, and :func:`poolkit.no_leaks` still reports
     leaks, only without marking which are blocked forever.
+    """
+
+
+class BudgetExhausted(PoolkitError):
+    """Raised by ``acquire`` on a token bucket whose rate is 0 when the tokens left cannot cover
+    the cost: they would never come.
+
+    Nobody did anything wrong: a bucket with rate 0 is a fixed budget of ``burst`` tokens, and it
+    is spent (or what is left is owed to the waiters ahead and to reservations).  Nothing was
+    taken.  ``try_acquire`` returns False in the same situation.  Waiters queued when the rate is
+    assigned 0 get it too, once the tokens left have served those ahead of them.
     """

@@ -6,6 +6,13 @@ light ones.  When capacity frees up, the head is granted its weight at once (``b
 it) and woken; if a cancellation or timeout reaches it before it runs, the grant is undone and
 passed on.  So an ``acquire`` that raises holds nothing, including at the instant of the grant
 (the bug of CPython gh-90155 and gh-112202).
+
+Nothing that can block or run foreign code happens under the lock.  A waiter whose event loop
+is closed is skipped, and the reference to it is dropped only after the lock is released
+(:func:`~poolkit._wait.bury`): dropping it destroys its task, whose clean-up wants this lock.
+That clean-up (``GeneratorExit``, perhaps from the garbage collector in a thread that holds the
+lock) never waits for the lock: it withdraws through :func:`~poolkit._wait.locked_soon`, so a
+grant made to a task that will never run is still given back.
 """
 
 from __future__ import annotations
@@ -20,7 +27,17 @@ from typing import final
 from ._checks import check_timeout
 from ._exceptions import NotAcquired
 from ._registry import register
-from ._wait import Sleeper, discard, refuse_in_loop, thread_deadline, thread_wait
+from ._wait import (
+    LockedSleeper,
+    bury,
+    discard,
+    graveyard,
+    lay_to_rest,
+    locked_soon,
+    refuse_in_loop,
+    thread_deadline,
+    thread_wait,
+)
 
 __all__ = ["CapacityLimiter", "CapacityLimiterStatistics"]
 
@@ -31,11 +48,11 @@ _TOO_HEAVY = 3  # total shrank below its weight
 _GONE = 4  # cancelled, or completed
 
 
-class _Waiter(Sleeper):
+class _Waiter(LockedSleeper):
     __slots__ = ("state", "weight")
 
     def __init__(self, weight: int, loop: asyncio.AbstractEventLoop | None) -> None:
-        Sleeper.__init__(self, loop)
+        LockedSleeper.__init__(self, loop)
         self.weight = weight
         self.state = _WAITING
 
@@ -124,8 +141,11 @@ class CapacityLimiter:
             for w in [w for w in self._queue if w.state == _WAITING and w.weight > value]:
                 w.state = _TOO_HEAVY
                 self._queue.remove(w)
-                w.wake()
+                if not w.wake():
+                    bury(w)
             self._serve()
+        if graveyard:
+            lay_to_rest()
 
     @property
     def borrowed(self) -> int:
@@ -178,6 +198,7 @@ class CapacityLimiter:
                 w.state = _GONE
                 self._borrowed -= w.weight
                 self._acquired -= 1
+                bury(w)  # maybe the last reference to its task: drop it after the lock
 
     def _withdraw(self, w: _Waiter) -> None:
         """The owner of ``w`` gives up: leave the queue, or hand back what it was granted."""
@@ -199,6 +220,8 @@ class CapacityLimiter:
                 self._withdraw(w)
                 w.state = _TIMED_OUT
                 w.wake()
+        if graveyard:
+            lay_to_rest()
 
     def _check(self, weight: int) -> None:
         check_weight(weight)
@@ -266,15 +289,17 @@ class CapacityLimiter:
         timer = None if timeout is None else loop.call_later(timeout, self._expire, w)
         try:
             await fut
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                with lock:
-                    self._withdraw(w)
-            elif lock.acquire(True, 0.1):  # see Channel._withdraw_locked: never deadlock in GC
-                try:
-                    self._withdraw(w)
-                finally:
-                    lock.release()
+        except GeneratorExit:
+            # Being closed, perhaps by the garbage collector in a thread that holds this very lock
+            # (an allocation there can start a collection): waiting for it could deadlock.  The
+            # withdrawal runs as soon as the lock is free, so a grant is never lost.
+            locked_soon(lock, self._withdraw, w)
+            raise
+        except BaseException:
+            with lock:
+                self._withdraw(w)
+            if graveyard:
+                lay_to_rest()
             raise
         finally:
             if timer is not None:
@@ -307,12 +332,18 @@ class CapacityLimiter:
         except BaseException:  # KeyboardInterrupt in the main thread
             with self._lock:
                 self._withdraw(w)
+            if graveyard:
+                lay_to_rest()
             raise
-        with self._lock:
-            if not woke and w.state == _WAITING:
-                self._withdraw(w)
-                w.state = _TIMED_OUT
-            self._outcome(w, timeout)
+        try:
+            with self._lock:
+                if not woke and w.state == _WAITING:
+                    self._withdraw(w)
+                    w.state = _TIMED_OUT
+                self._outcome(w, timeout)
+        finally:
+            if graveyard:
+                lay_to_rest()
 
     def release(self, weight: int = 1) -> None:
         """Give back ``weight``; wakes waiters that now fit.  Thread-safe; never blocks.
@@ -329,10 +360,13 @@ class CapacityLimiter:
                     f"release({weight}) on {self._label()}, but only {self._borrowed} is borrowed"
                 )
             self._borrowed -= weight
-            if self._queue:
-                self._serve()
+            if not self._queue:
+                return  # nobody waits: nothing was buried
+            self._serve()
         finally:
             lock.release()
+        if graveyard:  # waiters skipped because their loop is closed: let them go now
+            lay_to_rest()
 
     async def __aenter__(self) -> None:
         # acquire(1) without a second coroutine frame when there is room (the usual case).

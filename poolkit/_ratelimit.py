@@ -123,7 +123,7 @@ from types import TracebackType
 from typing import final
 
 from ._checks import check_timeout
-from ._exceptions import PoolkitError
+from ._exceptions import BudgetExhausted
 from ._registry import register
 from ._wait import Sleeper, discard, locked_soon, monotonic, refuse_in_loop
 
@@ -195,17 +195,6 @@ _UNITS = {
 }
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*([a-zA-Z]+)\s*$")
 _INF_RE = re.compile(r"^\s*(inf|infinity)\s*$", re.IGNORECASE)
-
-
-class BudgetExhausted(PoolkitError):
-    """Raised by ``acquire`` on a token bucket whose rate is 0 when the tokens left cannot cover
-    the cost: they would never come.
-
-    Nobody did anything wrong: a bucket with rate 0 is a fixed budget of ``burst`` tokens, and it
-    is spent (or what is left is owed to the waiters ahead and to reservations).  Nothing was
-    taken.  ``try_acquire`` returns False in the same situation.  Waiters queued when the rate is
-    assigned 0 get it too, once the tokens left have served those ahead of them.
-    """
 
 
 def parse_rate(rate: float | str, name: str = "rate") -> float:

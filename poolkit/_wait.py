@@ -15,8 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "LockedSleeper",
     "Sleeper",
+    "bury",
     "discard",
+    "graveyard",
+    "lay_to_rest",
     "locked_soon",
     "refuse_in_loop",
     "resolve",
@@ -76,6 +80,44 @@ class Sleeper:
         return True
 
 
+class LockedSleeper(Sleeper):
+    """A :class:`Sleeper` that is woken while a primitive's lock is held, and never lets its task
+    die there.
+
+    When the owner's event loop is closed, ``Sleeper.wake`` resolves the future anyway; the
+    loop refuses to schedule the task, the future drops its callback, and with it the last
+    reference to the task, which is destroyed on the spot (its coroutine's clean-up and the
+    loop's "Task was destroyed" report run under the waker's lock).  This ``wake`` leaves the
+    future alone in that case and returns False; the caller parks the waiter (:func:`bury`),
+    and :func:`lay_to_rest` destroys the task once the lock is released.
+    """
+
+    __slots__ = ()
+
+    def wake(self) -> bool:
+        """Wake the owner.  False if it can never run again (its event loop is closed)."""
+        tlock = self.tlock
+        if tlock is not None:
+            if tlock.locked():
+                tlock.release()
+            return True
+        fut = self.fut
+        loop = self.loop
+        assert fut is not None
+        assert loop is not None
+        try:
+            if self.thread == get_ident():
+                if loop.is_closed():
+                    return False
+                if not fut.done():  # done means cancelled: the owner is already withdrawing
+                    fut.set_result(None)
+            else:  # raises before it touches the future if the loop is closed
+                loop.call_soon_threadsafe(resolve, fut)
+        except RuntimeError:  # "Event loop is closed"
+            return False
+        return True
+
+
 def resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -113,6 +155,40 @@ def locked_soon(lock: threading.Lock, fn: Callable[..., object], *args: Any) -> 
     try:
         threading.Thread(target=later, name="poolkit-withdraw", daemon=True).start()
     except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        pass
+
+
+# Waiters taken out of a queue under a primitive's lock that may hold the last reference to a task
+# that can never run again (a LockedSleeper whose loop is closed, or a stale select registration).
+# Dropping that reference destroys the task, which runs foreign code: the coroutine's clean-up
+# (which wants the very same lock) and the loop's exception handler.  So they are parked here
+# under the lock, and whoever releases it lets them go: ``if graveyard: lay_to_rest()``.
+graveyard: deque[Sleeper] = deque()
+bury = graveyard.append
+
+
+def lay_to_rest() -> None:
+    """Let go of the waiters parked by :func:`bury`.  Call it holding no primitive's lock.
+
+    A task stranded on a closed event loop is destroyed here and now: its future is resolved,
+    which fails to schedule it and drops its callback, the last reference to it.  (Merely
+    dropping the waiter would leave the task and its future in a reference cycle, for the
+    garbage collector to close at some later moment, perhaps under a lock.)
+    """
+    pop = graveyard.popleft
+    try:
+        while graveyard:
+            w = pop()
+            fut = w.fut
+            if fut is not None and not fut.done():
+                loop = w.loop
+                if loop is not None and loop.is_closed():
+                    try:
+                        fut.set_result(None)
+                    except RuntimeError:  # "Event loop is closed": as expected
+                        pass
+            del w, fut  # the references die here, outside every lock
+    except IndexError:  # another thread took the last one
         pass
 
 

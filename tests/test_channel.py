@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import gc
 import math
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
 import poolkit
 from poolkit import Channel, ChannelClosed, EndOfChannel, WouldBlock
 
+from .conftest import LOOP_FACTORIES
+
+T = TypeVar("T")
+
 
 async def settle(n: int = 5) -> None:
     """Let every ready task run a few steps."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+def lazy_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task that starts at the loop's next turn even under ``--eager-tasks``.
+
+    For tests that pin one interleaving step by step: an eager start would run the first step
+    before the test's next line.  (``asyncio.Task`` itself never starts eagerly unless asked.)
+    """
+    return asyncio.Task(coro)
 
 
 # ---------------------------------------------------------------- construction and bad input
@@ -363,9 +382,9 @@ async def test_invited_sender_whose_deadline_passed_does_not_wait_again() -> Non
     loop = asyncio.get_running_loop()
     a: Channel[int] = Channel(0)
     b: Channel[int] = Channel(1)
-    sender = asyncio.create_task(a.send(1, timeout=1))
+    sender = lazy_task(a.send(1, timeout=1))
     await settle()
-    selecting = asyncio.create_task(poolkit.select(a.receive_case(), b.receive_case()))
+    selecting = lazy_task(poolkit.select(a.receive_case(), b.receive_case()))
     await asyncio.sleep(0)  # the select registers on a (inviting the sender) and on b
     b.send_nowait(2)  # ... and is satisfied by b before the sender runs
     loop.advance(2)
@@ -438,9 +457,9 @@ async def test_send_cancelled_after_invitation_delivers_nothing() -> None:
 
 async def test_unbuffered_sender_cancelled_after_receiver_arrived_delivers_nothing() -> None:
     ch: Channel[str] = Channel(0)
-    sender = asyncio.create_task(ch.send("a"))
+    sender = lazy_task(ch.send("a"))
     await settle()
-    receiver = asyncio.create_task(ch.receive())
+    receiver = lazy_task(ch.receive())
     await asyncio.sleep(0)  # the receiver registers and invites the blocked sender
     sender.cancel()  # ... which is cancelled before it can hand "a" over
     with pytest.raises(asyncio.CancelledError):
@@ -521,6 +540,10 @@ async def test_statistics_and_repr_show_live_figures() -> None:
         items_received=0,
         closed=False,
         peak_buffered=2,
+        send_handles_open=0,
+        receive_handles_open=0,
+        receivers_gone=False,
+        items_handed_back=0,
     )
     assert repr(ch) == (
         "<Channel 'work' capacity=2 buffered=2 senders_waiting=1 receivers_waiting=0 "
@@ -543,10 +566,10 @@ async def test_blocked_sender_is_not_overtaken_when_its_room_frees_up() -> None:
     # free again: the next blocked sender must get it, not a newcomer.
     ch: Channel[str] = Channel(1)
     ch.send_nowait("a")
-    sb = asyncio.create_task(ch.send("b"))
-    sc = asyncio.create_task(ch.send("c"))
+    sb = lazy_task(ch.send("b"))
+    sc = lazy_task(ch.send("c"))
     await asyncio.sleep(0)  # b and c are blocked, in that order
-    r2 = asyncio.create_task(ch.receive())
+    r2 = lazy_task(ch.receive())
     assert ch.receive_nowait() == "a"  # invites b
     await asyncio.sleep(0)  # r2 waits; b runs and its item is promised to r2
     with pytest.raises(WouldBlock):
@@ -597,7 +620,7 @@ async def test_timeout_is_not_lost_when_the_timer_fires_early() -> None:
     loop._clock_resolution = 0.01  # type: ignore[attr-defined]
     ch: Channel[int] = Channel(0)
     other: Channel[int] = Channel(1)
-    sender = asyncio.create_task(ch.send(1, timeout=1.0))
+    sender = lazy_task(ch.send(1, timeout=1.0))
     await settle()
     tasks: list[asyncio.Task[poolkit.Selected]] = []
 
@@ -605,7 +628,7 @@ async def test_timeout_is_not_lost_when_the_timer_fires_early() -> None:
         # Next iteration, at 0.995: the select registers (inviting the sender), other is fed (so
         # the select goes elsewhere), then the sender's timer fires 5 ms early and loses the race
         # to the invitation; the sender runs in the iteration after that.
-        tasks.append(asyncio.create_task(poolkit.select(ch.receive_case(), other.receive_case())))
+        tasks.append(lazy_task(poolkit.select(ch.receive_case(), other.receive_case())))
         loop.call_soon(other.send_nowait, 2)
         loop.advance(0.015)
 
@@ -636,3 +659,267 @@ def test_receiver_on_a_closed_loop_is_skipped(capacity: int) -> None:
     s = ch.statistics()
     assert (s.buffered, s.items_sent, s.receivers_waiting) == (capacity, capacity, 0)
     task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
+
+
+# ---------------------------------------------------------------- waiters stranded on a closed loop
+#
+# A task left blocked on an event loop that was closed without cancelling it can never run.  Whoever
+# meets its waiter skips it, and must not be slowed down by it, nor lose anything to it.  Dropping
+# the last reference to such a task destroys it, and its clean-up wants the channel's lock: that
+# must happen after the lock is released, never under it (the bug: ~0.1 s stall per task, with the
+# lock held, and a promise lost when the clean-up gave up).  The tests keep no reference to the
+# stranded tasks: a reference would keep them alive and hide the bug.
+
+STRANDED = 10
+FAST = 0.05  # a bug detector, not a timing test: the bug took about 0.1 s per stranded task
+LOOP_KINDS = [
+    pytest.param(k, marks=pytest.mark.skipif(k not in LOOP_FACTORIES, reason="no uvloop"))
+    for k in ("asyncio", "uvloop")
+]
+
+
+class Stranded:
+    """Start coroutines as tasks on a fresh loop, let them block, close the loop, keep no task.
+
+    ``destroyed`` fills with one entry per task as it is destroyed (asyncio reports "Task was
+    destroyed but it is pending!"), saying whether ``lock`` was held at that moment.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        lock: Any,
+        starts: list[Callable[[], Coroutine[Any, Any, Any]]],
+        keep: bool = False,
+    ) -> None:
+        self.destroyed: list[bool] = []
+        self.other_reports: list[str] = []
+        self.kept: list[asyncio.Task[Any]] = []  # only with keep=True: the tests' own hook
+        loop = LOOP_FACTORIES[kind]()
+        lock_held = lock.locked
+
+        def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if context["message"] == "Task was destroyed but it is pending!":
+                self.destroyed.append(lock_held())
+            else:
+                self.other_reports.append(context["message"])
+
+        loop.set_exception_handler(report)
+
+        async def start() -> None:
+            for fn in starts:
+                asyncio.ensure_future(fn())  # noqa: RUF006  # stranded on purpose, unreferenced
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if keep:
+                self.kept = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+        loop.run_until_complete(start())
+        self.loop = loop
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def check(self, n: int) -> None:
+        """All ``n`` tasks were destroyed, none with the lock held, and nothing else went wrong."""
+        assert self.destroyed == [False] * n
+        assert self.other_reports == []
+
+
+def stranded(
+    kind: str, lock: Any, starts: list[Callable[[], Coroutine[Any, Any, Any]]]
+) -> Stranded:
+    s = Stranded(kind, lock, starts)
+    s.close()
+    return s
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - t0
+
+
+def wait_until(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not cond():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_send_nowait_skips_stranded_receivers_fast_and_serves_the_live_one(kind: str) -> None:
+    ch: Channel[str] = Channel(0)
+    s = stranded(kind, ch._lock, [ch.receive] * STRANDED)
+    got: list[str] = []
+    live = threading.Thread(target=lambda: got.append(ch.receive_blocking(timeout=10)))
+    live.start()
+    wait_until(lambda: ch.statistics().receivers_waiting == STRANDED + 1)
+    _, took = timed(ch.send_nowait, "x")
+    live.join()
+    assert took < FAST
+    assert got == ["x"]
+    s.check(STRANDED)
+    st = ch.statistics()
+    assert (st.items_sent, st.items_received, st.buffered, st.receivers_waiting) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("capacity", [0, 1])
+def test_send_forms_skip_stranded_receivers_fast(kind: str, capacity: int) -> None:
+    ch: Channel[str] = Channel(capacity)
+    s = stranded(kind, ch._lock, [ch.receive] * STRANDED)
+    if capacity:
+        _, took = timed(ch.send_blocking, "x")  # the thread form: into the buffer
+    else:
+        with pytest.raises(WouldBlock):
+            timed(ch.send_nowait, "x")  # nobody left to take it
+        took = 0.0
+    assert took < FAST
+    s.check(STRANDED)
+    st = ch.statistics()
+    assert (st.items_sent, st.buffered, st.receivers_waiting) == (capacity, capacity, 0)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_receive_skips_stranded_senders_fast_and_invites_the_live_one(kind: str) -> None:
+    ch: Channel[str] = Channel(1)
+    ch.send_nowait("first")
+    s = stranded(kind, ch._lock, [functools.partial(ch.send, f"lost {i}") for i in range(STRANDED)])
+    live = threading.Thread(target=ch.send_blocking, args=("live",), kwargs={"timeout": 10})
+    live.start()
+    wait_until(lambda: ch.statistics().senders_waiting == STRANDED + 1)
+    item, took = timed(ch.receive_nowait)
+    assert took < FAST
+    assert item == "first"
+    live.join()
+    assert ch.receive_blocking(timeout=10) == "live"
+    s.check(STRANDED)
+    ch.send_nowait("room is not lost")
+    st = ch.statistics()
+    assert (st.items_sent, st.items_received, st.buffered, st.senders_waiting) == (3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_close_skips_stranded_senders_and_receivers_fast(kind: str) -> None:
+    full: Channel[int] = Channel(0)
+    empty: Channel[int] = Channel(0)
+    s1 = stranded(kind, full._lock, [functools.partial(full.send, i) for i in range(STRANDED)])
+    s2 = stranded(kind, empty._lock, [empty.receive] * STRANDED)
+    _, took1 = timed(full.close)
+    _, took2 = timed(empty.close)
+    assert took1 < FAST and took2 < FAST
+    s1.check(STRANDED)
+    s2.check(STRANDED)
+
+
+async def test_async_forms_skip_stranded_waiters_fast() -> None:
+    # The same from a task of another, live loop: send/receive/async for on the running loop.
+    ch: Channel[int] = Channel(0)
+    s = await asyncio.to_thread(stranded, "asyncio", ch._lock, [ch.receive] * STRANDED)
+    live = asyncio.create_task(ch.receive())
+    await settle()
+    t0 = time.perf_counter()
+    await ch.send(1)
+    assert time.perf_counter() - t0 < FAST
+    assert await live == 1
+    s.check(STRANDED)
+    ch2: Channel[int] = Channel(1)
+    ch2.send_nowait(0)
+    s2 = await asyncio.to_thread(
+        stranded, "asyncio", ch2._lock, [functools.partial(ch2.send, i) for i in range(STRANDED)]
+    )
+    t0 = time.perf_counter()
+    assert await ch2.receive() == 0
+    assert time.perf_counter() - t0 < FAST
+    s2.check(STRANDED)
+    await ch2.send(5)  # the room was not kept for a stranded sender
+    ch2.close()
+    assert [x async for x in ch2] == [5]
+
+
+# ---------------------------------------------------------------- closed by the GC under the lock
+#
+# The garbage collector may close a waiting coroutine at any allocation, also in code that holds
+# the channel's lock in the same thread.  Its clean-up must neither wait for that lock (a stall, or
+# a deadlock) nor give up (losing the promise or invitation it was holding).  Provoked
+# deterministically: the test holds the lock and drops the last reference to the task, or lets
+# gc.collect() find it in a reference cycle.
+
+
+def _granted_then_stranded(
+    kind: str, lock: Any, start: Callable[[], Coroutine[Any, Any, Any]], grant: Callable[[], Any]
+) -> Stranded:
+    """A task blocks, is granted what it waited for (and scheduled), then its loop is closed
+    before it runs; the test keeps the only reference to it."""
+    s = Stranded(kind, lock, [start], keep=True)
+    grant()
+    s.close()  # drops the scheduled wake-up: only s.kept holds the task now
+    return s
+
+
+@contextlib.contextmanager
+def no_automatic_gc(on: bool = True) -> Iterator[None]:
+    """Everything made in the block stays in the youngest generation, until collected on purpose."""
+    if not on:
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _drop_under(lock: Any, s: Stranded, cyclic: bool) -> float:
+    """Drop the kept task while holding ``lock``; return how long the locked section took.
+
+    With ``cyclic``, the task is left in a reference cycle and ``gc.collect(0)`` finds it: call it
+    inside :func:`no_automatic_gc`, around the stranding too, so that the cycle is young.
+    """
+    if cyclic:
+        assert not gc.isenabled()
+        cycle: list[Any] = [s.kept]
+        cycle.append(cycle)
+        s.kept = []
+        del cycle
+        t0 = time.perf_counter()
+        with lock:
+            gc.collect(0)  # closes the coroutine here, in this thread, under the lock
+        return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with lock:
+        s.kept.clear()  # the last reference: the coroutine is closed here, under the lock
+    return time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "gc"])
+@pytest.mark.parametrize("capacity", [0, 1])
+def test_receiver_closed_under_the_lock_passes_its_promise_on(capacity: int, cyclic: bool) -> None:
+    ch: Channel[str] = Channel(capacity)
+    with no_automatic_gc(cyclic):
+        s = _granted_then_stranded("asyncio", ch._lock, ch.receive, lambda: ch.send_nowait("x"))
+        assert ch.statistics().items_sent == 1  # promised to the stranded receiver
+        took = _drop_under(ch._lock, s, cyclic)
+    assert took < FAST
+    assert s.destroyed == [True]  # the GC did it under the lock: that is the point of the test
+    assert ch.receive_blocking(timeout=10) == "x"  # the promise was passed on, not lost
+    st = ch.statistics()
+    assert (st.items_sent, st.items_received, st.buffered) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "gc"])
+def test_sender_closed_under_the_lock_passes_its_invitation_on(cyclic: bool) -> None:
+    ch: Channel[str] = Channel(1)
+    ch.send_nowait("first")
+    with no_automatic_gc(cyclic):
+        s = _granted_then_stranded(
+            "asyncio", ch._lock, functools.partial(ch.send, "never"), ch.receive_nowait
+        )
+        took = _drop_under(ch._lock, s, cyclic)
+    assert took < FAST
+    assert s.destroyed == [True]
+    ch.send_blocking("next", timeout=10)  # the room kept for the stranded sender is free again
+    assert ch.receive_nowait() == "next"
+    st = ch.statistics()
+    assert (st.items_sent, st.items_received, st.buffered, st.senders_waiting) == (2, 2, 0, 0)

@@ -1,9 +1,12 @@
 """Channels against a reference model: random sends, receives, closes and cancellations.
 
 The model is a FIFO queue with real-time order: every item whose send returned is received exactly
-once; an item whose send raised (cancelled, closed) is never received; if send(a) returned before
-send(b) started, a is received before b; a receive that raised took nothing.  Counters must agree
-with the model at every step.
+once, or handed back exactly once when the last receive handle closes; an item whose send raised
+(cancelled, closed, receivers gone) is never received nor handed back; if send(a) returned before
+send(b) started, a is received before b (and b is not received if a was handed back); a receive
+that raised took nothing.  Send and receive handles are made, used and closed at random: the
+channel closes when the last send handle does, and refuses senders once the last receive handle
+has.  Counters must agree with the model at every step.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -26,8 +30,13 @@ from hypothesis.stateful import (
 
 import poolkit
 from poolkit import Channel, ChannelClosed, EndOfChannel, WouldBlock
+from poolkit._channel import ReceiveHandle, SendHandle
+from poolkit._exceptions import ReceiversGone
 
 from .conftest import LOOP_FACTORIES
+from .test_channel_handles import join_all
+
+SEND_FAILED = (asyncio.CancelledError, ChannelClosed, ReceiversGone)
 
 
 class ChannelMachine(RuleBasedStateMachine):
@@ -48,6 +57,9 @@ class ChannelMachine(RuleBasedStateMachine):
         # A second channel that selects also wait on; feeding it satisfies them elsewhere, which
         # leaves their registration on ch stale (the trickiest path of a hand-off).
         self.other: Channel[int] = Channel(math.inf)
+        self.send_handles: list[SendHandle[int]] = []
+        self.recv_handles: list[ReceiveHandle[int]] = []
+        self.handed: list[int] = []  # returned by the last receive handle's close()
 
     def tick(self) -> int:
         self.clock += 1
@@ -72,7 +84,7 @@ class ChannelMachine(RuleBasedStateMachine):
             start = self.tick()
             try:
                 await self.ch.send(item)
-            except (asyncio.CancelledError, ChannelClosed):
+            except SEND_FAILED:
                 self.failed.add(item)
                 raise
             self.sent[item] = (start, self.tick())
@@ -109,7 +121,7 @@ class ChannelMachine(RuleBasedStateMachine):
             start = self.tick()
             try:
                 await poolkit.select(self.ch.send_case(item), other.send_case(-1))
-            except (asyncio.CancelledError, ChannelClosed):
+            except SEND_FAILED:
                 self.failed.add(item)
                 raise
             self.sent[item] = (start, self.tick())
@@ -122,7 +134,7 @@ class ChannelMachine(RuleBasedStateMachine):
         start = self.tick()
         try:
             self.ch.send_nowait(item)
-        except (WouldBlock, ChannelClosed):
+        except (WouldBlock, ChannelClosed, ReceiversGone):
             self.failed.add(item)
             return
         self.sent[item] = (start, self.tick())
@@ -148,6 +160,90 @@ class ChannelMachine(RuleBasedStateMachine):
     def close(self) -> None:
         self.ch.close()
 
+    # ------------------------------------------------------------ handles
+
+    @rule(n=st.integers(1, 3))
+    def make_send_handles(self, n: int) -> None:
+        was_closed = self.ch.closed
+        try:
+            self.send_handles += self.ch.send_handles(n)
+        except (ChannelClosed, ReceiversGone):
+            assert was_closed
+            return
+        assert not was_closed
+
+    @precondition(lambda self: self.send_handles)
+    @rule(data=st.data())
+    def close_send_handle(self, data: st.DataObject) -> None:
+        h = data.draw(st.sampled_from(self.send_handles))
+        h.close()
+        still_open = sum(1 for h in self.send_handles if not h.closed)
+        assert self.ch.statistics().send_handles_open == still_open
+        if not still_open:
+            assert self.ch.closed, "the last send handle closed, but the channel did not"
+
+    @precondition(lambda self: self.send_handles)
+    @rule(data=st.data())
+    def start_send_through_handle(self, data: st.DataObject) -> None:
+        h = data.draw(st.sampled_from(self.send_handles))
+        item = self._new_item()
+
+        async def go() -> None:
+            start = self.tick()
+            try:
+                await h.send(item)
+            except SEND_FAILED:
+                self.failed.add(item)
+                raise
+            self.sent[item] = (start, self.tick())
+
+        self.tasks.append(("send", self.loop.create_task(go())))
+
+    @precondition(lambda self: self.send_handles)
+    @rule(data=st.data())
+    def clone_send_handle(self, data: st.DataObject) -> None:
+        h = data.draw(st.sampled_from(self.send_handles))
+        try:
+            self.send_handles.append(h.clone())
+        except (ChannelClosed, ReceiversGone):
+            assert h.closed or self.ch.closed
+
+    @rule(n=st.integers(1, 3))
+    def make_receive_handles(self, n: int) -> None:
+        was_gone = self.ch.statistics().receivers_gone
+        try:
+            self.recv_handles += self.ch.receive_handles(n)
+        except ChannelClosed:
+            assert was_gone
+            return
+        assert not was_gone
+
+    @precondition(lambda self: self.recv_handles)
+    @rule(data=st.data())
+    def close_receive_handle(self, data: st.DataObject) -> None:
+        h = data.draw(st.sampled_from(self.recv_handles))
+        was_closed = h.closed
+        handed = h.close()
+        self.handed += handed
+        still_open = sum(1 for h in self.recv_handles if not h.closed)
+        st_ = self.ch.statistics()
+        assert st_.receive_handles_open == still_open
+        if handed:
+            assert not was_closed and not still_open, "only the last close hands items back"
+        if not still_open:
+            assert st_.receivers_gone and st_.closed and st_.buffered == 0
+
+    @precondition(lambda self: self.recv_handles)
+    @rule(data=st.data())
+    def start_receive_through_handle(self, data: st.DataObject) -> None:
+        h = data.draw(st.sampled_from(self.recv_handles))
+
+        async def go() -> None:
+            item = await h.receive()
+            self.received.append((item, self.tick()))
+
+        self.tasks.append(("receive", self.loop.create_task(go())))
+
     def run_one_iteration(self) -> None:
         # call_soon(stop) + run_forever runs exactly the callbacks that are ready now: the finest
         # interleaving the rules can reach.
@@ -169,7 +265,9 @@ class ChannelMachine(RuleBasedStateMachine):
         s = self.ch.statistics()
         assert s.items_sent == len(self.sent)
         assert s.items_received == len(self.received)
-        assert s.items_sent - s.items_received >= s.buffered >= 0
+        # More may be handed back later: an item promised to a receiver that then withdraws.
+        assert s.items_handed_back >= len(self.handed)
+        assert s.items_sent - s.items_received - s.items_handed_back >= s.buffered >= 0
         # Only a receive cancelled after being promised an item can push the buffer over capacity.
         assert s.buffered <= self.capacity + self.receive_cancels
 
@@ -183,6 +281,9 @@ class ChannelMachine(RuleBasedStateMachine):
         promised, invited, held = ch._promised, ch._invited, len(ch._buf)
         assert promised >= 0
         assert invited >= 0
+        assert ch._sent == ch._received + len(ch._handed) + held  # every item is somewhere
+        if ch.statistics().receivers_gone:
+            assert held == promised, "items nobody will receive were not handed back"
         if receivers:
             assert held == promised, "a receiver waits beside a free item"
         if senders:
@@ -191,6 +292,10 @@ class ChannelMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
+            for h in self.send_handles:
+                h.close()
+            for r in self.recv_handles:
+                self.handed += r.close()
             self.ch.close()
             for _ in range(400):
                 if all(t.done() for _, t in self.tasks):
@@ -199,21 +304,31 @@ class ChannelMachine(RuleBasedStateMachine):
             assert all(t.done() for _, t in self.tasks), "tasks still blocked after close()"
             for _, t in self.tasks:
                 if not t.cancelled() and t.exception() is not None:
-                    assert isinstance(t.exception(), (ChannelClosed, EndOfChannel))
+                    assert isinstance(t.exception(), (ChannelClosed, EndOfChannel, ReceiversGone))
             while True:
                 try:
                     self.received.append((self.ch.receive_nowait(), self.tick()))
                 except EndOfChannel:
                     break
             got = [item for item, _ in self.received]
-            assert len(got) == len(set(got)), "an item was received twice"
-            assert set(got) == set(self.sent), "sent and received items differ"
-            assert not (set(got) & self.failed), "an item whose send failed was received"
+            handed = self.ch.handed_back  # what close() returned, and what was freed after it
+            assert set(self.handed) <= set(handed)
+            self.handed = handed
+            out = got + self.handed
+            assert len(out) == len(set(out)), "an item was received (or handed back) twice"
+            assert set(out) == set(self.sent), "sent and received + handed back items differ"
+            assert not (set(out) & self.failed), "an item whose send failed came out"
             when = dict(self.received)
+            back = {item: i for i, item in enumerate(self.handed)}
             for a, (_, a_end) in self.sent.items():
                 for b, (b_start, _) in self.sent.items():
-                    if a_end < b_start:
+                    if a_end >= b_start:
+                        continue
+                    if b in when:
+                        assert a in when, f"{a} was sent before {b}, handed back, {b} received"
                         assert when[a] < when[b], f"{a} was sent before {b} but received after"
+                    elif a in back:
+                        assert back[a] < back[b], f"{a}, {b} handed back out of order"
         finally:
             self.loop.close()
 
@@ -301,3 +416,92 @@ async def test_stress_with_random_cancellation(seed: int) -> None:
         s = ch.statistics()
         assert s.items_sent == s.items_received
         assert (s.buffered, s.senders_waiting, s.receivers_waiting) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_stress_handles_with_random_cancellation(seed: int) -> None:
+    """Producers (tasks and threads) and consumers each with a handle of their own, tasks cancelled
+    at random moments; either the producers finish (the channel closes when the last send handle
+    does) or every consumer goes away (the producers left get ReceiversGone, never hang).
+
+    Accounting must balance exactly: every item whose send returned was received exactly once or
+    handed back exactly once, and nothing else came out.
+    """
+    rng = random.Random(seed)
+    ch: Channel[int] = Channel(rng.choice([0, 1, 5, 16]))
+    n_tasks, n_threads, n_consumers, per = 4, 2, 3, 150
+    senders = ch.send_handles(n_tasks + n_threads)
+    receivers = ch.receive_handles(n_consumers)
+    delivered: list[int] = []
+    received: list[int] = []
+    outcomes: list[str] = []
+    consumers_vanish = rng.random() < 0.5
+
+    async def producer(h: SendHandle[int], base: int) -> None:
+        async with h:
+            try:
+                for i in range(per):
+                    await h.send(base + i)
+                    delivered.append(base + i)
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(0)
+            except ReceiversGone:
+                outcomes.append("gone")
+
+    def thread_producer(h: SendHandle[int], base: int) -> None:
+        with h:
+            try:
+                for i in range(per):
+                    h.send_blocking(base + i, timeout=30)
+                    delivered.append(base + i)
+            except ReceiversGone:
+                outcomes.append("gone")
+
+    async def consumer(r: ReceiveHandle[int]) -> None:
+        async with r:
+            if rng.random() < 0.5:
+                async for item in r:
+                    received.append(item)
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(0)
+            else:
+                while True:
+                    sel = await poolkit.select(r.receive_case())
+                    if sel.closed:
+                        return
+                    received.append(sel.value)
+
+    threads = [
+        threading.Thread(target=thread_producer, args=(h, 100_000 * (k + 1)))
+        for k, h in enumerate(senders[n_tasks:])
+    ]
+    for t in threads:
+        t.start()
+    producers = [
+        asyncio.create_task(producer(h, 1000 * k)) for k, h in enumerate(senders[:n_tasks])
+    ]
+    consumers = [asyncio.create_task(consumer(r)) for r in receivers]
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if rng.random() < 0.05:
+            victim = rng.choice(producers + consumers)
+            victim.cancel()
+            if victim in consumers and not consumers_vanish:
+                live = [r for r in receivers if not r.closed]
+                if live:  # a replacement, made from a handle that is still open: race-free
+                    receivers.append(live[0].clone())
+                    consumers.append(asyncio.create_task(consumer(receivers[-1])))
+    if consumers_vanish:
+        for c in consumers:
+            c.cancel()
+    await asyncio.wait_for(asyncio.gather(*producers, *consumers, return_exceptions=True), 30)
+    await asyncio.to_thread(join_all, threads)
+    s = ch.statistics()
+    assert s.closed and s.receivers_gone  # by the last send handle, or the last receive handle
+    if not consumers_vanish and not all(c.cancelled() for c in consumers):
+        assert not outcomes  # a consumer was there to the end: nobody was refused
+    out = received + ch.handed_back
+    assert sorted(out) == sorted(delivered), "an item was lost, or came out twice"
+    assert len(set(out)) == len(out)
+    assert s.items_sent == s.items_received + s.items_handed_back == len(out)
+    assert (s.send_handles_open, s.receive_handles_open, s.senders_waiting) == (0, 0, 0)

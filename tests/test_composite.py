@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 import poolkit
-from poolkit import CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
-from poolkit._ratelimit import BudgetExhausted
+from poolkit import BudgetExhausted, CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
 from tests.conftest import run_on
 
 

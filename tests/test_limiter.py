@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import threading
@@ -16,6 +17,17 @@ from hypothesis import strategies as st
 from poolkit import CapacityLimiter, NotAcquired
 
 from .conftest import LOOP_FACTORIES
+from .test_channel import (
+    FAST,
+    LOOP_KINDS,
+    STRANDED,
+    _drop_under,
+    _granted_then_stranded,
+    no_automatic_gc,
+    stranded,
+    timed,
+    wait_until,
+)
 
 
 async def settle(n: int = 5) -> None:
@@ -472,3 +484,69 @@ def test_waiter_on_a_closed_loop_does_not_block_the_limiter() -> None:
     lim.acquire_blocking(timeout=1)
     assert lim.borrowed == 1
     task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
+
+
+# ---------------------------------------------------------------- waiters stranded on a closed loop
+# (see tests/test_channel.py: the same rules, the same helpers)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_release_skips_stranded_waiters_fast_and_serves_the_live_one(kind: str) -> None:
+    lim = CapacityLimiter(1)
+    lim.try_acquire()
+    s = stranded(kind, lim._lock, [lim.acquire] * STRANDED)  # no reference kept to the tasks
+    live = threading.Thread(target=lim.acquire_blocking, kwargs={"timeout": 10})
+    live.start()
+    wait_until(lambda: lim.statistics().waiting == STRANDED + 1)
+    _, took = timed(lim.release)
+    live.join()
+    assert took < FAST
+    s.check(STRANDED)
+    st = lim.statistics()
+    assert (st.borrowed, st.waiting, st.acquired_total) == (1, 0, 2)  # the live one holds it
+    lim.release()
+    assert lim.try_acquire()  # and no capacity was lost to the stranded ones
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_lowering_total_skips_stranded_heavy_waiters_fast(kind: str) -> None:
+    lim = CapacityLimiter(4)
+    lim.try_acquire(4)
+    s = stranded(kind, lim._lock, [functools.partial(lim.acquire, 3)] * STRANDED)
+    t0 = time.perf_counter()
+    lim.total = 2  # each of them is now too heavy: woken (in vain) and dropped
+    assert time.perf_counter() - t0 < FAST
+    s.check(STRANDED)
+    assert lim.statistics().waiting == 0
+
+
+async def test_release_from_a_task_skips_stranded_waiters_fast() -> None:
+    lim = CapacityLimiter(1)
+    await lim.acquire()
+    s = await asyncio.to_thread(stranded, "asyncio", lim._lock, [lim.acquire] * STRANDED)
+    t0 = time.perf_counter()
+    lim.release()
+    assert time.perf_counter() - t0 < FAST
+    s.check(STRANDED)
+    async with lim:
+        assert lim.borrowed == 1
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "gc"])
+def test_granted_waiter_closed_under_the_lock_gives_its_weight_back(cyclic: bool) -> None:
+    lim = CapacityLimiter(2)
+    lim.try_acquire(2)
+    with no_automatic_gc(cyclic):
+        s = _granted_then_stranded(
+            "asyncio",
+            lim._lock,
+            functools.partial(lim.acquire, 2),
+            functools.partial(lim.release, 2),
+        )
+        assert lim.borrowed == 2  # granted to the stranded task, which will never run
+        took = _drop_under(lim._lock, s, cyclic)
+    assert took < FAST
+    assert s.destroyed == [True]  # closed under the lock: the case this test is about
+    lim.acquire_blocking(2, timeout=10)  # the grant came back
+    assert lim.statistics().borrowed == 2
+    lim.release(2)

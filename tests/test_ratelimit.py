@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import poolkit
-from poolkit import TokenBucket, parse_rate
-from poolkit._ratelimit import BudgetExhausted
+from poolkit import BudgetExhausted, TokenBucket, parse_rate
 from poolkit.testing import VirtualTimeLoop
 from tests import conftest
 from tests.conftest import run_on

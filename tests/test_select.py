@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import threading
+import time
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
 import poolkit
 from poolkit import Channel, ChannelClosed, WouldBlock, select, select_nowait
+
+from .test_channel import (
+    FAST,
+    LOOP_KINDS,
+    STRANDED,
+    _drop_under,
+    _granted_then_stranded,
+    lazy_task,
+    no_automatic_gc,
+    stranded,
+    timed,
+    wait_until,
+)
 
 
 async def settle(n: int = 5) -> None:
@@ -301,9 +318,9 @@ async def test_sender_invited_by_a_select_that_went_elsewhere_waits_again() -> N
     # into the empty hand-off slot: there is no receiver, so it waits again.
     ch: Channel[int] = Channel(0)
     other: Channel[int] = Channel(1)
-    sender = asyncio.create_task(ch.send(1))
+    sender = lazy_task(ch.send(1))
     await settle()
-    selecting = asyncio.create_task(select(ch.receive_case(), other.receive_case()))
+    selecting = lazy_task(select(ch.receive_case(), other.receive_case()))
     await asyncio.sleep(0)  # the select registers on both channels and invites the sender
     other.send_nowait(2)  # satisfied elsewhere before the sender runs
     assert (await selecting).value == 2
@@ -319,9 +336,9 @@ async def test_sender_cancelled_while_waiting_again_after_failed_invitation() ->
     # The second await point of a send: invited, found no receiver, queued again, then cancelled.
     ch: Channel[int] = Channel(0)
     other: Channel[int] = Channel(1)
-    sender = asyncio.create_task(ch.send(1))
+    sender = lazy_task(ch.send(1))
     await settle()
-    selecting = asyncio.create_task(select(ch.receive_case(), other.receive_case()))
+    selecting = lazy_task(select(ch.receive_case(), other.receive_case()))
     await asyncio.sleep(0)
     other.send_nowait(2)
     await selecting
@@ -332,7 +349,7 @@ async def test_sender_cancelled_while_waiting_again_after_failed_invitation() ->
         await sender
     s = ch.statistics()
     assert (s.senders_waiting, s.items_sent, s.buffered) == (0, 0, 0)
-    receiver = asyncio.create_task(ch.receive())
+    receiver = lazy_task(ch.receive())
     await settle()
     assert not receiver.done()  # the cancelled sender delivered nothing
     ch.send_nowait(3)
@@ -345,12 +362,12 @@ async def test_senders_requeued_after_failed_invitations_keep_their_order() -> N
     ch: Channel[str] = Channel(0)
     o1: Channel[str] = Channel(0)
     o2: Channel[str] = Channel(0)
-    s1 = asyncio.create_task(ch.send("first"))
+    s1 = lazy_task(ch.send("first"))
     await asyncio.sleep(0)
-    s2 = asyncio.create_task(ch.send("second"))
+    s2 = lazy_task(ch.send("second"))
     await asyncio.sleep(0)
-    r1 = asyncio.create_task(select(ch.receive_case(), o1.receive_case()))
-    r2 = asyncio.create_task(select(ch.receive_case(), o2.receive_case()))
+    r1 = lazy_task(select(ch.receive_case(), o1.receive_case()))
+    r2 = lazy_task(select(ch.receive_case(), o2.receive_case()))
     await asyncio.sleep(0)  # r1 invites s1, r2 invites s2
     o1.send_nowait("x")
     o2.send_nowait("y")  # both selects win elsewhere before s1 and s2 run
@@ -363,14 +380,124 @@ async def test_senders_requeued_after_failed_invitations_keep_their_order() -> N
 async def test_select_send_case_keeps_its_place_when_its_receiver_goes_elsewhere() -> None:
     ch: Channel[str] = Channel(0)
     other: Channel[str | None] = Channel(0)
-    x = asyncio.create_task(select(ch.send_case("select-first"), other.send_case(None)))
+    x = lazy_task(select(ch.send_case("select-first"), other.send_case(None)))
     await asyncio.sleep(0)
-    s2 = asyncio.create_task(ch.send("plain-second"))
+    s2 = lazy_task(ch.send("plain-second"))
     await asyncio.sleep(0)  # queued: the select's send, then the plain send
     o: Channel[str] = Channel(0)
-    r = asyncio.create_task(select(ch.receive_case(), o.receive_case()))
+    r = lazy_task(select(ch.receive_case(), o.receive_case()))
     await asyncio.sleep(0)  # r invites the select's send case ...
     o.send_nowait("elsewhere")  # ... and wins elsewhere before the select runs
     await settle()
     assert [await ch.receive(), await ch.receive()] == ["select-first", "plain-second"]
     await asyncio.gather(x, s2, r)
+
+
+# ---------------------------------------------------------------- selects stranded on a closed loop
+# (see tests/test_channel.py: the same rules, the same helpers)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_send_skips_stranded_selects_fast_and_serves_the_live_one(kind: str) -> None:
+    a: Channel[str] = Channel(0)
+    b: Channel[str] = Channel(1)
+
+    def one() -> Coroutine[Any, Any, poolkit.Selected]:
+        return select(a.receive_case(), b.receive_case())
+
+    s = stranded(kind, a._lock, [one] * STRANDED)
+    got: list[Any] = []
+    live = threading.Thread(
+        target=lambda: got.append(poolkit.select_blocking(a.receive_case(), timeout=10).value)
+    )
+    live.start()
+    wait_until(lambda: a.statistics().receivers_waiting == STRANDED + 1)
+    _, took = timed(a.send_nowait, "x")
+    live.join()
+    assert took < FAST
+    assert got == ["x"]
+    s.check(STRANDED)
+    # Their registrations on b are stale now: skipped (and let go) by the next send there.
+    _, took = timed(b.send_nowait, "y")
+    assert took < FAST
+    st = b.statistics()
+    assert (st.buffered, st.receivers_waiting, len(b._recvq)) == (1, 0, 0)
+    assert select_nowait(b.receive_case()).value == "y"
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_receive_skips_stranded_select_senders_fast(kind: str) -> None:
+    a: Channel[int] = Channel(1)
+    b: Channel[int] = Channel(1)
+    a.send_nowait(-1)
+    b.send_nowait(-2)
+    s = stranded(
+        kind,
+        a._lock,
+        [functools.partial(select, a.send_case(i), b.send_case(i)) for i in range(STRANDED)],
+    )
+    sel, took = timed(select_nowait, a.receive_case())  # invites them, in vain
+    assert took < FAST
+    assert sel.value == -1
+    s.check(STRANDED)
+    a.send_nowait(1)  # the room was not kept for any of them
+    assert b.receive_nowait() == -2  # their stale registrations on b are skipped
+    b.send_nowait(2)
+    assert (drain(a), drain(b)) == ([1], [2])
+
+
+async def test_select_from_a_task_skips_stranded_selects_fast() -> None:
+    a: Channel[int] = Channel(0)
+    b: Channel[int] = Channel(0)
+
+    def one() -> Coroutine[Any, Any, poolkit.Selected]:
+        return select(a.receive_case(), b.receive_case())
+
+    s = await asyncio.to_thread(stranded, "asyncio", a._lock, [one] * STRANDED)
+    live = asyncio.create_task(select(a.receive_case()))
+    await settle()
+    t0 = time.perf_counter()
+    assert (await select(a.send_case(1))).index == 0
+    assert time.perf_counter() - t0 < FAST
+    assert (await live).value == 1
+    s.check(STRANDED)
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "gc"])
+@pytest.mark.parametrize("capacity", [0, 1])
+def test_select_closed_under_the_lock_passes_its_promise_on(capacity: int, cyclic: bool) -> None:
+    a: Channel[str] = Channel(capacity)
+    b: Channel[str] = Channel(capacity)
+
+    def one() -> Coroutine[Any, Any, poolkit.Selected]:
+        return select(a.receive_case(), b.receive_case())
+
+    with no_automatic_gc(cyclic):
+        s = _granted_then_stranded("asyncio", a._lock, one, lambda: a.send_nowait("x"))
+        took = _drop_under(a._lock, s, cyclic)
+    assert took < FAST
+    assert s.destroyed == [True]
+    assert a.receive_blocking(timeout=10) == "x"  # the promise was passed on, not lost
+    st = a.statistics()
+    assert (st.items_sent, st.items_received, st.buffered) == (1, 1, 0)
+    b.close()
+    assert poolkit.select_blocking(b.receive_case(), timeout=10).closed  # nothing stuck on b
+
+
+@pytest.mark.parametrize("cyclic", [False, True], ids=["refcount", "gc"])
+def test_select_sender_closed_under_the_lock_passes_its_invitation_on(cyclic: bool) -> None:
+    a: Channel[str] = Channel(1)
+    a.send_nowait("first")
+    other: Channel[str] = Channel(0)
+    with no_automatic_gc(cyclic):
+        s = _granted_then_stranded(
+            "asyncio",
+            a._lock,
+            functools.partial(select, a.send_case("never"), other.send_case("never")),
+            a.receive_nowait,
+        )
+        took = _drop_under(a._lock, s, cyclic)
+    assert took < FAST
+    assert s.destroyed == [True]
+    a.send_blocking("next", timeout=10)  # the room kept for the stranded select is free again
+    assert drain(a) == ["next"]
