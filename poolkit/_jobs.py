@@ -13,7 +13,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class UnstartedJob:
-    """A job that never started, handed back by ``shutdown(cancel=True)``."""
+    """A job that never started, handed back by ``shutdown(cancel=True)`` (see
+    :attr:`PoolStatistics.handed_back` for the other ways)."""
 
     fn: Callable[..., Any]
     """The function it would have run."""
@@ -48,12 +49,16 @@ class PoolStatistics:
     name: str | None
     """The pool's name, if any."""
     workers: int
-    """Workers alive."""
+    """Workers alive now.  A ``WorkerPool`` starts all of its workers when it starts (an
+    elastic one, ``min_workers``).  A ``ThreadPool`` starts a thread only when a job arrives and
+    no idle thread can take it, up to ``target_workers``, and keeps it (an elastic one also lets
+    threads beyond ``min_workers`` exit after ``idle_timeout``), as ``ThreadPoolExecutor``
+    does: so ``workers`` is how many threads were needed so far, not the cap."""
     busy: int
     """Workers running a call (equal to ``running``, except in a ``ThreadPool`` whose timed-out
     calls still occupy their thread until they return)."""
     idle: int
-    """Workers waiting for a job."""
+    """Workers alive and waiting for a job (``workers - busy``)."""
     target_workers: int
     """How many workers the pool keeps (its maximum, in elastic mode)."""
     queued: int
@@ -76,7 +81,9 @@ class PoolStatistics:
     retried: int
     """Attempts beyond each job's first."""
     handed_back: int
-    """Jobs that never started, handed back by ``shutdown(cancel=True)``."""
+    """Jobs that never started, handed back: by ``shutdown(cancel=True)`` (or a drain that ran
+    out of time), or, in a ``WorkerPool``, because every worker was cancelled from outside (as
+    ``asyncio.run`` does to every task when it ends) or its event loop was closed first."""
     queue_wait_total: float
     """Seconds jobs spent queued, summed (divide by ``started`` for the mean)."""
     run_time_total: float

@@ -43,13 +43,37 @@ Resizing
 retire take no more jobs and are not counted towards the new size, so ``resize(1)`` followed by
 ``resize(4)`` takes them back (or starts new ones) and the pool settles on exactly ``n``.  An
 elastic pool below its size starts a worker whenever a submitter would otherwise wait.
+
+Event loops
+-----------
+A pool is bound to the loop it starts on, and moves to another loop only once that one has
+finished: closed (as at the end of ``asyncio.run``), or stopped with none of the pool's workers
+left on it.  So a module-level pool serves one ``asyncio.run`` after another (a CLI command each,
+a test each), while two loops that are alive at once cannot share it.  When a loop ends it
+cancels every task, the pool's workers among them; the pool then hands back the jobs still
+queued (nobody is left to run them; they are in ``handed_back``) and starts new workers at its
+next use.  Jobs that were running are cancelled, as every other task of that loop is.
+
+The per-job path checks the loop for no more than it cost before: on Python 3.12+ it reads the
+running loop (cheaper than the thread's ident it used to read); on 3.11, where reading the running
+loop costs a ``getpid()`` system call, it reads the thread's ident and asks the pool's loop
+whether it runs (only one loop runs in a thread at a time).
+
+From other threads
+------------------
+``submit_blocking()`` hands a job to the pool from a thread that is not the pool's: it asks the
+loop (``call_soon_threadsafe``) to queue the job, waits in its thread for room, and returns a
+``concurrent.futures.Future`` that the job's outcome reaches.  The loop decides alone whether the
+job got in, so a timeout or a shutdown never leaves it half-submitted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import logging
 import math
+import sys
 import threading
 import time
 import types
@@ -86,7 +110,29 @@ _CLOSED = 3
 
 _CoroutineType = types.CoroutineType
 _monotonic = time.monotonic
-_get_ident = threading.get_ident
+# How the per-job path tells that it runs where the pool is bound (see "Event loops" above).
+_loop_mark: Callable[[], object]
+if sys.version_info >= (3, 12):
+    _loop_mark = asyncio.get_running_loop  # about 40 ns: cheaper than the thread's ident
+else:
+    _loop_mark = threading.get_ident  # get_running_loop() calls getpid() on 3.11 (~0.2 µs)
+# On 3.11 the thread alone does not tell a later loop in the same thread from the pool's: the
+# pool's loop must also be running (only one loop runs in a thread at a time).
+_ON_311 = sys.version_info < (3, 12)
+
+# Workers resolve jobs through these: Job overrides its public twins to refuse its users.
+_future_set_result = asyncio.Future.set_result
+_future_set_exception = asyncio.Future.set_exception
+
+_LOOP_ENDED = (
+    "the workers of {pool} were cancelled from outside (as asyncio.run does to every task when "
+    "it ends) before this job started; it is in pool.handed_back"
+)
+_LOOP_GONE = (
+    "the event loop of {pool} finished (closed, or stopped with none of the pool's workers left) "
+    "before this job started; the pool moved to a new loop and handed the job back (it is in "
+    "pool.handed_back)"
+)
 
 
 class Job(asyncio.Future[T]):
@@ -96,6 +142,9 @@ class Job(asyncio.Future[T]):
     await is cancelled (its worker survives).  Awaiting a job and being cancelled cancels the job,
     as with any task; use ``asyncio.shield(job)`` to wait without that.  A job handed back by
     ``shutdown(cancel=True)`` raises :class:`~poolkit.JobHandedBack`.
+
+    The pool owns a job's outcome: ``set_result()`` and ``set_exception()`` raise
+    ``asyncio.InvalidStateError`` (``cancel()`` is how a user stops a job).
     """
 
     # (Not "_state": asyncio.Future has one, and asyncio's helpers read it.)
@@ -124,6 +173,29 @@ class Job(asyncio.Future[T]):
         """The keyword arguments; released (empty) once the job has run, as ``args``."""
         return {} if self._kwargs is None else dict(self._kwargs)
 
+    def set_result(self, result: T, /) -> None:
+        """Refused: the pool sets the result when the job's function returns.
+
+        Raises:
+            asyncio.InvalidStateError: always; call ``cancel()`` to stop the job.
+        """
+        raise asyncio.InvalidStateError(self._owned("set_result"))
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        """Refused: the pool sets the exception when the job's function raises.
+
+        Raises:
+            asyncio.InvalidStateError: always; call ``cancel()`` to stop the job.
+        """
+        raise asyncio.InvalidStateError(self._owned("set_exception"))
+
+    def _owned(self, what: str) -> str:
+        return (
+            f"{what}() on a job of {self._pool._label()} ({_fn_name(self._fn)}): the pool sets "
+            f"a job's outcome itself when its function returns or raises; to stop the job, "
+            f"call job.cancel()"
+        )
+
     def cancel(self, msg: Any | None = None) -> bool:
         phase = self._phase
         if phase == _QUEUED:
@@ -141,11 +213,11 @@ class Job(asyncio.Future[T]):
     # How a worker settles a job (the same three methods on map() items).
     def _resolve(self, value: Any) -> None:
         if not self.done():
-            self.set_result(value)
+            _future_set_result(self, value)
 
     def _reject(self, exc: BaseException) -> None:
         if not self.done():
-            self.set_exception(exc)
+            _future_set_exception(self, exc)
 
     def _drop(self) -> None:
         super().cancel()
@@ -247,7 +319,7 @@ AnyJob = Job[Any] | _MapItem
 
 
 class _Worker:
-    __slots__ = ("fut", "ident", "job", "retiring", "started", "task")
+    __slots__ = ("fut", "ident", "job", "killed", "retiring", "started", "task")
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
@@ -255,6 +327,7 @@ class _Worker:
         self.job: AnyJob | None = None
         self.retiring = False  # resize() asked it to exit; it takes no more jobs
         self.started = False  # its coroutine has begun (so its ``finally`` will run)
+        self.killed = False  # it ended by an exception (cancelled from outside), not by choice
         self.task: asyncio.Task[None] | None = None
 
 
@@ -303,6 +376,9 @@ class _JobQueue:
         assert loop is not None
         fut = loop.create_future()
         self.putters.append(fut)
+        # Room may have come since the caller looked: a worker started for this very job (with
+        # an eager task factory it is idle already, and nobody else would admit us).
+        self.admit()
         try:
             await fut
         except BaseException:
@@ -350,8 +426,9 @@ class _JobQueue:
                 fut.set_result(None)
                 return
 
-    async def wait(self, w: _Worker, timeout: float) -> bool:
-        """Sleep until a job may be there; False if ``timeout`` seconds passed first."""
+    async def wait_for_job(self, w: _Worker, timeout: float) -> bool:
+        """Where an idle worker sleeps until a job may be there (dumps show this frame as the
+        worker's idle state); False if ``timeout`` seconds passed first."""
         loop = self.loop
         assert loop is not None
         fut = w.fut = loop.create_future()
@@ -386,9 +463,91 @@ class _JobQueue:
             self.wake_worker()
 
 
+def _false() -> bool:
+    return False
+
+
+def _settle_future(job: Job[Any], result: cf.Future[Any]) -> None:
+    """Copy a finished job's outcome to the ``concurrent.futures.Future`` of its thread."""
+    try:
+        if job.cancelled():
+            result.cancel()
+        elif (exc := job.exception()) is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(job.result())
+    except cf.InvalidStateError:
+        pass  # its caller cancelled the future meanwhile
+
+
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _quietly(resolve: Callable[[], object]) -> None:
+    """Resolve a future whose loop may be closed: it is resolved all the same, only its
+    callbacks cannot be scheduled (and nobody is left on that loop to run them)."""
+    try:
+        resolve()
+    except RuntimeError:
+        pass
+
+
+_NOTHING = "nothing was submitted"
+
+
+class _FromThread:
+    """One ``submit_blocking()`` call: the job it asks for, and what its thread waits on."""
+
+    __slots__ = ("accepted", "args", "fn", "kwargs", "result", "task", "timeout")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout = timeout
+        # Resolved on the loop: None once the job is in the queue, else why it is not.
+        self.accepted: cf.Future[None] = cf.Future()
+        self.result: cf.Future[Any] = cf.Future()  # the job's outcome, for the caller
+        self.task: asyncio.Task[None] | None = None  # on the loop, while waiting for room
+
+    def refuse(self, exc: BaseException) -> None:
+        try:
+            self.accepted.set_exception(exc)
+        except cf.InvalidStateError:
+            pass  # already decided
+
+
+class _Ticket:
+    """What ``submit_blocking()`` schedules on the loop (``call_soon_threadsafe``): calling it
+    runs ``act(req)`` there.  A loop closed before it got to its callbacks drops them unrun,
+    which frees the ticket (the loop holds the only reference): then it refuses the request,
+    so the thread that waits for the loop's verdict is never left waiting for nobody."""
+
+    __slots__ = ("act", "closed", "req")
+
+    def __init__(
+        self, act: Callable[[_FromThread], None], req: _FromThread, closed: BaseException
+    ) -> None:
+        self.act: Callable[[_FromThread], None] | None = act
+        self.req = req
+        self.closed = closed
+
+    def __call__(self) -> None:
+        act, self.act = self.act, None
+        if act is not None:
+            act(self.req)
+
+    def __del__(self) -> None:
+        if self.act is not None:
+            self.req.refuse(self.closed)
 
 
 async def _take_pending_cancel(me: asyncio.Task[Any]) -> None:
@@ -433,9 +592,25 @@ class WorkerPool:
     (as in ants).
 
     Workers start on ``async with`` or on the first submit, on the running event loop, and the
-    pool stays bound to that loop.  Worker start and exit are logged at DEBUG on the
-    ``poolkit.pool`` logger with the pool's name and the worker's number.  See the module
-    docstring for the accounting identity and the two shutdown modes.
+    pool is bound to that loop.  Used from another loop while that one is alive, it raises
+    ``RuntimeError`` ("belongs to another event loop"); once the loop it is bound to has
+    finished (closed, as at the end of ``asyncio.run``, or stopped with none of the pool's
+    workers left on it) the pool moves to the loop that uses it next, with new workers.  So a
+    module-level pool may serve one ``asyncio.run`` after another, e.g. one per CLI command or
+    one per test.  When a loop ends it cancels the pool's workers with every other task: jobs
+    still queued are handed back (``handed_back``) rather than left to nobody.  ``async with``
+    (or ``await pool.shutdown()``) before the loop ends remains the clean way.
+
+    Threads that are not the loop's submit with :meth:`submit_blocking`, which returns a
+    ``concurrent.futures.Future``.
+
+    Worker start and exit are logged at DEBUG on the ``poolkit.pool`` logger with the pool's
+    name and the worker's number.  See the module docstring for the accounting identity and the
+    two shutdown modes.
+
+    Raises:
+        TypeError, ValueError: For a bad option, naming it and the value received; ``key``
+            without ``limit`` is a ``ValueError``.
     """
 
     __slots__ = (
@@ -446,6 +621,7 @@ class WorkerPool:
         "_fail_fast",
         "_failed",
         "_first_error",
+        "_gate",
         "_handed",
         "_handed_back",
         "_idle_timeout",
@@ -453,25 +629,31 @@ class WorkerPool:
         "_jobs",
         "_key",
         "_limit",
+        "_linked",
         "_live",
         "_loop",
+        "_loop_running",
+        "_mark",
         "_min_workers",
         "_name",
         "_next_id",
         "_queue_size",
+        "_ready",
         "_rejected",
+        "_requests",
+        "_requests_lock",
         "_retiring",
         "_retried",
         "_retry",
         "_retry_fast",
         "_run_total",
         "_shrinking",
+        "_stalled",
         "_started",
         "_state",
         "_submitted",
         "_succeeded",
         "_target",
-        "_thread",
         "_timed_out",
         "_timeout",
         "_wait_total",
@@ -512,6 +694,11 @@ class WorkerPool:
             self._limit: Limits | None = None if limit is None else Limits(limit)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the job, got {key!r}")
+        if key is not None and self._limit is None:
+            raise ValueError(
+                f"key= needs limit=: key gives each job's key for a per-key limit, and no limit "
+                f"was given (got key={key!r}, limit=None); pass limit=PerKey(...), or drop key="
+            )
         if self._limit is not None and self._limit._keyed and key is None:
             raise ValueError("limit has per-key parts: pass key=, a function of the job")
         self._key = key
@@ -541,7 +728,21 @@ class WorkerPool:
         )
         self._jobs = _JobQueue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = 0  # the ident of the thread running that loop
+        self._mark: object = None  # _loop_mark() where the pool is bound (see the module)
+        self._loop_running: Callable[[], bool] = _false  # its is_running (3.11's check)
+        # The per-job path may skip _start(): open, bound, and with workers.  Cleared whenever
+        # the pool has no worker, or lost one to an outside cancellation.
+        self._ready = False
+        self._stalled = False  # workers were cancelled from outside (their loop is ending?)
+        # submit_blocking() calls without a verdict yet.  Once the pool stops taking jobs from
+        # threads (shutdown, its workers cancelled from outside, its loop gone), _gate says why
+        # and every call, waiting or new, is refused at once, under this lock.
+        self._requests_lock = threading.Lock()
+        self._requests: set[_FromThread] = set()
+        self._gate: Callable[[], BaseException] | None = None
+        # Jobs from submit_blocking() not yet settled, with the future their thread holds: a
+        # job's done-callbacks cannot run once its loop is closed, so _abandon() settles these.
+        self._linked: dict[Job[Any], cf.Future[Any]] = {}
         self._state = _NEW
         self._workers: dict[int, _Worker] = {}
         self._workers_gone: asyncio.Future[None] | None = None
@@ -626,17 +827,83 @@ class WorkerPool:
     # ----------------------------------------------------------------- workers
 
     def _start(self) -> None:
+        """The slow path of every way in: start the pool on the running loop, or check it.
+
+        A new pool binds to the running loop.  An open pool on another loop moves to this one if
+        its loop has finished (else ``RuntimeError``); one that lost workers gets new ones.
+        Raises :class:`~poolkit.PoolClosed` once the pool is shutting down.
+        """
         loop = asyncio.get_running_loop()
-        if self._state == _NEW:
-            self._loop = self._jobs.loop = loop
-            self._thread = _get_ident()
+        state = self._state
+        if state == _NEW:
+            self._bind(loop)
             self._state = _OPEN
-            for _ in range(self._min_workers if self._elastic else self._target):
-                self._spawn()
-        elif self._state != _OPEN:
-            raise PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
-        elif self._loop is not loop:
-            raise RuntimeError(f"{self._label()} belongs to another event loop")
+        elif state != _OPEN:
+            raise self._closed_error()
+        elif loop is not self._loop:
+            self._move_to(loop)
+        if self._stalled:
+            self._stalled = False
+            self._open_gate()
+        want = self._min_workers if self._elastic else self._target
+        while self._live - self._retiring < want:
+            self._spawn()
+        # Fast again only while workers exist: a pool with none checks its loop at each use.
+        self._ready = bool(self._workers)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = self._jobs.loop = loop
+        self._mark = _loop_mark()
+        self._loop_running = loop.is_running
+
+    def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind an open (or closing) pool to ``loop`` if the loop it is bound to has finished."""
+        old = self._loop
+        assert old is not None
+        if not old.is_closed():
+            if old.is_running():
+                raise RuntimeError(
+                    f"{self._label()} belongs to another event loop, which is running in another "
+                    f"thread; use the pool from that loop, or from a plain thread with "
+                    f"submit_blocking()"
+                )
+            if self._workers or self._jobs.putters:
+                raise RuntimeError(
+                    f"{self._label()} belongs to another event loop, which has stopped but still "
+                    f"holds {len(self._workers)} of the pool's workers (it was neither closed nor "
+                    f"did it cancel its tasks); shut the pool down on that loop, or close it"
+                )
+        self._abandon()
+        self._bind(loop)
+        if self._state == _OPEN:
+            self._open_gate()
+        logger.debug("%s: moved to a new event loop (its own had finished)", self._label())
+
+    def _abandon(self) -> None:
+        """Let go of what the pool had on its finished loop.  Workers still on the books can
+        never run again (their loop is closed): they leave, their running jobs counted as
+        cancelled.  Jobs still queued are handed back, and submitters of that loop forgotten."""
+        for w in self._workers.values():
+            job = w.job
+            w.job = None
+            if job is not None and job._phase in (_RUNNING, _CANCELLING):
+                job._phase = _DONE  # the worker, should its coroutine ever be closed, sees this
+                self._cancelled_running += 1
+                _quietly(job._drop)
+        self._workers.clear()
+        self._live = self._retiring = 0
+        self._shrinking = False
+        jobs = self._jobs
+        jobs.idle.clear()
+        jobs.putters.clear()
+        jobs.reserved = 0
+        self._drain_queue(hand_back=True, why=_LOOP_GONE)
+        self._close_gate(self._moved_error)  # their turn would come on the old loop, if ever
+        linked, self._linked = self._linked, {}
+        for job, result in linked.items():  # every one is done now; their callbacks may not run
+            if job.done():
+                _settle_future(job, result)
+        self._workers_gone = None
 
     def _spawn(self) -> None:
         loop = self._loop
@@ -646,13 +913,20 @@ class WorkerPool:
         self._workers[w.ident] = w
         self._live += 1
         label = f"{self._label()} worker {w.ident}"
+        # (With an eager task factory the worker runs up to its first wait inside create_task.)
         w.task = loop.create_task(self._work(w), name=f"poolkit {label}")
-        w.task.add_done_callback(lambda _: None if w.started else self._gone(w))
+        w.task.add_done_callback(lambda _: None if w.started else self._killed_early(w))
         record_origin(w.task, label)
+
+    def _killed_early(self, w: _Worker) -> None:
+        w.killed = True  # cancelled before its coroutine ever ran
+        self._gone(w)
 
     def _gone(self, w: _Worker) -> None:
         """Take an exited worker off the books (from its ``finally``, or from its task's
         done-callback if the task was cancelled before its coroutine ever ran)."""
+        if self._workers.get(w.ident) is not w:
+            return  # let go with its closed loop (_abandon): the books are settled
         self._live -= 1
         if w.retiring:
             self._retiring -= 1
@@ -660,6 +934,13 @@ class WorkerPool:
             self._shrinking = False
         del self._workers[w.ident]
         logger.debug("%s: worker %d exited", self._label(), w.ident)
+        if w.killed and self._state == _OPEN:
+            self._stalled = True  # the next use from the loop starts new workers
+            self._ready = False
+        if not self._workers:
+            self._ready = False
+            if self._stalled and self._state == _OPEN:
+                self._orphaned()
         jobs = self._jobs
         if jobs.items and jobs.idle:
             jobs.wake_worker()  # it may have been woken for a job it will not take now
@@ -667,16 +948,27 @@ class WorkerPool:
         if not self._workers and gone is not None and not gone.done():
             gone.set_result(None)
 
+    def _orphaned(self) -> None:
+        """Every worker of the open pool was cancelled from outside, as ``asyncio.run`` does to
+        every task when it ends: nobody is left to run the queued jobs, so they are handed back
+        now, and ``submit_blocking()`` calls waiting for room give up, while the loop still
+        runs to tell their owners."""
+        self._drain_queue(hand_back=True, why=_LOOP_ENDED)
+        self._close_gate(self._stalled_error)
+
     async def _work(self, w: _Worker) -> None:
+        # The task as seen from inside: with an eager task factory this runs before
+        # create_task() has returned, and a job that cancels itself at once must find it.
+        me = w.task = asyncio.current_task()
+        assert me is not None
         w.started = True
         logger.debug("%s: worker %d started", self._label(), w.ident)
         jobs = self._jobs
         items = jobs.items
-        me = w.task
-        assert me is not None
         # Module constants as locals: cheaper to read on the per-job path.
-        queued, running, cancelling_, done = _QUEUED, _RUNNING, _CANCELLING, _DONE
+        queued, running, done = _QUEUED, _RUNNING, _DONE
         monotonic, coroutine, job_class = _monotonic, _CoroutineType, Job
+        set_result = _future_set_result
         try:
             while True:
                 if w.retiring:
@@ -694,7 +986,7 @@ class WorkerPool:
                         else math.inf
                     )
                     if (
-                        not await jobs.wait(w, idle_for)
+                        not await jobs.wait_for_job(w, idle_for)
                         and not items  # a job may have come as the idle timer fired
                         and self._live > self._min_workers
                     ):
@@ -729,10 +1021,12 @@ class WorkerPool:
                     else:
                         result = await self._attempts(job, t0)
                 except BaseException as exc:
-                    cancelling = job._phase == cancelling_
+                    phase = job._phase
+                    if phase == done:
+                        raise  # let go with its closed loop (_abandon): nothing left to count
                     self._end(w, job, t0)
                     is_cancel = isinstance(exc, asyncio.CancelledError)
-                    if cancelling:
+                    if phase == _CANCELLING:
                         # The job was cancelled: that is its outcome, whatever it raised.
                         self._cancelled_running += 1
                         job._drop()
@@ -762,13 +1056,16 @@ class WorkerPool:
                     if not is_cancel and not isinstance(exc, Exception):
                         raise  # KeyboardInterrupt, SystemExit: not the job's business to absorb
                 else:
-                    cancelling = job._phase == cancelling_
+                    phase = job._phase
                     job._phase = done  # _end() inlined: the hot path
                     job._args = ()  # a kept handle must not pin its arguments
                     job._kwargs = None
                     w.job = None
                     self._run_total += monotonic() - t0
-                    if cancelling:  # it finished anyway; the cancellation wins
+                    if phase != running:
+                        if phase == done:
+                            return  # let go with its closed loop (_abandon)
+                        # Cancelling: it finished anyway; the cancellation wins.
                         self._cancelled_running += 1
                         job._drop()
                         if me.uncancel() > 0:
@@ -777,11 +1074,14 @@ class WorkerPool:
                     else:
                         self._succeeded += 1
                         if job.__class__ is job_class:  # Job._resolve() inlined; a running
-                            job.set_result(result)  # Job is only resolved here (or cancelling)
+                            set_result(job, result)  # Job is only resolved here (or cancelling)
                         else:
                             job._resolve(result)
                 if self._shrinking and self._live - self._retiring > self._target:
                     return  # resize() lowered the target
+        except BaseException:
+            w.killed = True
+            raise
         finally:
             self._gone(w)
 
@@ -866,6 +1166,8 @@ class WorkerPool:
         """fail_fast: the first failure cancels every queued and running job; no more submits."""
         if self._state == _OPEN:
             self._state = _CLOSING
+        self._ready = False
+        self._close_gate(self._closed_error)
         self._jobs.close(self._closed_error)
         self._drain_queue(hand_back=False)
         self._cancel_running()
@@ -878,7 +1180,9 @@ class WorkerPool:
         if jobs.putters:
             jobs.admit()
 
-    def _drain_queue(self, hand_back: bool) -> None:
+    def _drain_queue(self, hand_back: bool, why: str | None = None) -> None:
+        """Take every queued job out: handed back (``why`` says why, if not a shutdown), or
+        cancelled (``fail_fast``)."""
         items = self._jobs.items
         while items:
             job = items.popleft()
@@ -891,18 +1195,22 @@ class WorkerPool:
                 kwargs = {} if job._kwargs is None else dict(job._kwargs)
                 handle = job if isinstance(job, Job) else None
                 self._handed.append(UnstartedJob(job._fn, job._args, kwargs, handle))
-                job._reject(
-                    JobHandedBack(
-                        f"{self._label()} was shut down (cancelling, or a drain that ran out of "
-                        f"time) before this job started; it is in the list shutdown() "
-                        f"returned and in pool.handed_back"
-                    )
+                message = (
+                    f"{self._label()} was shut down (cancelling, or a drain that ran out of "
+                    f"time) before this job started; it is in the list shutdown() "
+                    f"returned and in pool.handed_back"
+                    if why is None
+                    else why.format(pool=self._label())
                 )
+                try:
+                    job._reject(JobHandedBack(message))
+                except RuntimeError:
+                    pass  # its loop is closed: resolved all the same (see _quietly)
                 if handle is not None:
                     handle.exception()  # reported through that list: not "never retrieved"
             else:
                 self._cancelled_queued += 1
-                job._drop()
+                _quietly(job._drop)
 
     def _cancel_running(self) -> None:
         for w in list(self._workers.values()):
@@ -923,15 +1231,27 @@ class WorkerPool:
 
         Growing starts workers now (in elastic mode, as jobs need them).  Shrinking retires idle
         workers now and busy ones when they finish their job; no job is lost or interrupted.
+        Before the pool starts, it only sets the size it will start with.  Call it on the
+        pool's event loop.
+
+        Args:
+            workers: The new size, at least 1 (and at least ``min_workers``).
+
+        Raises:
+            TypeError, ValueError: For a size that is not an int, or too small.
+            PoolClosed: Once the pool is shutting down.
         """
         _check_count(workers, "workers", 1)
         if workers < self._min_workers:
             raise ValueError(
                 f"workers ({workers}) must not be below min_workers ({self._min_workers})"
             )
+        if self._state >= _CLOSING:
+            raise PoolClosed(f"{self._label()} is shut down; resize({workers}) cannot change it")
         self._target = workers
         if self._state != _OPEN:
             return
+        self._start()  # on the pool's loop (or its successor), and with its workers
         # Workers told to exit that have not yet exited are not counted: take them back first.
         for w in self._workers.values():
             if self._live - self._retiring >= workers:
@@ -961,9 +1281,7 @@ class WorkerPool:
     ) -> Job[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        # The loop's thread, not the loop: get_running_loop() costs ~4 times more per job, and
-        # a task on the pool's own thread is on the pool's loop while that loop runs.
-        if self._state != _OPEN or _get_ident() != self._thread:
+        if not self._ready or _loop_mark() != self._mark or (_ON_311 and not self._loop_running()):
             self._start()
         job: Job[Any] = Job(loop=self._loop)
         job._fn = fn
@@ -987,17 +1305,30 @@ class WorkerPool:
     async def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Queue ``fn(*args, **kwargs)`` and return its :class:`Job`; wait while the queue is full.
 
-        ``fn`` may be a coroutine function (its coroutine is awaited) or a plain function (called
-        in the worker, on the event loop).  Raises ``TypeError`` if ``fn`` is not callable and
-        :class:`~poolkit.PoolClosed` if the pool is shutting down.  If cancelled while waiting
+        ``fn`` is normally a coroutine function: the worker awaits its coroutine (or any
+        awaitable ``fn`` returns).  A plain function is called in the worker *on the event
+        loop's thread*: right for quick synchronous work, but one that blocks (``time.sleep``,
+        file or socket I/O) freezes every task of the loop until it returns, and the pool's
+        ``timeout`` cannot interrupt it.  Run blocking code in a :class:`~poolkit.ThreadPool`
+        (or ``await asyncio.to_thread(...)`` inside an async job).  If cancelled while waiting
         for room, nothing was submitted.
+
+        Args:
+            fn: The function to run, then its positional and keyword arguments.
+
+        Returns:
+            The job's :class:`Job` handle: ``await`` it for the result.
+
+        Raises:
+            TypeError: If ``fn`` is not callable.
+            PoolClosed: If the pool is shutting down (also for a submitter that was waiting).
+            RuntimeError: If the pool belongs to another event loop that is still alive.
         """
-        # _make() and _accepted() inlined: this is the per-job path.
+        # _make() and _accepted() inlined: this is the per-job path.  Its loop check: open, with
+        # workers, and on the pool's loop (see "Event loops" in the module docstring).
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        # The loop's thread, not the loop: get_running_loop() costs ~4 times more per job, and
-        # a task on the pool's own thread is on the pool's loop while that loop runs.
-        if self._state != _OPEN or _get_ident() != self._thread:
+        if not self._ready or _loop_mark() != self._mark or (_ON_311 and not self._loop_running()):
             self._start()
         job: Job[Any] = Job(loop=self._loop)
         job._fn = fn
@@ -1028,7 +1359,14 @@ class WorkerPool:
 
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
-        :class:`~poolkit.QueueFull` (counted as rejected).  Needs a running event loop."""
+        :class:`~poolkit.QueueFull` (counted as rejected).
+
+        Call it on the pool's event loop (from another thread use :meth:`submit_blocking`).
+
+        Raises:
+            QueueFull: If the queue is full.
+            TypeError, PoolClosed, RuntimeError: As :meth:`submit`.
+        """
         job = self._make(fn, args, kwargs)
         if not self._jobs.offer(job):
             self._rejected += 1
@@ -1042,6 +1380,231 @@ class WorkerPool:
 
     def _closed_error(self) -> PoolClosed:
         return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
+
+    # ----------------------------------------------------------------- from other threads
+
+    def submit_blocking(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> cf.Future[Any]:
+        """From a thread that is not the pool's: queue ``fn(*args, **kwargs)`` on the pool's
+        event loop, blocking this thread while the queue is full, and return a
+        ``concurrent.futures.Future`` for the job's result.
+
+        The job is exactly one submitted with ``await pool.submit(...)`` on the loop: the same
+        queue, order and counters.  Its outcome reaches the future: the result, the exception,
+        a cancellation, or :class:`~poolkit.JobHandedBack` if the pool hands it back (at a
+        cancelling shutdown, or when the loop ends and cancels the workers).  Cancelling the
+        future cancels the job (queued, it never runs; running, its await is cancelled); the
+        future is cancelled at once, as ``concurrent.futures`` does, while the pool's counters
+        say what became of the job.  The loop alone decides whether the job got in, so an
+        error raised here means it did not.  A loop closed before it got to the request (its
+        pending callbacks are dropped) refuses it all the same; only a loop that stops without
+        closing and never runs again leaves the thread waiting, as long as ``timeout``.
+        ``fn``'s own keyword ``timeout`` cannot be passed through: bind it with
+        ``functools.partial``.
+
+        Args:
+            fn: The function to run, then its positional and keyword arguments.
+            timeout: Seconds to wait for room in the queue (``None``: as long as it takes;
+                ``0``: not at all).
+
+        Returns:
+            A ``concurrent.futures.Future`` that the job's outcome reaches.
+
+        Raises:
+            TypeError: If ``fn`` is not callable.
+            TimeoutError: If there was no room within ``timeout`` seconds.
+            PoolClosed: If the pool is shutting down (also while this thread was waiting).
+            RuntimeError: On the pool's own loop (waiting there would deadlock) or on a thread
+                running another event loop (it would freeze it); if the pool has not started
+                (it has no loop yet), or its loop is not running; or if its workers were
+                cancelled from outside, as when its loop ends.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        timeout = check_timeout(timeout)
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            if running is loop:
+                raise RuntimeError(
+                    f"submit_blocking() was called on the event loop of {self._label()}: waiting "
+                    f"there for room that only this loop can make would deadlock; use "
+                    f"`await pool.submit(...)` or pool.submit_nowait(...) on the loop"
+                )
+            raise RuntimeError(
+                "submit_blocking() would block the event loop running in this thread; call it "
+                "through asyncio.to_thread(), or use "
+                "asyncio.run_coroutine_threadsafe(pool.submit(...), <the pool's loop>)"
+            )
+        if self._state >= _CLOSING:
+            raise self._closed_error()
+        if self._state == _NEW or loop is None:
+            raise RuntimeError(
+                f"{self._label()} has not started, so it has no event loop to run jobs on; start "
+                f"it on its loop first (`async with pool:`, or a first `await pool.submit(...)`)"
+            )
+        if loop.is_closed() or not loop.is_running():
+            raise RuntimeError(
+                f"the event loop of {self._label()} is "
+                f"{'closed' if loop.is_closed() else 'not running'}; {_NOTHING}"
+            )
+        req = _FromThread(fn, args, kwargs, timeout)
+        with self._requests_lock:
+            gate = self._gate
+            if gate is None:
+                self._requests.add(req)
+        if gate is not None:
+            raise gate()
+        try:
+            self._schedule(loop, self._accept_from_thread, req)
+            accepted = req.accepted
+            try:
+                done, _ = cf.wait([accepted], timeout)
+            except BaseException:  # KeyboardInterrupt, say: ask the loop to let it go; leave
+                self._schedule(loop, self._withdraw_from_thread, req)
+                raise
+            if not done:
+                self._schedule(loop, self._withdraw_from_thread, req)
+            accepted.result()  # the loop's verdict: None, or why nothing was submitted
+        finally:
+            with self._requests_lock:
+                self._requests.discard(req)
+        return req.result
+
+    def _schedule(
+        self, loop: asyncio.AbstractEventLoop, act: Callable[[_FromThread], None], req: _FromThread
+    ) -> None:
+        """From the calling thread: run ``act(req)`` on the loop.  If the loop is closed, or
+        closes before it gets there, the request is refused (see :class:`_Ticket`)."""
+        ticket = _Ticket(act, req, self._loop_closed_error())
+        try:
+            loop.call_soon_threadsafe(ticket)
+        except RuntimeError:  # closed already; the ticket is dropped here, refusing it
+            pass
+        del ticket  # the loop holds the only reference now
+
+    def _loop_closed_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"the event loop of {self._label()} was closed before it took the job; {_NOTHING}"
+        )
+
+    def _moved_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"{self._label()} moved to a new event loop before its old one took the job; {_NOTHING}"
+        )
+
+    def _stalled_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"the workers of {self._label()} were cancelled from outside (its event loop is "
+            f"ending?); {_NOTHING}"
+        )
+
+    def _close_gate(self, error: Callable[[], BaseException]) -> None:
+        """On the loop: refuse every ``submit_blocking()`` call without a verdict, and those to
+        come, with ``error()``; a call waiting for room stops waiting (it has taken nothing)."""
+        with self._requests_lock:
+            self._gate = error
+            pending = list(self._requests)
+        for req in pending:
+            if req.accepted.done():
+                continue
+            # Refused here, not by its task: a task cancelled before its first step never runs
+            # its coroutine at all.  A cancelled wait for room has taken nothing.
+            req.refuse(error())
+            if req.task is not None:
+                req.task.cancel()
+
+    def _open_gate(self) -> None:
+        with self._requests_lock:
+            self._gate = None
+
+    def _accept_from_thread(self, req: _FromThread) -> None:
+        """On the loop: queue a ``submit_blocking()`` job now, or start waiting for room."""
+        if req.accepted.done():
+            return  # refused meanwhile (the gate closed)
+        try:
+            if self._stalled:
+                raise self._stalled_error()
+            job = self._make(req.fn, req.args, req.kwargs)
+        except BaseException as exc:  # PoolClosed, or the pool is on another loop now
+            req.refuse(exc)
+            return
+        if self._jobs.offer(job):
+            self._accepted()
+            self._link(job, req)
+            return
+        if req.timeout == 0:
+            job._phase = _DONE  # never queued, never counted
+            req.refuse(TimeoutError(f"the queue of {self._label()} is full; {_NOTHING}"))
+            return
+        loop = self._loop
+        assert loop is not None
+        label = f"{self._label()} submit_blocking"
+        task = loop.create_task(self._put_from_thread(req, job), name=f"poolkit {label}")
+        record_origin(task, label)
+        if not task.done():  # (an eager task factory may have finished it already)
+            req.task = task
+
+    async def _put_from_thread(self, req: _FromThread, job: Job[Any]) -> None:
+        """On the loop: wait for room for a ``submit_blocking()`` job, as ``submit`` does."""
+        try:
+            await self._put(job)
+        except BaseException as exc:
+            job._phase = _DONE  # never queued, never counted
+            if isinstance(exc, asyncio.CancelledError):
+                req.refuse(  # unless whoever cancelled it refused it first, with its reason
+                    RuntimeError(
+                        f"the event loop of {self._label()} cancelled the wait for room in its "
+                        f"queue (the loop is ending?); {_NOTHING}"
+                    )
+                )
+                raise
+            req.refuse(exc)  # PoolClosed: told to the thread; the task itself ends quietly
+            return
+        finally:
+            req.task = None
+        self._accepted()
+        self._link(job, req)
+
+    def _withdraw_from_thread(self, req: _FromThread) -> None:
+        """On the loop: the thread's ``timeout`` passed (or it was interrupted)."""
+        if req.accepted.done():
+            return  # the verdict came first: the job is in, or was refused
+        req.refuse(
+            TimeoutError(
+                f"no room in the queue of {self._label()} within {req.timeout} s; {_NOTHING}"
+            )
+        )
+        if req.task is not None:
+            req.task.cancel()  # a cancelled wait for room has taken nothing
+
+    def _link(self, job: Job[Any], req: _FromThread) -> None:
+        """On the loop, once ``job`` is in: its outcome reaches ``req.result``, and cancelling
+        ``req.result`` cancels the job."""
+        result = req.result
+        loop = self._loop
+        assert loop is not None
+        linked = self._linked
+        linked[job] = result
+
+        def settle(j: Job[Any]) -> None:
+            if linked.pop(j, None) is not None:
+                _settle_future(j, result)
+
+        def withdraw(f: cf.Future[Any]) -> None:
+            if f.cancelled():
+                try:
+                    loop.call_soon_threadsafe(job.cancel)
+                except RuntimeError:
+                    pass  # the loop is closed: the job went with it
+
+        job.add_done_callback(settle)
+        result.add_done_callback(withdraw)
+        req.accepted.set_result(None)
 
     # ----------------------------------------------------------------- map
 
@@ -1083,6 +1646,8 @@ class WorkerPool:
         outcomes: bool,
     ) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
+        if self._state == _OPEN:
+            self._start()  # on this loop (or moved to it), with workers; per item, _ready says
         window = self._window()
         feed = _Feed(ordered)
         pending = feed.pending
@@ -1117,7 +1682,7 @@ class WorkerPool:
                         item = await source.__anext__() if is_async else next(source)
                     except (StopAsyncIteration, StopIteration):
                         return
-                    if self._state != _OPEN:
+                    if not self._ready:
                         self._start()  # raises PoolClosed once the pool is shutting down
                     job = _MapItem(self, fn, item, feed)
                     if not jobs.offer(job):
@@ -1210,19 +1775,41 @@ class WorkerPool:
         still ignores its cancellation ``timeout`` seconds later, it raises ``TimeoutError``.
         Cancelling the caller turns a drain into a cancel; the workers are gone before the
         cancellation propagates.  Idempotent; safe to call while another shutdown is in
-        progress.
+        progress, and from a later event loop once the pool's own has finished.
+
+        Args:
+            cancel: Cancel running jobs and hand back queued ones, instead of draining.
+            timeout: Seconds for each phase (``None``: no limit).
+
+        Returns:
+            The jobs handed back, as :class:`~poolkit.UnstartedJob` (empty after a drain that
+            finished in time).
+
+        Raises:
+            TimeoutError: If jobs still ignore their cancellation ``timeout`` seconds after it.
+            RuntimeError: If the pool belongs to another event loop that is still alive.
         """
         timeout = check_timeout(timeout)
+        self._ready = False
         if self._state == _NEW:
             self._state = _CLOSED
             self._jobs.close(self._closed_error)
             return []
+        if self._state != _CLOSED:
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._move_to(loop)  # its own loop has finished (else RuntimeError)
         if self._state == _OPEN:
             self._state = _CLOSING
-        self._jobs.close(self._closed_error)
+        self._close_gate(self._closed_error)  # submit_blocking() calls: waiting, or to come
+        self._jobs.close(self._closed_error)  # fails blocked submitters
         if cancel:
             self._stop_jobs()
         try:
+            with self._requests_lock:
+                waiting = [req.task for req in self._requests if req.task is not None]
+            if waiting:  # they end at once, refused; no task of the pool outlives it
+                await asyncio.wait(waiting)
             done = await self._wait_for_workers(timeout)
             if not done and not cancel:  # the drain ran out of time: cancel what is left
                 self._stop_jobs()

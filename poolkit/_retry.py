@@ -33,6 +33,22 @@ class RetryPolicy:
     plus up to 0.1 s of random jitter) and retries on any ``Exception``.
     ``RetryPolicy.attempts(5, on=(ConnectionError,))`` is the usual shorthand; pass tenacity
     objects for anything else, e.g. ``RetryPolicy(wait=tenacity.wait_fixed(1))``.
+
+    Args:
+        stop: When to give up: a tenacity stop strategy such as
+            ``tenacity.stop_after_attempt(3)`` (any callable of a ``tenacity.RetryCallState``).
+        wait: How long to sleep before the next attempt: a tenacity wait strategy such as
+            ``tenacity.wait_fixed(2)``.
+        retry: Which outcomes to retry: a tenacity retry strategy such as
+            ``tenacity.retry_if_exception_type(ConnectionError)``.
+        before_sleep: Called with the ``tenacity.RetryCallState`` before each sleep, or ``None``.
+
+    Raises:
+        TypeError: At construction, for an argument that is not what tenacity will call: a
+            number (``stop=3``, ``wait=2``), an exception class (``retry=ConnectionError``) or a
+            strategy class instead of an instance (``wait=tenacity.wait_none``).  Without this
+            check the mistake would surface only at a job's first failure, as a ``TypeError``
+            from inside tenacity that replaces the job's own error.
     """
 
     stop: Any = field(default_factory=lambda: tenacity.stop_after_attempt(3))
@@ -58,6 +74,7 @@ class RetryPolicy:
         ``maximum``) plus up to ``jitter`` seconds at random, retrying the exceptions ``on``."""
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise TypeError(f"attempts must be an int, got {attempts!r}")
+        _check_exception_types(on)
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts!r}")
         for name, value in (("initial", initial), ("maximum", maximum), ("jitter", jitter)):
@@ -71,6 +88,23 @@ class RetryPolicy:
             retry=tenacity.retry_if_exception_type(on),
         )
 
+    def __post_init__(self) -> None:
+        _check_strategy(
+            "stop", self.stop, "a tenacity stop strategy", "tenacity.stop_after_attempt(3)"
+        )
+        _check_strategy("wait", self.wait, "a tenacity wait strategy", "tenacity.wait_fixed(2)")
+        _check_strategy(
+            "retry",
+            self.retry,
+            "a tenacity retry strategy",
+            "tenacity.retry_if_exception_type(ConnectionError)",
+        )
+        if self.before_sleep is not None and not callable(self.before_sleep):
+            raise TypeError(
+                f"RetryPolicy before_sleep must be None or a function of a "
+                f"tenacity.RetryCallState, got {self.before_sleep!r}"
+            )
+
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "stop": self.stop,
@@ -83,6 +117,42 @@ class RetryPolicy:
         return kwargs
 
 
+def _check_strategy(name: str, value: object, what: str, example: str) -> None:
+    """A tenacity strategy is a callable of a ``RetryCallState``; tenacity itself checks nothing,
+    so a number or a class would fail only at a job's first failure, hiding the job's error."""
+    hint = ""
+    if isinstance(value, type):
+        if issubclass(value, BaseException):
+            hint = (
+                f"; to retry on {value.__name__}, pass "
+                f"retry=tenacity.retry_if_exception_type({value.__name__}) or use "
+                f"RetryPolicy.attempts(n, on={value.__name__})"
+            )
+        else:
+            hint = (
+                f"; pass an instance, {value.__module__}.{value.__qualname__}(...), not the class"
+            )
+    elif callable(value):
+        return
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name == "stop":
+            hint = f"; for {value} attempts in all: stop=tenacity.stop_after_attempt({value})"
+        elif name == "wait":
+            hint = f"; for {value} s between attempts: wait=tenacity.wait_fixed({value})"
+    raise TypeError(
+        f"RetryPolicy {name} must be {what} such as {example} (a callable taking a "
+        f"tenacity.RetryCallState), got {value!r}{hint}"
+    )
+
+
+def _check_exception_types(on: object) -> None:
+    types = on if isinstance(on, tuple) else (on,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise TypeError(
+            f"on must be an exception class or a tuple of exception classes, got {on!r}"
+        )
+
+
 def _backoff(initial: float, maximum: float, jitter: float) -> Any:
     """initial, 2*initial, 4*initial, ... at most ``maximum``, plus up to ``jitter`` at random."""
     wait = tenacity.wait_exponential(multiplier=initial, max=maximum)
@@ -93,8 +163,12 @@ def check_policy(policy: object, kind: type[tenacity.BaseRetrying]) -> None:
     if policy is None or isinstance(policy, RetryPolicy):
         return
     if not isinstance(policy, kind):
+        hint = ""
+        if isinstance(policy, int) and not isinstance(policy, bool) and policy >= 1:
+            hint = f" (for {policy} attempts in all: retry=poolkit.RetryPolicy.attempts({policy}))"
         raise TypeError(
-            f"retry must be a poolkit.RetryPolicy or a tenacity.{kind.__name__}, got {policy!r}"
+            f"retry must be a poolkit.RetryPolicy or a tenacity.{kind.__name__}, "
+            f"got {policy!r}{hint}"
         )
 
 

@@ -9,6 +9,20 @@ code and ``asyncio.wrap_future`` work with it; workers follow the executor proto
 Counters and the accounting identity are those of ``WorkerPool`` (see ``poolkit._pool``); they
 are kept under one lock, so a snapshot taken from any thread is consistent.
 
+Threads start as jobs need them, as in ``ThreadPoolExecutor``: a job that arrives when no idle
+thread can take it starts one, up to ``workers``; threads then stay (an elastic pool lets those
+beyond ``min_workers`` go after ``idle_timeout``).  A pool of 10,000 workers that runs one job
+starts one thread, and starting one costs the same however many run (the list of threads to
+join is pruned of finished ones only when it has doubled: amortised O(1)).
+
+A ThreadPool runs plain functions.  An ``async def`` function is refused at ``submit`` with a
+``TypeError``, and a call that returns an awaitable (a ``functools.partial`` of one, say) fails
+its job with one: there is no event loop in a worker thread to await it, and a coroutine left
+unawaited is a silent bug.  Use a ``WorkerPool`` for those, or ``asyncio.run`` inside the job.
+
+In ``async def`` code, ``async with ThreadPool(...)`` and ``await pool.shutdown_async()`` shut the
+pool down without blocking the event loop (the plain forms refuse to run there).
+
 What a timeout means for a thread
 ---------------------------------
 A thread cannot be interrupted.  With ``timeout=``, the job's future fails with ``TimeoutError``
@@ -23,12 +37,14 @@ running calls to return.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import heapq
 import logging
 import math
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Hashable, Iterable, Iterator
 from types import TracebackType
@@ -36,7 +52,7 @@ from typing import Any, TypeVar, final
 
 import tenacity
 
-from ._channel import Channel
+from ._channel import _EMPTY, Channel
 from ._checks import check_timeout
 from ._composite import Limits, PerKey
 from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack, PoolClosed, QueueFull
@@ -46,7 +62,7 @@ from ._limiter import CapacityLimiter
 from ._ratelimit import TokenBucket
 from ._registry import record_origin, register, unregistered
 from ._retry import RetryPolicy, check_policy, first_attempt_is_free, sync_retrying
-from ._wait import refuse_in_loop
+from ._wait import resolve
 
 __all__ = ["ThreadJob", "ThreadPool"]
 
@@ -57,6 +73,27 @@ _monotonic = time.monotonic
 _RETIRE: Any = object()  # sent to idle workers by resize(); never counted as a job
 _HANDED_BACK = 1
 _POOL_CANCELLED = 2
+# inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR: read off the code object at submit (an
+# inspect.iscoroutinefunction() call would cost more than the rest of the check).
+_ASYNC_CODE = 0x80 | 0x200
+_CoroutineType = types.CoroutineType
+
+# Workers resolve jobs through these: ThreadJob overrides its public twins to refuse its users.
+_cf_set_result = cf.Future.set_result
+_cf_set_exception = cf.Future.set_exception
+_cf_set_running = cf.Future.set_running_or_notify_cancel
+
+
+def _refuse_in_loop(what: str, instead: str) -> None:
+    """Raise ``RuntimeError`` if this thread runs an event loop, naming what to use there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"ThreadPool.{what}() would block the event loop running in this thread; {instead}"
+    )
+
 
 Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
 
@@ -66,6 +103,8 @@ class ThreadJob(cf.Future[T]):
 
     ``job.result(timeout)`` waits for it; ``asyncio.wrap_future(job)`` awaits it from a task.
     ``cancel()`` succeeds only while the job is queued (a running call cannot be interrupted).
+    The pool owns the job's outcome: ``set_result()``, ``set_exception()`` and
+    ``set_running_or_notify_cancel()`` raise ``concurrent.futures.InvalidStateError``.
     """
 
     def __init__(
@@ -95,6 +134,36 @@ class ThreadJob(cf.Future[T]):
     def args(self) -> tuple[Any, ...]:
         """The positional arguments; released (empty) once the call has returned."""
         return self._args
+
+    def set_result(self, result: T) -> None:
+        """Refused: the pool sets the result when the job's function returns.
+
+        Raises:
+            concurrent.futures.InvalidStateError: always; ``cancel()`` stops a queued job.
+        """
+        raise cf.InvalidStateError(self._owned("set_result"))
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Refused: the pool sets the exception when the job's function raises.
+
+        Raises:
+            concurrent.futures.InvalidStateError: always; ``cancel()`` stops a queued job.
+        """
+        raise cf.InvalidStateError(self._owned("set_exception"))
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Refused: the pool's worker marks the job running when it starts it.
+
+        Raises:
+            concurrent.futures.InvalidStateError: always.
+        """
+        raise cf.InvalidStateError(self._owned("set_running_or_notify_cancel"))
+
+    def _owned(self, what: str) -> str:
+        return (
+            f"{what}() on a job of {self._pool._label()} ({_fn_name(self._fn)}): the pool sets "
+            f"a job's state and outcome itself; to stop a queued job, call job.cancel()"
+        )
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -149,7 +218,16 @@ class ThreadPool:
     would freeze the loop: use ``submit_nowait`` there, or ``asyncio.to_thread``).  ``map``
     streams results with bounded memory.  ``shutdown(cancel=...)`` drains or hands back queued
     jobs, as in ``WorkerPool``; ``with`` drains when the body succeeds and cancels when it
-    raises.  No thread is left behind.
+    raises.  In ``async def`` code use ``async with`` and ``await shutdown_async(...)``, which
+    do the same without blocking the event loop.  No thread is left behind.
+
+    Worker threads start as jobs need them, up to ``workers`` (see the module docstring), so
+    ``statistics().workers`` counts the threads started and alive, never more than
+    ``target_workers``.
+
+    Raises:
+        TypeError, ValueError: For a bad option, naming it and the value received; ``key``
+            without ``limit`` is a ``ValueError``.
     """
 
     __slots__ = (
@@ -159,9 +237,11 @@ class ThreadPool:
         "_cancelled_running",
         "_deadlines",
         "_elastic",
+        "_exiting",
         "_fail_fast",
         "_failed",
         "_first_error",
+        "_gone_waiters",
         "_handed",
         "_handed_back",
         "_idle_timeout",
@@ -173,6 +253,7 @@ class ThreadPool:
         "_min_workers",
         "_name",
         "_next_id",
+        "_prune_at",
         "_queue_size",
         "_rejected",
         "_retire",
@@ -228,6 +309,11 @@ class ThreadPool:
             self._limit: Limits | None = None if limit is None else Limits(limit)
         if key is not None and not callable(key):
             raise TypeError(f"key must be a function of the job, got {key!r}")
+        if key is not None and self._limit is None:
+            raise ValueError(
+                f"key= needs limit=: key gives each job's key for a per-key limit, and no limit "
+                f"was given (got key={key!r}, limit=None); pass limit=PerKey(...), or drop key="
+            )
         if self._limit is not None and self._limit._keyed and key is None:
             raise ValueError("limit has per-key parts: pass key=, a function of the job")
         self._key = key
@@ -256,8 +342,13 @@ class ThreadPool:
         self._state = 0  # 0 new, 1 open, 2 closing, 3 closed
         self._workers: dict[int, _Worker] = {}
         self._threads: list[threading.Thread] = []  # every worker thread not yet joined
+        self._prune_at = 64  # _threads is pruned of finished threads when it grows this long
+        # Set once every worker has left the books *and* finished its last line (so joining
+        # them then is immediate); _spawn() clears it.  Async waiters are woken with it.
         self._workers_gone = threading.Event()
-        self._workers_gone.set()  # no workers yet; _spawn() clears it
+        self._workers_gone.set()
+        self._exiting = 0  # workers off the books, still running their last line
+        self._gone_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._next_id = 0
         self._live = 0
         self._busy = 0
@@ -335,14 +426,8 @@ class ThreadPool:
         with self._lock:
             if self._state == 0:
                 self._state = 1
-                for _ in range(self._min_workers if self._elastic else self._target):
+                for _ in range(self._min_workers):  # the rest start as jobs need them
                     self._spawn()
-                if self._timeout is not None:
-                    self._watchdog = threading.Thread(
-                        target=self._watch, name=f"poolkit {self._label()} watchdog", daemon=True
-                    )
-                    record_origin(self._watchdog, f"{self._label()} watchdog")
-                    self._watchdog.start()
             elif self._state != 1:
                 raise self._closed_error()
 
@@ -355,10 +440,19 @@ class ThreadPool:
         w.thread = threading.Thread(
             target=self._work, args=(w,), name=f"poolkit {self._label()} worker {w.ident}"
         )
-        self._threads = [t for t in self._threads if t.is_alive()]
-        self._threads.append(w.thread)
+        threads = self._threads
+        if len(threads) >= self._prune_at:  # amortised O(1): a scan only once it has doubled
+            threads[:] = [t for t in threads if t.is_alive()]
+            self._prune_at = max(64, 2 * len(threads))
+        threads.append(w.thread)
         record_origin(w.thread, f"{self._label()} worker {w.ident}")
         w.thread.start()
+        if self._timeout is not None and self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name=f"poolkit {self._label()} watchdog", daemon=True
+            )
+            record_origin(self._watchdog, f"{self._label()} watchdog")
+            self._watchdog.start()
 
     def _work(self, w: _Worker) -> None:
         logger.debug("%s: worker %d started", self._label(), w.ident)
@@ -379,7 +473,9 @@ class ThreadPool:
                         else None
                     )
                 try:
-                    job = jobs.receive_blocking(timeout=idle_for)
+                    job = jobs._try_receive()  # a job is waiting: the per-job path
+                    if job is _EMPTY:
+                        job = self._wait_for_job(idle_for)
                 except EndOfChannel:
                     return
                 except TimeoutError:
@@ -396,20 +492,41 @@ class ThreadPool:
                 with self._lock:
                     self._leave(w)
             logger.debug("%s: worker %d exited", self._label(), w.ident)
+            self._exited()
+
+    def _wait_for_job(self, idle_for: float | None) -> Any:
+        """Where an idle worker thread sleeps until a job comes (dumps show this frame as the
+        worker's idle state).  Raises ``TimeoutError`` after ``idle_for`` seconds and
+        :class:`~poolkit.EndOfChannel` once the pool is shut down and drained."""
+        return self._jobs.receive_blocking(timeout=idle_for)
 
     def _leave(self, w: _Worker) -> bool:  # lock held
         self._live -= 1
         del self._workers[w.ident]
-        if not self._workers:
+        self._exiting += 1
+        return True
+
+    def _exited(self) -> None:
+        """A worker's last step, after its last line of code: the pool is gone once every
+        worker has got here, so that joining the threads then never waits on a thread's code."""
+        with self._lock:
+            self._exiting -= 1
+            if self._workers or self._exiting:
+                return
             self._workers_gone.set()
             self._watchdog_wake.notify_all()
-        return True
+            waiters, self._gone_waiters = self._gone_waiters, []
+        for loop, fut in waiters:  # outside the lock: nothing foreign runs under it
+            try:
+                loop.call_soon_threadsafe(resolve, fut)
+            except RuntimeError:
+                pass  # that loop is closed: nobody waits there any more
 
     def _queued(self) -> int:  # lock held
         return self._submitted - self._started - self._cancelled_queued - self._handed_back
 
     def _run(self, w: _Worker, job: ThreadJob[Any]) -> None:
-        if not job.set_running_or_notify_cancel():
+        if not _cf_set_running(job):
             return  # cancelled while queued: counted by cancel()
         t0 = _monotonic()
         with self._lock:
@@ -426,6 +543,8 @@ class ThreadPool:
                 self._watchdog_wake.notify()
         try:
             result = self._attempts(job)
+            if hasattr(result, "__await__"):
+                self._refuse_awaitable(job, result)
         except BaseException as exc:
             error: BaseException | None = exc
         else:
@@ -449,14 +568,23 @@ class ThreadPool:
                 else:
                     fail_everything = False
         if error is None:
-            job.set_result(result)
+            _cf_set_result(job, result)
         else:
-            job.set_exception(error)
+            _cf_set_exception(job, error)
             if fail_everything:
                 job.exception()  # the with-block raises it: it is not lost
                 self._fail_everything()
             if not isinstance(error, Exception):
                 raise error  # KeyboardInterrupt, SystemExit: not the job's business to absorb
+
+    def _refuse_awaitable(self, job: ThreadJob[Any], result: Any) -> None:
+        if result.__class__ is _CoroutineType:
+            result.close()  # never awaited, on purpose: no "never awaited" warning later
+        raise TypeError(
+            f"job {_fn_name(job._fn)} returned {result!r}, an awaitable: a ThreadPool calls "
+            f"plain functions on its threads and has no event loop to await it. Submit async "
+            f"functions to a poolkit.WorkerPool, or run them inside the job with asyncio.run()"
+        )
 
     def _attempts(self, job: ThreadJob[Any]) -> Any:
         if self._retry is None:
@@ -519,11 +647,12 @@ class ThreadPool:
                         return
                     self._watchdog_wake.wait(None if not heap else max(0.0, heap[0][0] - now))
             for job in expired:  # resolved outside the lock: callbacks may call back into us
-                job.set_exception(
+                _cf_set_exception(
+                    job,
                     TimeoutError(
                         f"job {_fn_name(job._fn)} ran past the timeout of {self._timeout} s set "
                         f"on the {self._label()} (its thread goes on until the call returns)"
-                    )
+                    ),
                 )
 
     def _fail_everything(self) -> None:
@@ -554,32 +683,49 @@ class ThreadPool:
                 else:
                     self._cancelled_queued += 1
             if hand_back:
-                job.set_exception(
+                _cf_set_exception(
+                    job,
                     JobHandedBack(
                         f"{self._label()} was shut down (cancelling, or a drain that ran out of "
                         f"time) before this job started; it is in the list shutdown() "
                         f"returned and in pool.handed_back"
-                    )
+                    ),
                 )
             else:
                 cf.Future.cancel(job)
 
     def resize(self, workers: int) -> None:
-        """Change how many worker threads the pool keeps; see ``WorkerPool.resize``."""
+        """Change how many worker threads the pool may run (``target_workers``), at once.
+
+        Shrinking retires idle threads now and busy ones when their call returns; growing
+        starts threads for the jobs that wait with no idle thread to take them (the others
+        start as jobs need them).  No job is lost or interrupted.  Any thread may call it.
+
+        Args:
+            workers: The new size, at least 1 (and at least ``min_workers``).
+
+        Raises:
+            TypeError, ValueError: For a size that is not an int, or too small.
+            PoolClosed: Once the pool is shutting down.
+        """
         _check_count(workers, "workers", 1)
         if workers < self._min_workers:
             raise ValueError(
                 f"workers ({workers}) must not be below min_workers ({self._min_workers})"
             )
         with self._lock:
+            if self._state >= 2:
+                raise PoolClosed(
+                    f"{self._label()} is shut down; resize({workers}) cannot change it"
+                )
             self._target = workers
             if self._state != 1:
                 return
             # Workers told to retire that have not yet done so are not counted: take them back.
             self._retire -= min(self._retire, max(0, workers - (self._live - self._retire)))
-            if not self._elastic:
-                while self._live - self._retire < workers:
-                    self._spawn()
+            live = self._live - self._retire
+            for _ in range(min(workers - live, self._queued() - max(0, live - self._busy))):
+                self._spawn()  # for jobs that wait with no idle thread to take them
             excess = self._live - self._retire - self._target
             idle = self._live - self._busy
             if excess > 0:
@@ -595,8 +741,7 @@ class ThreadPool:
     def _make(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ThreadJob[Any]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
+        _check_fn(fn)
         if self._state != 1:
             self._start()
         return ThreadJob(self, fn, args, kwargs)
@@ -608,27 +753,40 @@ class ThreadPool:
                 self._submitted += 1
             live = self._live - self._retire
             if (
-                self._elastic
-                and self._state == 1  # once closing, shutdown() sees to the queued jobs
+                self._state == 1  # once closing, shutdown() sees to the queued jobs
                 and live < self._target
                 and self._queued() > live - self._busy
             ):
-                self._spawn()
+                self._spawn()  # no idle thread can take it: start one (lazily, as needed)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
         """Queue ``fn(*args, **kwargs)``; block this thread while the queue is full.
 
-        Raises ``TypeError`` for a non-callable, :class:`~poolkit.PoolClosed` once the pool is
-        shutting down, ``RuntimeError`` on a thread whose event loop is running (if it would
-        have to wait).
+        ``fn`` is a plain (blocking) function, called on a worker thread.
+
+        Args:
+            fn: The function to run, then its positional and keyword arguments.
+
+        Returns:
+            The job's :class:`ThreadJob`, a ``concurrent.futures.Future``.
+
+        Raises:
+            TypeError: If ``fn`` is not callable, or is an ``async def`` function (submit those
+                to a ``WorkerPool``, or call ``asyncio.run`` inside a plain function).
+            PoolClosed: If the pool is shutting down (also while this thread was waiting).
+            RuntimeError: If it would have to wait on a thread whose event loop is running (use
+                ``submit_nowait`` there, or ``await asyncio.to_thread(pool.submit, ...)``).
         """
         job = self._make(fn, args, kwargs)
         jobs = self._jobs
         try:
-            if self._elastic and not jobs._try_send(job):
-                self._grow()  # every worker is busy (or there is none): start one, then wait
-                jobs.send_blocking(job)
-            elif not self._elastic:
+            if not jobs._try_send(job):
+                _refuse_in_loop(
+                    "submit",
+                    f"the queue of {self._label()} is full. Use pool.submit_nowait() (it raises "
+                    f"QueueFull instead of waiting), or await asyncio.to_thread(pool.submit, ...)",
+                )
+                self._grow()  # no thread was free to take it: start one (up to the cap), wait
                 jobs.send_blocking(job)
         except ChannelClosed:
             raise self._closed_error() from None
@@ -642,7 +800,13 @@ class ThreadPool:
 
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
-        :class:`~poolkit.QueueFull` (counted as rejected).  Never blocks; any thread."""
+        :class:`~poolkit.QueueFull` (counted as rejected).  Never blocks; any thread, event
+        loops included.
+
+        Raises:
+            QueueFull: If the queue is full.
+            TypeError, PoolClosed: As :meth:`submit`.
+        """
         job = self._make(fn, args, kwargs)
         try:
             ok = self._jobs._try_send(job)
@@ -678,8 +842,7 @@ class ThreadPool:
         result as an :class:`Outcome` with ``outcomes=True``.  Closing the generator early
         cancels what is still queued.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
+        _check_fn(fn)
         if isinstance(iterable, AsyncIterable) or not isinstance(iterable, Iterable):
             raise TypeError(f"map() needs an iterable, got {iterable!r}")
         return self._map(fn, iterable, ordered, outcomes)
@@ -760,10 +923,84 @@ class ThreadPool:
         ``cancel=False`` drains (every queued and running job finishes; after ``timeout``
         seconds the queued ones left are handed back).  ``cancel=True`` hands back the queued
         jobs at once; running calls cannot be interrupted, so it waits for them to return (and
-        raises ``TimeoutError`` if some are still running after ``timeout`` seconds).
-        Idempotent.  Refuses to block a thread whose event loop is running.
+        raises ``TimeoutError`` if some are still running after ``timeout`` seconds; a later
+        shutdown waits again).  Idempotent.  In ``async def`` code, use :meth:`shutdown_async`.
+
+        Args:
+            cancel: Hand back queued jobs at once, instead of draining.
+            timeout: Seconds to wait for the threads (``None``: no limit).
+
+        Returns:
+            The jobs handed back, as :class:`~poolkit.UnstartedJob`.
+
+        Raises:
+            TimeoutError: If calls are still running after ``timeout`` seconds.
+            RuntimeError: On a thread whose event loop is running, if there are threads to wait
+                for (nothing is changed then): it would freeze the loop.
         """
         timeout = check_timeout(timeout)
+        if self._workers:
+            _refuse_in_loop("shutdown", _USE_ASYNC)
+        if not self._begin_shutdown(cancel):
+            return []
+        if not self._workers_gone.is_set():
+            _refuse_in_loop("shutdown", _USE_ASYNC)
+        if not self._workers_gone.wait(timeout):
+            # The deadline passed: hand back what never started; running calls cannot be
+            # interrupted, so if some are left the caller is told (a later shutdown() waits).
+            self._drain_queue(hand_back=True)
+            if not self._workers_gone.wait(0):
+                raise self._still_running(timeout)
+        return self._finish()
+
+    async def shutdown_async(
+        self, *, cancel: bool = False, timeout: float | None = None
+    ) -> list[UnstartedJob]:
+        """:meth:`shutdown` for ``async def`` code: the same arguments, result and errors, and
+        the event loop runs on while the threads finish.
+
+        If the task awaiting it is cancelled, the shutdown takes the cancel path (queued jobs
+        are handed back) and still waits for the running calls to return (at most ``timeout``
+        seconds, if given) before the cancellation propagates, as ``WorkerPool.shutdown``
+        does: threads cannot be interrupted, so this is the only way to leave none behind.
+
+        Args:
+            cancel: Hand back queued jobs at once, instead of draining.
+            timeout: Seconds to wait for the threads (``None``: no limit).
+
+        Returns:
+            The jobs handed back, as :class:`~poolkit.UnstartedJob`.
+
+        Raises:
+            TimeoutError: If calls are still running after ``timeout`` seconds.
+        """
+        timeout = check_timeout(timeout)
+        if not self._begin_shutdown(cancel):
+            return []
+        try:
+            if not await self._wait_gone(timeout):
+                self._drain_queue(hand_back=True)
+                if not self._workers_gone.is_set():
+                    raise self._still_running(timeout)
+        except asyncio.CancelledError:
+            self._drain_queue(hand_back=True)  # the cancel path, as WorkerPool takes
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            while not self._workers_gone.is_set():
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    await self._wait_gone(left)
+                except asyncio.CancelledError:
+                    continue  # cancelled again: the threads still have to finish
+            if self._workers_gone.is_set():
+                self._finish()
+            raise
+        return self._finish()
+
+    def _begin_shutdown(self, cancel: bool) -> bool:
+        """Close the pool to new jobs; False if it never started (nothing to wait for)."""
         with self._lock:
             state = self._state
             if state == 0:
@@ -772,7 +1009,7 @@ class ThreadPool:
                 self._state = 2
         self._jobs.close()
         if state == 0:
-            return []
+            return False
         with self._lock:
             # An elastic pool may have no worker left (or only retiring ones) while jobs that
             # were sent before the close still wait: one worker drains them.
@@ -780,19 +1017,42 @@ class ThreadPool:
                 self._spawn()
         if cancel:
             self._drain_queue(hand_back=True)
-        if self._workers and not self._workers_gone.is_set():
-            refuse_in_loop("shutdown")
-        if not self._workers_gone.wait(timeout):
-            # The deadline passed: hand back what never started; running calls cannot be
-            # interrupted, so if some are left the caller is told (a later shutdown() waits).
-            self._drain_queue(hand_back=True)
-            if not self._workers_gone.wait(0):
-                with self._lock:
-                    running = [w.job for w in self._workers.values() if w.job is not None]
-                raise TimeoutError(
-                    f"{self._label()}: {len(running)} call(s) still running after {timeout} s "
-                    f"(threads cannot be interrupted): {running!r}"
-                )
+        return True
+
+    async def _wait_gone(self, timeout: float | None) -> bool:
+        """Wait, without blocking the loop, until every worker has exited; False on timeout."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            if self._workers_gone.is_set():
+                return True
+            self._gone_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                await fut
+        except TimeoutError:
+            if scope.expired():
+                return False
+            raise
+        finally:
+            with self._lock:
+                try:
+                    self._gone_waiters.remove(entry)
+                except ValueError:
+                    pass  # taken by the last worker, which woke us
+        return True
+
+    def _still_running(self, timeout: float | None) -> TimeoutError:
+        with self._lock:
+            running = [w.job for w in self._workers.values() if w.job is not None]
+        return TimeoutError(
+            f"{self._label()}: {len(running)} call(s) still running after {timeout} s "
+            f"(threads cannot be interrupted): {running!r}"
+        )
+
+    def _finish(self) -> list[UnstartedJob]:
+        """Every worker has run its last line: join the threads (at once) and close the books."""
         with self._lock:
             self._state = 3
             self._watchdog_wake.notify_all()
@@ -820,3 +1080,38 @@ class ThreadPool:
             self.shutdown(cancel=True)
         if exc_type is None and self._first_error is not None:
             raise self._first_error
+
+    async def __aenter__(self) -> ThreadPool:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._first_error is None:
+            await self.shutdown_async()
+        else:
+            await self.shutdown_async(cancel=True)
+        if exc_type is None and self._first_error is not None:
+            raise self._first_error
+
+
+_USE_ASYNC = (
+    "in async code use `async with ThreadPool(...)`, or `await pool.shutdown_async(...)`, which "
+    "wait for the threads without blocking the loop"
+)
+
+
+def _check_fn(fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & _ASYNC_CODE:
+        raise TypeError(
+            f"{_fn_name(fn)} is an async function: a ThreadPool calls plain functions on its "
+            f"threads and has no event loop to await a coroutine. Submit it to a "
+            f"poolkit.WorkerPool, or call asyncio.run(...) inside a plain function submitted here"
+        )

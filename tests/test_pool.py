@@ -1094,3 +1094,135 @@ async def test_a_first_attempt_run_outside_tenacity_still_starts_its_clock() -> 
     assert seen_start == [pytest.approx(seen_start[0])]
     assert seen_start[0] <= first_call[0]
     assert pool.statistics().retried == 1
+
+
+# ---------------------------------------------------------------- misuse that used to pass silently
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        (
+            {"stop": 3},
+            "RetryPolicy stop must be a tenacity stop strategy such as "
+            "tenacity.stop_after_attempt(3) (a callable taking a tenacity.RetryCallState), got 3",
+        ),
+        (
+            {"wait": 2},
+            "RetryPolicy wait must be a tenacity wait strategy such as tenacity.wait_fixed(2)",
+        ),
+        ({"wait": 2}, "got 2; for 2 s between attempts: wait=tenacity.wait_fixed(2)"),
+        (
+            {"retry": ConnectionError},
+            "to retry on ConnectionError, pass "
+            "retry=tenacity.retry_if_exception_type(ConnectionError)",
+        ),
+        ({"retry": (ValueError,)}, "RetryPolicy retry must be a tenacity retry strategy"),
+        ({"wait": tenacity.wait_none}, "pass an instance, tenacity.wait.wait_none(...), not the"),
+        ({"stop": None}, "RetryPolicy stop must be a tenacity stop strategy"),
+        ({"before_sleep": 5}, "before_sleep must be None or a function of a tenacity"),
+    ],
+)
+def test_retry_policy_refuses_what_tenacity_cannot_call(kwargs: dict[str, Any], words: str) -> None:
+    """``RetryPolicy(stop=3)`` used to be accepted; at a job's first failure the job's own error
+    was replaced by ``TypeError: 'int' object is not callable`` from inside tenacity."""
+    with pytest.raises(TypeError) as info:
+        RetryPolicy(**kwargs)
+    assert words in str(info.value)
+
+
+def test_retry_policy_attempts_checks_on() -> None:
+    with pytest.raises(TypeError, match="on must be an exception class or a tuple of exception"):
+        RetryPolicy.attempts(3, on=ValueError())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got \(\)"):
+        RetryPolicy.attempts(3, on=())
+    assert RetryPolicy.attempts(3, on=(KeyError, ValueError)).stop is not None
+
+
+def test_a_pool_given_a_number_for_retry_says_what_it_meant() -> None:
+    with pytest.raises(TypeError, match=r"retry=poolkit\.RetryPolicy\.attempts\(3\)"):
+        WorkerPool(retry=3)  # type: ignore[arg-type]
+
+
+def test_key_without_limit_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"key= needs limit=.*got key=.*, limit=None"):
+        WorkerPool(key=lambda job: job.args[0])
+
+
+async def test_resize_after_shutdown_raises_pool_closed() -> None:
+    pool = WorkerPool(workers=2, name="gone")
+    pool.resize(3)  # before it starts: the size it will start with
+    async with pool:
+        assert pool.statistics().workers == 3
+    with pytest.raises(PoolClosed, match=r"pool 'gone' is shut down; resize\(4\) cannot change"):
+        pool.resize(4)
+    assert pool.statistics().target_workers == 3
+
+
+async def test_a_users_set_result_or_set_exception_is_refused() -> None:
+    """A user's ``job.set_result()`` used to be accepted; the worker then died with
+    ``InvalidStateError`` when the job finished, and the pool lost that worker."""
+    gate = asyncio.Event()
+
+    async def waits(tag: str) -> str:
+        await gate.wait()
+        return tag
+
+    async with WorkerPool(workers=1, name="owner") as pool:
+        running = await pool.submit(waits, "running")
+        queued = await pool.submit(waits, "queued")
+        await settle()
+        for job in (running, queued):
+            with pytest.raises(asyncio.InvalidStateError, match=r"call job\.cancel\(\)"):
+                job.set_result("mine")
+            with pytest.raises(asyncio.InvalidStateError, match=r"pool 'owner' .*sets a job's"):
+                job.set_exception(ValueError("mine"))
+        gate.set()
+        assert [await running, await queued] == ["running", "queued"]
+        assert await (await pool.submit(double, 2)) == 4  # the worker is fine
+        s = check_identity(pool)
+        assert (s.workers, s.succeeded) == (1, 3)
+
+
+async def test_a_plain_function_runs_in_the_worker_on_the_loops_thread() -> None:
+    """What submit(sync_fn) does, as documented: it is called on the loop's thread (so it must
+    not block), its result is the job's, and an awaitable it returns is awaited."""
+    import threading
+
+    async with WorkerPool(workers=1) as pool:
+        assert await (await pool.submit(threading.get_ident)) == threading.get_ident()
+        assert await (await pool.submit(lambda: double(4))) == 8
+
+
+async def test_idle_and_running_workers_are_where_dumps_look_for_them() -> None:
+    """For task dumps: a worker waiting for its next job is inside ``_JobQueue.wait_for_job``,
+    and a running job's coroutine is awaited by ``WorkerPool._work`` itself (plain jobs) or by
+    ``WorkerPool._attempt`` (jobs under a limit, a timeout or tenacity)."""
+    gate = asyncio.Event()
+
+    def chain(task: asyncio.Task[Any]) -> list[str]:
+        names = []
+        coro: Any = task.get_coro()
+        while coro is not None and hasattr(coro, "cr_code"):
+            names.append(coro.cr_code.co_qualname)
+            coro = coro.cr_await
+        return names
+
+    async with WorkerPool(workers=2) as pool, WorkerPool(workers=1, timeout=10) as slow:
+        await settle()
+        idle = [w.task for w in pool._workers.values() if w.task is not None]
+        assert [chain(t)[:2] for t in idle] == [["WorkerPool._work", "_JobQueue.wait_for_job"]] * 2
+        job = await pool.submit(gate.wait)
+        other = await slow.submit(gate.wait)
+        await settle()
+        (busy,) = [w.task for w in pool._workers.values() if w.job is job and w.task is not None]
+        assert chain(busy)[:2] == ["WorkerPool._work", "Event.wait"]
+        (limited,) = [w.task for w in slow._workers.values() if w.task is not None]
+        assert chain(limited) == [
+            "WorkerPool._work",
+            "WorkerPool._attempts",
+            "WorkerPool._attempt",  # the limit is acquired here, then the job is awaited
+            "Event.wait",
+        ]
+        gate.set()
+        await asyncio.gather(job, other)

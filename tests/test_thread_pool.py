@@ -328,8 +328,15 @@ def test_resize_and_elastic_workers() -> None:
 
 
 def test_worker_start_and_exit_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="poolkit.pool"), ThreadPool(workers=2, name="tl"):
-        pass
+    gate = threading.Event()
+    with (
+        caplog.at_level(logging.DEBUG, logger="poolkit.pool"),
+        ThreadPool(workers=2, name="tl") as pool,
+    ):
+        jobs = [pool.submit(gate.wait, 5) for _ in range(2)]  # two at once: two threads
+        wait_until(lambda: pool.statistics().busy == 2)
+        gate.set()
+        assert [job.result(5) for job in jobs] == [True, True]
     messages = [r.getMessage() for r in caplog.records if r.name == "poolkit.pool"]
     assert "pool 'tl': worker 1 started" in messages
     assert "pool 'tl': worker 2 exited" in messages
@@ -544,7 +551,14 @@ def test_thread_pool_resize_down_then_up_before_the_retired_workers_exit() -> No
     with ThreadPool(workers=4) as pool:
         channel = _PausingChannel(pool._jobs)
         pool._jobs = channel  # type: ignore[assignment]
-        wait_until(lambda: pool.statistics().workers == 4)
+        start = threading.Event()  # four jobs at once start four threads, idle afterwards
+        started = [pool.submit(start.wait, 5) for _ in range(4)]
+        wait_until(lambda: pool.statistics().busy == 4)
+        start.set()
+        for job in started:
+            job.result(5)
+        wait_until(lambda: pool.statistics().busy == 0)
+        assert pool.statistics().workers == 4
         channel.hold_retirements = True
         pool.resize(1)
         pool.resize(4)  # while the three told to retire have not acted on it yet
@@ -661,3 +675,267 @@ def test_a_failing_first_attempt_is_handed_to_the_policy_with_its_start_time() -
         assert pool.submit(flaky).result(timeout=10) == "ok"
     assert len(calls) == 3 and pool.statistics().retried == 2
     assert len(set(starts)) == 1 and starts[0] <= calls[0]
+
+
+# ---------------------------------------------------------------- threads start as jobs need them
+
+
+def _count_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        if self.name.startswith("poolkit "):
+            started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    return started
+
+
+def test_a_pool_of_10000_workers_starts_one_thread_for_its_first_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Start-up used to start every thread at once, rescanning all of them at each start: the
+    first result took 1.1 s with 1,000 workers and 19.9 s with 10,000.  Now a thread starts
+    only when a job arrives and no idle thread can take it, as in ThreadPoolExecutor."""
+    started = _count_starts(monkeypatch)
+    with ThreadPool(workers=10_000, name="wide") as pool:
+        assert started == []
+        assert pool.submit(double, 1).result(5) == 2
+        assert started == ["poolkit pool 'wide' worker 1"]
+        for i in range(5):  # one after another: the idle thread takes each
+            assert pool.submit(double, i).result(5) == 2 * i
+        s = check_identity(pool)
+        assert (s.workers, s.idle, s.target_workers, s.succeeded) == (1, 1, 10_000, 6)
+        gate = threading.Event()
+        jobs = [pool.submit(gate.wait, 5) for _ in range(3)]  # three at once: two more
+        wait_until(lambda: pool.statistics().busy == 3)
+        gate.set()
+        assert all(job.result(5) for job in jobs)
+        assert len(started) == 3 and pool.statistics().workers == 3
+
+
+def test_starting_a_thread_does_not_scan_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each start used to filter the whole thread list with is_alive(): quadratic in threads."""
+    scans = 0
+    real_is_alive = threading.Thread.is_alive
+
+    def counting_is_alive(self: threading.Thread) -> bool:
+        nonlocal scans
+        scans += 1
+        return real_is_alive(self)
+
+    started = _count_starts(monkeypatch)
+    gate = threading.Event()
+    monkeypatch.setattr(threading.Thread, "is_alive", counting_is_alive)  # whenever they start
+    with ThreadPool(workers=300, queue_size=0) as pool:
+        jobs = [pool.submit(gate.wait, 10) for _ in range(300)]  # each finds no idle thread
+        monkeypatch.setattr(threading.Thread, "is_alive", real_is_alive)
+        assert len(started) == 300
+        assert scans <= 2 * 300 + 64, f"{scans} is_alive() calls for 300 thread starts"
+        gate.set()
+        assert all(job.result(10) for job in jobs)
+
+
+def test_resize_up_starts_threads_only_for_jobs_that_wait() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=10) as pool:
+        jobs = [pool.submit(gate.wait, 5) for _ in range(4)]
+        wait_until(lambda: pool.statistics().busy == 1)
+        pool.resize(3)  # two jobs wait with no thread: two threads start for them
+        wait_until(lambda: pool.statistics().busy == 3)
+        pool.resize(10)  # one job still waits: one more thread, not seven
+        wait_until(lambda: pool.statistics().busy == 4)
+        s = check_identity(pool)
+        assert (s.workers, s.target_workers, s.queued) == (4, 10, 0)
+        gate.set()
+        assert all(job.result(5) for job in jobs)
+
+
+def test_resize_after_shutdown_raises_pool_closed() -> None:
+    pool = ThreadPool(workers=2, name="gone")
+    pool.resize(3)  # before it starts: fine
+    pool.shutdown()
+    with pytest.raises(PoolClosed, match=r"pool 'gone' is shut down; resize\(4\) cannot change"):
+        pool.resize(4)
+
+
+def test_key_without_limit_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"key= needs limit=.*got key=.*, limit=None"):
+        ThreadPool(key=lambda job: job.args[0])
+
+
+# ---------------------------------------------------------------- async def code
+
+
+async def test_async_with_shuts_down_while_the_loop_runs_on() -> None:
+    """``with ThreadPool()`` in ``async def`` code raised at exit and told the user to "await
+    the asynchronous form", which did not exist.  ``async with`` waits for the threads while
+    the loop runs: here the running call can only finish because a task opens its gate
+    during the shutdown."""
+    gate = threading.Event()
+
+    async def open_gate_later() -> None:
+        await asyncio.sleep(0.01)
+        gate.set()
+
+    async with ThreadPool(workers=1, name="aio") as pool:
+        job = pool.submit_nowait(gate.wait, 5)
+        opener = asyncio.create_task(open_gate_later())
+    assert job.result(0) is True, "the loop was blocked while the pool shut down"
+    await opener
+    s = check_identity(pool)
+    assert (s.closed, s.workers, s.succeeded) == (True, 0, 1)
+
+
+async def test_plain_with_in_async_code_says_what_to_use_and_changes_nothing() -> None:
+    pool = ThreadPool(workers=1, name="mixed")
+    with (
+        pytest.raises(
+            RuntimeError,
+            match=r"ThreadPool\.shutdown\(\) would block the event loop .*"
+            r"`async with ThreadPool\(\.\.\.\)`, or `await pool\.shutdown_async\(\.\.\.\)`",
+        ),
+        pool,
+    ):
+        await asyncio.wrap_future(pool.submit_nowait(double, 1))
+    assert not pool.closed  # refused before it changed anything: still usable
+    assert await asyncio.wrap_future(pool.submit_nowait(double, 2)) == 4
+    assert await pool.shutdown_async() == []
+    assert check_identity(pool).workers == 0
+
+
+async def test_shutdown_async_cancel_and_timeout() -> None:
+    release = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=5, name="slow")
+    running = pool.submit_nowait(release.wait, 5)
+    queued = [pool.submit_nowait(double, i) for i in range(3)]
+    await asyncio.to_thread(wait_until, lambda: pool.statistics().busy == 1)
+    with pytest.raises(TimeoutError, match="threads cannot be interrupted"):
+        await pool.shutdown_async(cancel=True, timeout=0.01)
+    assert all(isinstance(job.exception(0), JobHandedBack) for job in queued)
+    release.set()
+    handed = await pool.shutdown_async()  # a later shutdown waits for the call
+    assert [h.job for h in handed] == queued
+    assert running.result(0) is True
+    assert await pool.shutdown_async() == handed  # idempotent
+    s = check_identity(pool)
+    assert (s.handed_back, s.succeeded, s.workers) == (3, 1, 0)
+
+
+async def test_a_cancelled_shutdown_async_hands_back_and_still_waits_for_the_threads() -> None:
+    release = threading.Event()
+    pool = ThreadPool(workers=1, queue_size=5)
+    running = pool.submit_nowait(release.wait, 5)
+    queued = pool.submit_nowait(double, 1)
+    await asyncio.to_thread(wait_until, lambda: pool.statistics().busy == 1)
+    stopping = asyncio.create_task(pool.shutdown_async())  # a drain...
+    await asyncio.sleep(0.01)
+    stopping.cancel()  # ...cancelled: it takes the cancel path
+    await asyncio.sleep(0.01)
+    assert not stopping.done()  # the running call has not returned: it waits for it
+    assert isinstance(queued.exception(0), JobHandedBack)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert running.result(0) is True
+    s = check_identity(pool)
+    assert (s.workers, s.handed_back, s.closed) == (0, 1, True)
+
+
+# ---------------------------------------------------------------- misuse that used to pass silently
+
+
+async def _async_double(x: int) -> int:
+    return 2 * x
+
+
+class _Awaitable:
+    def __await__(self) -> Any:
+        yield
+        return 1
+
+
+def test_async_functions_are_refused_and_awaitables_fail_their_job() -> None:
+    """``submit(async_fn)`` used to return an unawaited coroutine as the job's result."""
+    import functools
+    import gc
+    import warnings
+
+    with ThreadPool(workers=1, name="sync") as pool:
+        with pytest.raises(TypeError, match=r"_async_double is an async function: .*WorkerPool"):
+            pool.submit(_async_double, 1)
+        with pytest.raises(TypeError, match="is an async function"):
+            pool.submit_nowait(_async_double, 1)
+        with pytest.raises(TypeError, match="is an async function"):
+            pool.map(_async_double, [1])
+        assert pool.statistics().submitted == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            job = pool.submit(functools.partial(_async_double, 1))  # not seen at submit...
+            with pytest.raises(
+                TypeError, match=r"returned <coroutine .*an awaitable.*asyncio\.run"
+            ):
+                job.result(5)  # ...but its coroutine is refused, and closed, not leaked
+            awaitable = pool.submit(_Awaitable)
+            with pytest.raises(TypeError, match="an awaitable"):
+                awaitable.result(5)
+            del job
+            gc.collect()
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+        assert pool.submit(double, 2).result(5) == 4
+    s = check_identity(pool)
+    assert (s.failed, s.succeeded) == (2, 1)
+
+
+def test_a_users_set_result_set_exception_or_set_running_is_refused() -> None:
+    """A user's ``set_result()`` on a queued job used to be accepted; the worker then died on
+    ``set_running_or_notify_cancel()`` and the job's thread was lost."""
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=5, name="owner") as pool:
+        running = pool.submit(gate.wait, 5)
+        wait_until(lambda: pool.statistics().busy == 1)
+        queued = pool.submit(double, 21)
+        for job in (running, queued):
+            with pytest.raises(cf.InvalidStateError, match=r"pool 'owner'.*job\.cancel\(\)"):
+                job.set_result("mine")
+            with pytest.raises(cf.InvalidStateError, match="sets a job's state and outcome"):
+                job.set_exception(ValueError("mine"))
+            with pytest.raises(cf.InvalidStateError, match="set_running_or_notify_cancel"):
+                job.set_running_or_notify_cancel()
+        gate.set()
+        assert (running.result(5), queued.result(5)) == (True, 42)
+        s = check_identity(pool)
+        assert (s.workers, s.succeeded) == (1, 2)
+
+
+def test_an_idle_worker_thread_waits_in_its_own_method() -> None:
+    """For task dumps: an idle thread is inside ``ThreadPool._wait_for_job``, and a running
+    call is made from ``ThreadPool._attempt`` (under ``ThreadPool._work``)."""
+    import sys
+
+    def stack(thread: threading.Thread) -> list[str]:
+        assert thread.ident is not None
+        frame: Any = sys._current_frames()[thread.ident]
+        names = []
+        while frame is not None:
+            names.append(frame.f_code.co_qualname)
+            frame = frame.f_back
+        return names
+
+    gate = threading.Event()
+    with ThreadPool(workers=2) as pool:
+        pool.submit(double, 1).result(5)
+        (idle,) = [w.thread for w in pool._workers.values() if w.thread is not None]
+        wait_until(lambda: "ThreadPool._wait_for_job" in stack(idle))
+        assert stack(idle).index("ThreadPool._wait_for_job") < stack(idle).index("ThreadPool._work")
+        job = pool.submit(gate.wait, 5)
+        wait_until(lambda: pool.statistics().busy == 1)
+        (busy,) = [w.thread for w in pool._workers.values() if w.job is job and w.thread]
+        wait_until(lambda: "Event.wait" in stack(busy))
+        names = stack(busy)
+        assert names[names.index("Event.wait") + 1] == "ThreadPool._attempt"
+        assert "ThreadPool._wait_for_job" not in names
+        gate.set()
+        assert job.result(5) is True
