@@ -831,9 +831,16 @@ class WorkerPool:
 
         A new pool binds to the running loop.  An open pool on another loop moves to this one if
         its loop has finished (else ``RuntimeError``); one that lost workers gets new ones.
-        Raises :class:`~poolkit.PoolClosed` once the pool is shutting down.
+        Raises :class:`~poolkit.PoolClosed` once the pool is shutting down, and
+        ``RuntimeError`` outside a running event loop (threads use :meth:`submit_blocking`).
         """
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"{self._label()} runs on an event loop: use it from a task of that loop "
+                f"(from another thread, submit with submit_blocking())"
+            ) from None
         state = self._state
         if state == _NEW:
             self._bind(loop)
@@ -1248,10 +1255,11 @@ class WorkerPool:
             )
         if self._state >= _CLOSING:
             raise PoolClosed(f"{self._label()} is shut down; resize({workers}) cannot change it")
-        self._target = workers
         if self._state != _OPEN:
+            self._target = workers
             return
         self._start()  # on the pool's loop (or its successor), and with its workers
+        self._target = workers
         # Workers told to exit that have not yet exited are not counted: take them back first.
         for w in self._workers.values():
             if self._live - self._retiring >= workers:

@@ -1159,6 +1159,28 @@ async def test_resize_after_shutdown_raises_pool_closed() -> None:
     assert pool.statistics().target_workers == 3
 
 
+async def test_using_a_pool_from_a_plain_thread_says_what_to_do_instead() -> None:
+    # Regression: resize() or submit_nowait() from a thread raised asyncio's bare "no running
+    # event loop", which does not say that the pool is bound to a loop, nor what to use.
+    async with WorkerPool(workers=2, name="bound") as pool:
+        await pool.submit(asyncio.sleep, 0)
+        errors: list[BaseException] = []
+
+        def from_thread() -> None:
+            for call in (lambda: pool.resize(3), lambda: pool.submit_nowait(asyncio.sleep, 0)):
+                try:
+                    call()
+                except RuntimeError as e:
+                    errors.append(e)
+
+        await asyncio.to_thread(from_thread)
+        assert len(errors) == 2
+        for e in errors:
+            assert "pool 'bound' runs on an event loop" in str(e)
+            assert "submit_blocking()" in str(e)
+        assert pool.statistics().target_workers == 2
+
+
 async def test_a_users_set_result_or_set_exception_is_refused() -> None:
     """A user's ``job.set_result()`` used to be accepted; the worker then died with
     ``InvalidStateError`` when the job finished, and the pool lost that worker."""
