@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import inspect
 import os
 import re
 import sys
@@ -185,68 +187,178 @@ def _info_json(info: Info) -> dict[str, Any]:
 
 _POOLKIT = "poolkit."
 
-# (module, qualified name) -> state.  The match nearest the caller's own code wins, so that
-# ``Channel.receive`` names the state rather than the ``Channel._await`` it calls.
-_STATES: dict[tuple[str, str], str] = {
-    ("poolkit._channel", "Channel.send"): "chan send",
-    ("poolkit._channel", "Channel.receive"): "chan receive",
-    ("poolkit._channel", "Channel.__anext__"): "chan receive",
-    ("poolkit._channel", "Channel.send_blocking"): "chan send",
-    ("poolkit._channel", "Channel.receive_blocking"): "chan receive",
-    ("poolkit._channel", "Channel.__iter__"): "chan receive",
-    ("poolkit._channel", "select"): "select",
-    ("poolkit._channel", "select_blocking"): "select",
-    ("poolkit._limiter", "CapacityLimiter.acquire"): "semacquire",
-    ("poolkit._limiter", "CapacityLimiter.__aenter__"): "semacquire",
-    ("poolkit._limiter", "CapacityLimiter.acquire_blocking"): "semacquire",
-    ("poolkit._limiter", "CapacityLimiter.__enter__"): "semacquire",
-    ("poolkit._ratelimit", "TokenBucket.acquire"): "rate wait",
-    ("poolkit._ratelimit", "TokenBucket.__aenter__"): "rate wait",
-    ("poolkit._ratelimit", "TokenBucket.acquire_blocking"): "rate wait",
-    ("poolkit._composite", "Limits.acquire"): "limits wait",
-    ("poolkit._composite", "Limits.hold"): "limits wait",
-    ("poolkit._composite", "Limits.acquire_blocking"): "limits wait",
-    ("poolkit._pool", "WorkerPool._work"): "pool idle",
-    ("poolkit._pool", "WorkerPool.submit"): "pool submit",
-    ("poolkit._pool", "WorkerPool.shutdown"): "pool shutdown",
-    ("poolkit._pool", "WorkerPool._map"): "pool map",
-    ("poolkit._thread_pool", "ThreadPool._work"): "pool idle",
-    ("poolkit._thread_pool", "ThreadPool.submit"): "pool submit",
-    ("poolkit._thread_pool", "ThreadPool.shutdown"): "pool shutdown",
-    ("asyncio.tasks", "sleep"): "sleep",
-    ("asyncio.tasks", "wait"): "wait",
-    ("asyncio.tasks", "wait_for"): "wait",
-    ("asyncio.tasks", "_wait"): "wait",
-    ("asyncio.queues", "Queue.get"): "queue get",
-    ("asyncio.queues", "Queue.put"): "queue put",
-    ("asyncio.queues", "Queue.join"): "queue join",
-    ("asyncio.locks", "Event.wait"): "event wait",
-    ("asyncio.locks", "Lock.acquire"): "lock acquire",
-    ("asyncio.locks", "Semaphore.acquire"): "semacquire",
-    ("asyncio.locks", "Condition.wait"): "cond wait",
-    ("asyncio.locks", "Barrier.wait"): "barrier wait",
-    ("asyncio.taskgroups", "TaskGroup.__aexit__"): "taskgroup wait",
-    ("asyncio.streams", "StreamReader._wait_for_data"): "IO wait",
-    ("asyncio.streams", "StreamWriter.drain"): "IO wait",
-    ("asyncio.base_events", "BaseEventLoop.sock_recv"): "IO wait",
-    ("asyncio.base_events", "BaseEventLoop.sock_accept"): "IO wait",
-    ("asyncio.base_events", "BaseEventLoop.run_forever"): "event loop",
-    ("asyncio.base_events", "BaseEventLoop.run_in_executor"): "IO wait",
-    ("threading", "Condition.wait"): "cond wait",
-    ("threading", "Event.wait"): "event wait",
-    ("threading", "Thread.join"): "join",
-    ("threading", "Semaphore.acquire"): "semacquire",
-    ("threading", "Barrier.wait"): "barrier wait",
-    ("queue", "Queue.get"): "queue get",
-    ("queue", "Queue.put"): "queue put",
-    ("selectors", "EpollSelector.select"): "IO wait",
-    ("selectors", "PollSelector.select"): "IO wait",
-    ("selectors", "SelectSelector.select"): "IO wait",
-    ("selectors", "KqueueSelector.select"): "IO wait",
-    ("socketserver", "BaseServer.serve_forever"): "IO wait",
-    ("concurrent.futures.thread", "_worker"): "executor idle",
-    ("concurrent.futures._base", "Future.result"): "future wait",
+# What a task or thread waits for, named by the function it waits in: (where, state, whether the
+# frame's ``self`` is a poolkit object whose label the dump shows).  Keyed, once resolved, by the
+# functions' code objects, so that a moved or renamed function makes ``unresolved_states()``
+# non-empty (a test checks it is empty) instead of silently dropping a label from dumps.  The
+# match nearest the caller's own code wins, so that ``Channel.receive`` names the state rather
+# than the generic wait it calls.
+_STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
+    ("poolkit._channel:Channel.send", "chan send", True),
+    ("poolkit._channel:Channel.receive", "chan receive", True),
+    ("poolkit._channel:Channel.__anext__", "chan receive", True),
+    ("poolkit._channel:Channel.send_blocking", "chan send", True),
+    ("poolkit._channel:Channel.receive_blocking", "chan receive", True),
+    ("poolkit._channel:Channel.__iter__", "chan receive", True),
+    ("poolkit._channel:SendHandle.send", "chan send", False),
+    ("poolkit._channel:SendHandle.send_blocking", "chan send", False),
+    ("poolkit._channel:ReceiveHandle.receive", "chan receive", False),
+    ("poolkit._channel:ReceiveHandle.__anext__", "chan receive", False),
+    ("poolkit._channel:ReceiveHandle.receive_blocking", "chan receive", False),
+    ("poolkit._channel:ReceiveHandle.__iter__", "chan receive", False),
+    ("poolkit._channel:select", "select", False),
+    ("poolkit._channel:select_blocking", "select", False),
+    ("poolkit._limiter:CapacityLimiter.acquire", "semacquire", True),
+    ("poolkit._limiter:CapacityLimiter.__aenter__", "semacquire", True),
+    ("poolkit._limiter:CapacityLimiter.acquire_blocking", "semacquire", True),
+    ("poolkit._limiter:CapacityLimiter.__enter__", "semacquire", True),
+    ("poolkit._ratelimit:TokenBucket.acquire", "rate wait", True),
+    ("poolkit._ratelimit:TokenBucket.__aenter__", "rate wait", True),
+    ("poolkit._ratelimit:TokenBucket.acquire_blocking", "rate wait", True),
+    ("poolkit._ratelimit:TokenBucket.__enter__", "rate wait", True),
+    ("poolkit._ratelimit:wait_async", "rate wait", False),  # where Limits waits for tokens
+    ("poolkit._ratelimit:wait_thread", "rate wait", False),
+    ("poolkit._composite:Limits.acquire", "limits wait", True),
+    ("poolkit._composite:Limits.hold", "limits wait", True),
+    ("poolkit._composite:Limits.acquire_blocking", "limits wait", True),
+    ("poolkit._composite:Limits.hold_blocking", "limits wait", True),
+    ("poolkit._composite:Limits.__aenter__", "limits wait", True),
+    ("poolkit._composite:Limits.__enter__", "limits wait", True),
+    ("poolkit._composite:PerKey.acquire", "limits wait", True),
+    ("poolkit._composite:PerKey.hold", "limits wait", True),
+    ("poolkit._composite:PerKey.acquire_blocking", "limits wait", True),
+    ("poolkit._composite:PerKey.hold_blocking", "limits wait", True),
+    ("poolkit._pool:_JobQueue.wait_for_job", "pool idle", False),
+    ("poolkit._pool:WorkerPool.submit", "pool submit", False),
+    ("poolkit._pool:WorkerPool._put_from_thread", "pool submit", False),
+    ("poolkit._pool:WorkerPool.shutdown", "pool shutdown", False),
+    ("poolkit._pool:WorkerPool._map", "pool map", False),
+    ("poolkit._thread_pool:ThreadPool._wait_for_job", "pool idle", False),
+    ("poolkit._thread_pool:ThreadPool.submit", "pool submit", False),
+    ("poolkit._thread_pool:ThreadPool.shutdown", "pool shutdown", False),
+    ("poolkit._thread_pool:ThreadPool.shutdown_async", "pool shutdown", False),
+    ("asyncio.tasks:sleep", "sleep", False),
+    ("asyncio.tasks:wait", "wait", False),
+    ("asyncio.tasks:wait_for", "wait", False),
+    ("asyncio.tasks:_wait", "wait", False),
+    ("asyncio.queues:Queue.get", "queue get", False),
+    ("asyncio.queues:Queue.put", "queue put", False),
+    ("asyncio.queues:Queue.join", "queue join", False),
+    ("asyncio.locks:Event.wait", "event wait", False),
+    ("asyncio.locks:Lock.acquire", "lock acquire", False),
+    ("asyncio.locks:Semaphore.acquire", "semacquire", False),
+    ("asyncio.locks:Condition.wait", "cond wait", False),
+    ("asyncio.locks:Barrier.wait", "barrier wait", False),
+    ("asyncio.taskgroups:TaskGroup.__aexit__", "taskgroup wait", False),
+    ("asyncio.streams:StreamReader._wait_for_data", "IO wait", False),
+    ("asyncio.streams:StreamWriter.drain", "IO wait", False),
+    ("asyncio.selector_events:BaseSelectorEventLoop.sock_recv", "IO wait", False),
+    ("asyncio.selector_events:BaseSelectorEventLoop.sock_accept", "IO wait", False),
+    ("asyncio.base_events:BaseEventLoop.run_forever", "event loop", False),
+    ("threading:Condition.wait", "cond wait", False),
+    ("threading:Event.wait", "event wait", False),
+    ("threading:Thread.join", "join", False),
+    ("threading:Semaphore.acquire", "semacquire", False),
+    ("threading:Barrier.wait", "barrier wait", False),
+    ("queue:Queue.get", "queue get", False),
+    ("queue:Queue.put", "queue put", False),
+    ("selectors:EpollSelector.select", "IO wait", False),
+    ("selectors:PollSelector.select", "IO wait", False),
+    ("selectors:SelectSelector.select", "IO wait", False),
+    ("selectors:KqueueSelector.select", "IO wait", False),
+    ("socketserver:BaseServer.serve_forever", "IO wait", False),
+    ("concurrent.futures.thread:_worker", "executor idle", False),
+    ("concurrent.futures._base:Future.result", "future wait", False),
+)
+
+# A pool worker's own frames, from taking a job to calling its function.  A worker in one of them
+# is running a job, unless a frame inside names what it waits for; waiting on the pool's limit=
+# is shown as a limit wait (a token bucket's as a rate wait).
+_WORKER_FRAMES = (
+    "poolkit._pool:WorkerPool._work",
+    "poolkit._pool:WorkerPool._attempts",
+    "poolkit._pool:WorkerPool._retries",
+    "poolkit._pool:WorkerPool._attempt",
+    "poolkit._thread_pool:ThreadPool._work",
+    "poolkit._thread_pool:ThreadPool._run",
+    "poolkit._thread_pool:ThreadPool._attempts",
+    "poolkit._thread_pool:ThreadPool._attempt",
+)
+_IN_WORKER = {"semacquire": "limit wait", "limits wait": "limit wait"}
+
+# Library frames that call the program's own function, so count as the program's: what an
+# executor thread does inside a call is the call's state, not "executor idle".
+_CALLER_FRAMES = ("concurrent.futures.thread:_WorkItem.run",)
+
+# Platform-specific entries, absent elsewhere without anything being wrong.
+_OPTIONAL = {
+    "selectors:EpollSelector.select",
+    "selectors:PollSelector.select",
+    "selectors:KqueueSelector.select",
 }
+
+
+def _resolve(where: str) -> CodeType | None:
+    """The code object of ``module:qualname``, or ``None`` if there is no such function."""
+    module_name, _, qualname = where.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    obj = inspect.unwrap(obj)  # an asynccontextmanager's or a wrapper's function
+    code = getattr(obj, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+class _Table:
+    """The tables above, resolved to code objects on first use."""
+
+    __slots__ = ("callers", "states", "unresolved", "workers")
+
+    def __init__(self) -> None:
+        self.states: dict[CodeType, tuple[str, bool]] = {}
+        self.workers: set[CodeType] = set()
+        self.callers: set[CodeType] = set()
+        self.unresolved: list[str] = []
+        for where, state, labelled in _STATE_TABLE:
+            code = self._code(where)
+            if code is not None:
+                self.states[code] = (state, labelled)
+        for where in _WORKER_FRAMES:
+            code = self._code(where)
+            if code is not None:
+                self.workers.add(code)
+        for where in _CALLER_FRAMES:
+            code = self._code(where)
+            if code is not None:
+                self.callers.add(code)
+
+    def _code(self, where: str) -> CodeType | None:
+        code = _resolve(where)
+        if code is None and where not in _OPTIONAL:
+            self.unresolved.append(where)
+        return code
+
+
+_table: _Table | None = None
+
+
+def _tables() -> _Table:
+    global _table
+    if _table is None:
+        _table = _Table()
+    return _table
+
+
+def unresolved_states() -> list[str]:
+    """Entries of the state tables that name no function on this Python: each is a label that
+    dumps would silently lose (a test checks that there are none)."""
+    return list(_tables().unresolved)
+
 
 _STDLIB = tuple(
     {
@@ -256,13 +368,6 @@ _STDLIB = tuple(
 )
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _LIBRARY = (*_STDLIB, _PACKAGE)
-
-# Library frames that call the program's own function, so count as the program's: what an
-# executor thread does inside a call is the call's state, not "executor idle".
-_CALLERS = {("concurrent.futures.thread", "_WorkItem.run")}
-
-# Objects the state's "awaiting" names, by the frame that holds them in ``self``.
-_LABELLED = ("poolkit._channel", "poolkit._limiter", "poolkit._ratelimit", "poolkit._composite")
 
 
 class _Frames:
@@ -275,8 +380,9 @@ class _Frames:
         # Keyed by the last instruction, which is cheap to read, unlike the line number.
         self.cache: dict[tuple[CodeType, int], Frame] = {}
         self.sites: dict[tuple[CodeType, int], Frame] = {}  # keyed by line
-        # code -> (library code?, the state it names or None, holds a poolkit object in self?)
-        self.kinds: dict[CodeType, tuple[bool, str | None, bool]] = {}
+        # code -> (library code?, the state it names or None, holds a poolkit object in self?,
+        # a pool worker's own frame?)
+        self.kinds: dict[CodeType, tuple[bool, str | None, bool, bool]] = {}
 
     def _new(self, frame: FrameType) -> Frame:
         code = frame.f_code
@@ -284,12 +390,13 @@ class _Frames:
         made = Frame(code.co_qualname, module, code.co_filename, frame.f_lineno)
         self.cache[code, frame.f_lasti] = made
         if code not in self.kinds:
-            state = _STATES.get((module, code.co_qualname))
+            table = _tables()
+            state, labelled = table.states.get(code, (None, False))
             self.kinds[code] = (
-                code.co_filename.startswith(_LIBRARY)
-                and (module, code.co_qualname) not in _CALLERS,
+                code.co_filename.startswith(_LIBRARY) and code not in table.callers,
                 state,
-                state is not None and module in _LABELLED,
+                labelled,
+                code in table.workers,
             )
         return made
 
@@ -298,12 +405,14 @@ class _Frames:
 
         The state comes from the library frame nearest the caller's own code (the outermost of
         the innermost run of library frames): ``Channel.receive`` rather than the generic wait
-        it calls.
+        it calls.  A pool worker's own frames end that run: a worker there is ``running`` its
+        job unless a frame inside names a wait, and its waits on the pool's ``limit=`` read
+        ``limit wait`` (``rate wait`` for tokens), not the generic ``semacquire``.
         """
         cache = self.cache
         kinds = self.kinds
         out = []
-        state = awaiting = None
+        state = awaiting = innermost = None
         library = True
         for f in raw:
             code = f.f_code
@@ -312,10 +421,20 @@ class _Frames:
                 made = self._new(f)
             out.append(made)
             if library:
-                is_library, named, labelled = kinds[code]
+                is_library, named, labelled, worker = kinds[code]
                 if not is_library:
                     library = False
+                elif worker:  # a pool worker: running its job, unless waiting inside it
+                    if state is None:
+                        state = "running"
+                    elif innermost == "rate wait":  # tokens, even through a combined limit
+                        state = innermost
+                    else:
+                        state = _IN_WORKER.get(state, state)
+                    library = False
                 elif named is not None:
+                    if innermost is None:
+                        innermost = named
                     state = named
                     if labelled:
                         label = getattr(f.f_locals.get("self"), "_label", None)
