@@ -41,6 +41,7 @@ from ._composite import LimitsStatistics as LimitsStatistics
 from ._composite import PerKey as PerKey
 from ._composite import PerKeyStatistics as PerKeyStatistics
 from ._exceptions import BudgetExhausted as BudgetExhausted
+from ._exceptions import Busy as Busy
 from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import EndOfChannel as EndOfChannel
 from ._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
@@ -72,6 +73,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BudgetExhausted",
+    "Busy",
     "CapacityLimiter",
     "CapacityLimiterStatistics",
     "Channel",

@@ -54,12 +54,21 @@ before it ran), its item joins ``channel.handed_back``.  Nothing is dropped sile
 
 Locks and foreign code
 ----------------------
-Nothing that can block or run foreign code happens under a channel's lock.  A waiter whose event
+Nothing that can block or run foreign code happens under a channel's lock; waiting, waking and
+taking the lock go through :mod:`poolkit._wait`, as for every primitive.  A waiter whose event
 loop is closed can never run; it is skipped, and the reference to it is dropped only once the lock
 is released (:func:`~poolkit._wait.bury`), because dropping it destroys its task, whose clean-up
 (``GeneratorExit``) wants the very same lock.  That clean-up never waits for the lock either (the
 garbage collector may run it in a thread that holds it): it withdraws through
-:func:`~poolkit._wait.locked_soon`, so a promise made to a task that will never run is passed on.
+:func:`~poolkit._wait.give_up`, so a promise made to a task that will never run is passed on.
+The same collection may close a task stranded inside ``async with send_handle:``: ``close()``
+called so, with the lock held by the thread the collection interrupted, is done as soon as the
+lock is free, rather than waiting for it for ever; a ``_nowait`` form answers ``WouldBlock``, and
+the forms that would wait raise ``RuntimeError`` (see "Locks and the garbage collector" in
+:mod:`poolkit._wait`).
+
+A handle cannot be copied or pickled (``TypeError``): the channel counts its handles, and a copy
+would be one it does not know of.  ``clone()`` makes another.
 
 Threads
 -------
@@ -88,15 +97,21 @@ from ._checks import check_timeout
 from ._exceptions import ChannelClosed, EndOfChannel, ReceiversGone, WouldBlock
 from ._registry import register
 from ._wait import (
-    LockedSleeper,
+    Busy,
+    Sleeper,
     bury,
+    busy_error,
     discard,
+    enter,
+    give_up,
     graveyard,
     lay_to_rest,
-    locked_soon,
+    mirror_collecting,
     monotonic,
     refuse_in_loop,
     resolve,
+    take,
+    take_or_defer,
     thread_deadline,
     thread_wait,
 )
@@ -135,6 +150,9 @@ _GONE = 2  # the channel closed because of it: senders are told ReceiversGone
 # one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
 _next_arrival = itertools.count().__next__
 
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+mirror_collecting(globals())
+
 
 class _SelectClaim:
     """The registrations of one ``select`` call in several channels share this: first claim wins.
@@ -159,7 +177,7 @@ class _SelectClaim:
             return True
 
 
-class _Waiter(LockedSleeper):
+class _Waiter(Sleeper):
     """A task or thread blocked in one channel (or one registration of a blocked ``select``)."""
 
     __slots__ = ("arrival", "expired", "index", "item", "sel", "state")
@@ -172,7 +190,7 @@ class _Waiter(LockedSleeper):
         index: int = -1,
         arrival: int = -1,
     ) -> None:
-        LockedSleeper.__init__(self, loop)
+        Sleeper.__init__(self, loop)
         self.item = item  # a sender's item
         self.arrival = _next_arrival() if arrival < 0 else arrival
         self.state = _PENDING
@@ -354,12 +372,16 @@ class Channel(Generic[T]):
         it ran), is added here later: nobody else will receive it.  In the order they were sent;
         empty unless the receivers have gone.
         """
-        with self._lock:
+        take(self._lock, "Channel.handed_back")
+        try:
             return list(self._handed)
+        finally:
+            self._lock.release()
 
     def statistics(self) -> ChannelStatistics:
         """Return a consistent snapshot of the channel's counters."""
-        with self._lock:
+        take(self._lock, "Channel.statistics()")
+        try:
             return ChannelStatistics(
                 name=self._name,
                 capacity=self._capacity,
@@ -375,6 +397,8 @@ class Channel(Generic[T]):
                 receivers_gone=self._gone != _PRESENT,
                 items_handed_back=len(self._handed),
             )
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -572,18 +596,6 @@ class Channel(Generic[T]):
                 self._promised -= 1
                 self._promise_receivers()
 
-    def _withdraw_locked(self, w: _Waiter, sending: bool, exc: BaseException) -> None:
-        if isinstance(exc, GeneratorExit):
-            # The coroutine is being closed, perhaps by the garbage collector, which may run in
-            # this very thread while it holds the lock: waiting for the lock could deadlock.  The
-            # withdrawal runs as soon as the lock is free, so no promise or invitation is lost.
-            locked_soon(self._lock, self._withdraw, w, sending)
-            return
-        with self._lock:
-            self._withdraw(w, sending)
-        if graveyard:
-            lay_to_rest()
-
     def _expire(self, w: _Waiter, sending: bool) -> None:
         with self._lock:
             w.expired = True
@@ -616,9 +628,16 @@ class Channel(Generic[T]):
         Blocked senders wake with :class:`~poolkit.ChannelClosed`.  Buffered items stay receivable;
         once they are gone, receivers get :class:`~poolkit.EndOfChannel`.  It closes the channel
         at once for every :class:`SendHandle` too (their own ``close()`` is then a formality).
+        Called during a garbage collection that interrupted this thread holding the channel's
+        lock, it closes the channel as soon as the lock is free instead.
         """
-        with self._lock:
+        lock = self._lock
+        if not take_or_defer(lock, self.close):
+            return
+        try:
             self._close_locked()
+        finally:
+            lock.release()
         if graveyard:
             lay_to_rest()
 
@@ -664,7 +683,10 @@ class Channel(Generic[T]):
         Raises :class:`~poolkit.ChannelClosed` on a closed channel.
         """
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            return False  # a garbage collection interrupted this thread holding the lock
         try:
             buf = self._buf
             if (  # the common case of _offer(), inlined as in send()
@@ -673,9 +695,10 @@ class Channel(Generic[T]):
             ):
                 buf.append(item)
                 self._sent += 1
-                n = len(buf) - self._promised
-                if n > self._peak:
-                    self._peak = n
+                if len(buf) > self._peak:  # (unpromised <= len(buf): test the cheap bound first)
+                    n = len(buf) - self._promised
+                    if n > self._peak:
+                        self._peak = n
                 return True  # nobody waits: nothing was buried
             sent = self._offer(item)
         finally:
@@ -688,7 +711,10 @@ class Channel(Generic[T]):
         """``receive_nowait`` without the exception: ``_EMPTY`` when it would block (for the
         pools).  Raises :class:`~poolkit.EndOfChannel` at the end."""
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            return _EMPTY  # a garbage collection interrupted this thread holding the lock
         try:
             buf = self._buf
             if len(buf) > self._promised and not self._sendq:  # _take()'s common case, inlined
@@ -708,7 +734,10 @@ class Channel(Generic[T]):
         :class:`~poolkit.ReceiversGone` if it closed because its receivers have gone.
         """
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise WouldBlock(f"{self._label()}: its lock is taken, during a garbage collection")
         try:
             buf = self._buf
             if (  # the common case of _offer(), inlined as in send()
@@ -717,9 +746,10 @@ class Channel(Generic[T]):
             ):
                 buf.append(item)
                 self._sent += 1
-                n = len(buf) - self._promised
-                if n > self._peak:
-                    self._peak = n
+                if len(buf) > self._peak:  # (unpromised <= len(buf): test the cheap bound first)
+                    n = len(buf) - self._promised
+                    if n > self._peak:
+                        self._peak = n
                 return  # nobody waits: nothing was buried
             sent = self._offer(item)
         finally:
@@ -735,7 +765,10 @@ class Channel(Generic[T]):
         Raises :class:`~poolkit.EndOfChannel` once the channel is closed and drained.
         """
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise WouldBlock(f"{self._label()}: its lock is taken, during a garbage collection")
         try:
             buf = self._buf
             if len(buf) > self._promised and not self._sendq:  # _take()'s common case, inlined
@@ -765,20 +798,22 @@ class Channel(Generic[T]):
         # Hot path: explicit acquire/release is ~80 ns cheaper than "with" on CPython 3.11, and
         # the common case of _offer() is inlined (about 10 % of a hand-off).
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("Channel.send()")
         try:
-            if self._closed:
-                raise self._closed_error()
             buf = self._buf
             if (
-                not (self._recvq or self._sendq or self._invited)
+                not (self._recvq or self._sendq or self._invited or self._closed)
                 and self._capacity - len(buf) + self._promised > 0
             ):
                 buf.append(item)
                 self._sent += 1
-                n = len(buf) - self._promised
-                if n > self._peak:
-                    self._peak = n
+                if len(buf) > self._peak:  # (unpromised <= len(buf): test the cheap bound first)
+                    n = len(buf) - self._promised
+                    if n > self._peak:
+                        self._peak = n
                 return  # nobody waits: nothing was buried
             sent = self._offer(item)
             if not sent and timeout != 0:
@@ -804,7 +839,10 @@ class Channel(Generic[T]):
         if timeout is not None:
             timeout = check_timeout(timeout)
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("Channel.receive()")
         try:
             buf = self._buf
             if len(buf) > self._promised:  # _take(), inlined
@@ -853,7 +891,7 @@ class Channel(Generic[T]):
                 try:
                     await w.fut
                 except BaseException as exc:
-                    self._withdraw_locked(w, sending, exc)
+                    give_up(exc, self._lock, self._withdraw, w, sending)
                     raise
                 lock = self._lock
                 lock.acquire()
@@ -888,7 +926,10 @@ class Channel(Generic[T]):
     async def __anext__(self) -> T:
         # receive() without its timeout, and one coroutine frame fewer on every wake-up.
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("Channel.__anext__()")
         try:
             buf = self._buf
             if len(buf) > self._promised:  # _take(), inlined
@@ -922,17 +963,22 @@ class Channel(Generic[T]):
         the loop); otherwise as :meth:`send`.
         """
         timeout = check_timeout(timeout)
+        lock = self._lock
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("Channel.send_blocking()")
         try:
-            with self._lock:
-                if self._offer(item):
-                    return
-                if timeout == 0:
-                    raise TimeoutError(f"{self._label()}: send would block")
-                refuse_in_loop("send_blocking")
-                w = _Waiter(item)
-                w.arm_thread()
-                self._enqueue_sender(w)
+            if self._offer(item):
+                return
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: send would block")
+            refuse_in_loop("send_blocking")
+            w = _Waiter(item)
+            w.arm_thread()
+            self._enqueue_sender(w)
         finally:
+            lock.release()
             if graveyard:
                 lay_to_rest()
         self._block(w, True, timeout)
@@ -944,20 +990,22 @@ class Channel(Generic[T]):
         :meth:`receive`.
         """
         timeout = check_timeout(timeout)
+        lock = self._lock
+        take(lock, "Channel.receive_blocking()")
         try:
-            with self._lock:
-                item = self._take()
-                if item is not _EMPTY:
-                    return item  # type: ignore[no-any-return]
-                if timeout == 0:
-                    raise TimeoutError(f"{self._label()}: receive would block")
-                refuse_in_loop("receive_blocking")
-                w = _Waiter()
-                w.arm_thread()
-                self._recvq.append(w)
-                if self._sendq:
-                    self._invite_senders()
+            item = self._take()
+            if item is not _EMPTY:
+                return item  # type: ignore[no-any-return]
+            if timeout == 0:
+                raise TimeoutError(f"{self._label()}: receive would block")
+            refuse_in_loop("receive_blocking")
+            w = _Waiter()
+            w.arm_thread()
+            self._recvq.append(w)
+            if self._sendq:
+                self._invite_senders()
         finally:
+            lock.release()
             if graveyard:
                 lay_to_rest()
         return self._block(w, False, timeout)  # type: ignore[no-any-return]
@@ -991,9 +1039,8 @@ class Channel(Generic[T]):
                             return None
                         continue  # queued again; tlock is held, since we acquired it
                 break
-        except BaseException:  # KeyboardInterrupt in the main thread, say: undo any promise
-            with self._lock:
-                self._withdraw(w, sending)
+        except BaseException as exc:  # KeyboardInterrupt in the main thread: undo any promise
+            give_up(exc, self._lock, self._withdraw, w, sending)
             raise
         if state == _CLOSED:
             raise self._closed_error() if sending else self._end_error()
@@ -1033,10 +1080,13 @@ class Channel(Generic[T]):
             ReceiversGone: the channel's receivers have gone (its last receive handle was closed).
         """
         _check_count(n)
-        with self._lock:
+        take(self._lock, "Channel.send_handles()")
+        try:
             if self._closed:
                 raise self._handle_refused(True)
             self._senders += n
+        finally:
+            self._lock.release()
         return [_new_handle(SendHandle, self) for _ in range(n)]
 
     def send_handle(self) -> SendHandle[T]:
@@ -1074,10 +1124,13 @@ class Channel(Generic[T]):
             ChannelClosed: the receivers have gone already (the last receive handle was closed).
         """
         _check_count(n)
-        with self._lock:
+        take(self._lock, "Channel.receive_handles()")
+        try:
             if self._gone != _PRESENT:
                 raise self._handle_refused(False)
             self._receivers += n
+        finally:
+            self._lock.release()
         return [_new_handle(ReceiveHandle, self) for _ in range(n)]
 
     def receive_handle(self) -> ReceiveHandle[T]:
@@ -1187,6 +1240,11 @@ def _warn_unclosed(handle: object, consequence: str) -> None:
 
 
 _NO_INIT = "are made by Channel.{0}_handles(n), Channel.{0}_handle() or {1}.clone()"
+# copy.copy(), copy.deepcopy() and pickle all go through __reduce_ex__.
+_NO_COPY = (
+    "a {0} cannot be copied or pickled: its channel counts its open handles, and would not count "
+    "the copy (closing both would close the channel early); use handle.clone() for another {1}"
+)
 
 
 @final
@@ -1218,6 +1276,9 @@ class SendHandle(Generic[T]):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("send handles " + _NO_INIT.format("send", "SendHandle"))
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError(_NO_COPY.format("SendHandle", "producer"))
 
     @property
     def channel(self) -> Channel[T]:
@@ -1296,12 +1357,15 @@ class SendHandle(Generic[T]):
             ReceiversGone: the channel's receivers have gone.
         """
         ch = self._channel
-        with ch._lock:
+        take(ch._lock, "SendHandle.clone()")
+        try:
             if self._closed:
                 raise ChannelClosed(f"clone() of a closed send handle of {ch._label()}")
             if ch._closed:
                 raise ch._handle_refused(True)
             ch._senders += 1
+        finally:
+            ch._lock.release()
         return _new_handle(SendHandle, ch)
 
     def close(self) -> None:
@@ -1310,17 +1374,24 @@ class SendHandle(Generic[T]):
         If it was the channel's last open send handle, the channel is closed as by
         :meth:`Channel.close`: blocked senders get :class:`~poolkit.ChannelClosed`, and receivers
         drain the buffer and then get :class:`~poolkit.EndOfChannel`.
+
+        Called during a garbage collection that interrupted this thread holding the channel's
+        lock (the exit of an ``async with handle:`` whose coroutine is being closed, say), it is
+        done as soon as the lock is free instead.
         """
         ch = self._channel
+        lock = ch._lock
+        if not take_or_defer(lock, self.close):
+            return
         try:
-            with ch._lock:
-                if self._closed:
-                    return
-                self._closed = True
-                ch._senders -= 1
-                if not ch._senders:
-                    ch._close_locked()
+            if self._closed:
+                return
+            self._closed = True
+            ch._senders -= 1
+            if not ch._senders:
+                ch._close_locked()
         finally:
+            lock.release()
             if graveyard:
                 lay_to_rest()
 
@@ -1394,6 +1465,9 @@ class ReceiveHandle(Generic[T]):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("receive handles " + _NO_INIT.format("receive", "ReceiveHandle"))
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError(_NO_COPY.format("ReceiveHandle", "consumer"))
 
     @property
     def channel(self) -> Channel[T]:
@@ -1494,10 +1568,13 @@ class ReceiveHandle(Generic[T]):
             ChannelClosed: this handle is closed.
         """
         ch = self._channel
-        with ch._lock:
+        take(ch._lock, "ReceiveHandle.clone()")
+        try:
             if self._closed:
                 raise ChannelClosed(f"clone() of a closed receive handle of {ch._label()}")
             ch._receivers += 1
+        finally:
+            ch._lock.release()
         return _new_handle(ReceiveHandle, ch)
 
     def close(self) -> list[T]:
@@ -1509,19 +1586,25 @@ class ReceiveHandle(Generic[T]):
             buffer, in order, that no receiver will now take (they are also appended to
             :attr:`Channel.handed_back`).  Senders blocked at this moment, and every later
             sender, get :class:`~poolkit.ReceiversGone` (or :class:`~poolkit.ChannelClosed` if the
-            channel had been closed already).
+            channel had been closed already).  Called during a garbage collection that
+            interrupted this thread holding the channel's lock, it is done as soon as the lock
+            is free instead, and returns ``[]``: the items are then in
+            :attr:`Channel.handed_back`.
         """
         ch = self._channel
+        lock = ch._lock
+        if not take_or_defer(lock, self.close):
+            return []
         try:
-            with ch._lock:
-                if self._closed:
-                    return []
-                self._closed = True
-                ch._receivers -= 1
-                if ch._receivers:
-                    return []
-                return ch._receivers_leave()
+            if self._closed:
+                return []
+            self._closed = True
+            ch._receivers -= 1
+            if ch._receivers:
+                return []
+            return ch._receivers_leave()
         finally:
+            lock.release()
             if graveyard:
                 lay_to_rest()
 
@@ -1672,14 +1755,26 @@ def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
 
 
 class _Locks:
+    """Every channel's lock, in one global order.  During a garbage collection in this thread, a
+    lock that is taken raises :class:`~poolkit._wait.Busy` (holding none of them)."""
+
     __slots__ = ("channels",)
 
     def __init__(self, channels: list[Channel[Any]]) -> None:
         self.channels = channels
 
     def __enter__(self) -> None:
+        if not COLLECTING:
+            for ch in self.channels:
+                ch._lock.acquire()
+            return
+        held: list[Channel[Any]] = []
         for ch in self.channels:
-            ch._lock.acquire()
+            if not enter(ch._lock):
+                for h in reversed(held):
+                    h._lock.release()
+                raise busy_error("select")
+            held.append(ch)
 
     def __exit__(self, *exc: object) -> None:
         for ch in reversed(self.channels):
@@ -1746,35 +1841,21 @@ def _select_finish(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> Selected
     return None
 
 
-def _select_withdraw(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
-    """The select is abandoned: claim it ourselves, or undo the promise that was made to it."""
-    if sel.take():
-        return  # nothing had won; the registrations are removed by the caller
-    w = sel.winner
-    if w is not None and w.state == _GRANTED:
-        case = cases[w.index]
-        with case.channel._lock:
-            case.channel._withdraw(w, isinstance(case, SendCase))
-        if graveyard:
-            lay_to_rest()
+def _select_withdraw(cases: tuple[SelectCase, ...], sel: _SelectClaim, exc: BaseException) -> None:
+    """The select is abandoned (``exc``): claim it ourselves, or undo the promise made to it.
 
-
-def _select_abandon(cases: tuple[SelectCase, ...], sel: _SelectClaim) -> None:
-    """:func:`_select_withdraw` for a select being closed (``GeneratorExit``): never waits.
-
-    The garbage collector may close it in a thread that holds one of the channel locks.  Claiming
-    ``sel`` takes only its own mutex, which is never held across anything that could start a
-    collection; a promise or invitation already made is undone as soon as its channel's lock is
-    free (:func:`~poolkit._wait.locked_soon`).  The registrations left in other queues are stale
-    from now on, and dropped by whoever meets them.
+    Claiming ``sel`` takes only its own mutex, which is never held across anything that could
+    start a collection; a promise or invitation already made is undone through
+    :func:`~poolkit._wait.give_up`, which never waits for the channel's lock if the select is
+    being closed (``GeneratorExit``, perhaps by the garbage collector in a thread that holds it).
     """
     if sel.take():
-        return
+        return  # nothing had won
     w = sel.winner
     if w is not None and w.state == _GRANTED:
         case = cases[w.index]
         ch = case.channel
-        locked_soon(ch._lock, ch._withdraw, w, isinstance(case, SendCase))
+        give_up(exc, ch._lock, ch._withdraw, w, isinstance(case, SendCase))
 
 
 def select_nowait(*cases: SelectCase) -> Selected:
@@ -1787,8 +1868,11 @@ def select_nowait(*cases: SelectCase) -> Selected:
     and a case made through a handle that is now closed raises ``ChannelClosed``.  Thread-safe;
     never blocks.
     """
-    with _Locks(_select_plan(cases)):
-        done = _select_ready(cases)
+    try:
+        with _Locks(_select_plan(cases)):
+            done = _select_ready(cases)
+    except Busy:  # a garbage collection interrupted this thread holding one of the locks
+        raise WouldBlock("select: a channel's lock is taken, during a garbage collection") from None
     if done is None:
         raise WouldBlock("select: no case is ready")
     return done
@@ -1825,12 +1909,11 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
         timer = None if deadline is None else loop.call_at(deadline, _select_expire, sel, fut)
         try:
             await fut
-        except GeneratorExit:
-            _select_abandon(cases, sel)
-            raise
-        except BaseException:
-            _select_withdraw(cases, sel)
-            _select_unregister(cases, sel)
+        except BaseException as exc:
+            _select_withdraw(cases, sel, exc)
+            if not isinstance(exc, GeneratorExit):
+                # (Being closed, it leaves them stale: whoever meets them drops them.)
+                _select_unregister(cases, sel)
             raise
         finally:
             if timer is not None:
@@ -1871,8 +1954,8 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
         try:
             if not thread_wait(tlock, deadline):
                 sel.take()  # claim it for the timeout, unless a case won just now
-        except BaseException:
-            _select_withdraw(cases, sel)
+        except BaseException as exc:
+            _select_withdraw(cases, sel, exc)
             _select_unregister(cases, sel)
             raise
         _select_unregister(cases, sel)

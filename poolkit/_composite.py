@@ -33,21 +33,30 @@ state; ``sweep()`` forgets every idle key at once.  A key's limit is pinned whil
 on it is in flight, so it is never forgotten between being looked up and being used, also with
 several threads.
 
-"Full" follows the rate.  A bucket with an infinite rate is always full, so it is forgotten as
-soon as nobody waits in it.  A bucket with rate 0 is a fixed budget that never refills: once
-drawn from it is never full again, so it is kept for as long as the ``PerKey`` lives (forgetting
-it would hand the key a new, full budget); only a budget never drawn from is forgotten.  So a
-``PerKey`` of fixed budgets grows with the keys that used theirs, by design: use a rate if
-budgets should come back.  A bucket with reservations not yet due is not idle either (a new one
-would not know what they were promised).
+"Full" follows the rate, and is exact (the level refills to exactly ``burst``): a bucket a hair
+short of full is kept, because forgiving the hair at every forgetting would let a key take a
+millionth of its burst at a time for ever.  A bucket with an infinite rate is always full, so it
+is forgotten as soon as nobody waits in it.  A bucket with rate 0 is a fixed budget that never
+refills: once drawn from it is never full again, so it is kept for as long as the ``PerKey``
+lives (forgetting it would hand the key a new, full budget); only a budget never drawn from is
+forgotten.  So a ``PerKey`` of fixed budgets grows with the keys that used theirs, by design: use
+a rate if budgets should come back.  A bucket with reservations not yet due is not idle either (a
+new one would not know what they were promised).  Nor is a limit whose settings were changed
+after the factory made it (a bucket's ``rate`` or ``burst``, a limiter's ``total`` assigned): a
+new one would not have the change, so such a key is kept for as long as the ``PerKey`` lives.
+Waiters stranded on a closed event loop do not count: they wait for nothing.
 
 Nothing under a lock
 --------------------
+Waiting, waking and the locks go through :mod:`poolkit._wait`.  The factory runs holding no lock.
 The clean-up of an acquisition that is being closed (``GeneratorExit``: its task was stranded on
 a closed event loop and is being destroyed, perhaps by the garbage collector in a thread that
 holds one of these locks) never waits for a lock: the slots of concurrency limiters are given
-back, and the key's pin is dropped, at once if the lock is free and otherwise from a short-lived
-thread once it is.
+back, and the key's pin is dropped, at once if the lock is free and otherwise by the deferred-work
+thread once it is.  ``release()`` (also from ``hold()``) called by such a clean-up, during a
+collection that interrupted this thread holding a lock it needs, is deferred the same way.  A
+``Limits`` gives back the slots of a failed ``try_acquire`` after letting go of the buckets' lock.
+The idle check reads a bucket's clock under the ``PerKey``'s own lock (not the buckets').
 """
 
 from __future__ import annotations
@@ -74,7 +83,18 @@ from ._ratelimit import (
     wait_thread,
 )
 from ._registry import register, unregistered
-from ._wait import monotonic, refuse_in_loop
+from ._wait import (
+    Busy,
+    enter,
+    give_up,
+    graveyard,
+    lay_to_rest,
+    mirror_collecting,
+    monotonic,
+    refuse_in_loop,
+    take,
+    take_or_defer,
+)
 
 __all__ = ["Limits", "LimitsStatistics", "PerKey", "PerKeyStatistics"]
 
@@ -83,24 +103,8 @@ L = TypeVar("L", bound="CapacityLimiter | TokenBucket | Limits")
 
 Simple = CapacityLimiter | TokenBucket
 
-
-def _unblocked(lock: threading.Lock, fn: Callable[..., object], *args: Any) -> None:
-    """Call ``fn(*args)``, which takes ``lock`` itself, without ever waiting for ``lock`` here.
-
-    For the clean-up of a coroutine that is being closed (``GeneratorExit``): the garbage
-    collector may close it in the middle of code that holds ``lock`` in this very thread, so
-    waiting would deadlock.  If ``lock`` is free, ``fn`` runs now (and may wait only for another
-    thread); if it is held, a short-lived thread runs ``fn`` instead.  At interpreter shutdown,
-    when no thread can start, the work is dropped.
-    """
-    if lock.acquire(False):
-        lock.release()
-        fn(*args)
-        return
-    try:
-        threading.Thread(target=fn, args=args, name="poolkit-give-back", daemon=True).start()
-    except RuntimeError:  # "can't create new thread at interpreter shutdown"
-        pass
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+mirror_collecting(globals())
 
 
 # ======================================================================= PerKey
@@ -198,22 +202,50 @@ class PerKey(Generic[K, L]):
         return limit
 
     def _pin(self, key: K) -> _Entry[L]:
-        with self._lock:
+        lock = self._lock
+        take(lock, "PerKey")
+        try:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                entry.pins += 1
+                self._forget_some()
+        finally:
+            lock.release()
+        if graveyard:  # waiters stranded in the limits looked at, dropped: let them go now
+            lay_to_rest()
+        if entry is not None:
+            return entry
+        limit = self._make()  # the factory is the user's code: it runs holding no lock
+        take(lock, "PerKey")
+        try:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _Entry(self._make())
+                entry = self._entries[key] = _Entry(limit)
                 self._created += 1
-            else:
+            else:  # another thread made the key's limit meanwhile: that one is the key's
                 self._entries.move_to_end(key)
             entry.pins += 1
             self._forget_some()
-            return entry
+        finally:
+            lock.release()
+        if graveyard:
+            lay_to_rest()
+        return entry
 
     def _unpin(self, entry: _Entry[L], acquired: bool) -> None:
-        with self._lock:
-            entry.pins -= 1
-            if acquired:
-                self._acquired += 1
+        lock = self._lock
+        if not take_or_defer(lock, self._unpin, entry, acquired):
+            return  # in a garbage collection that holds the lock: done as soon as it is free
+        try:
+            self._unpin_locked(entry, acquired)
+        finally:
+            lock.release()
+
+    def _unpin_locked(self, entry: _Entry[L], acquired: bool) -> None:
+        entry.pins -= 1
+        if acquired:
+            self._acquired += 1
 
     def _forget_some(self) -> None:
         """Look at a few least recently used keys: forget the idle ones, rotate the others."""
@@ -226,19 +258,31 @@ class PerKey(Generic[K, L]):
                 self._forgotten += 1
 
     def _forget_if_idle(self, key: K, entry: _Entry[L]) -> None:
-        with self._lock:
+        lock = self._lock
+        if not take_or_defer(lock, self._forget_if_idle, key, entry):
+            return
+        try:
             if self._entries.get(key) is entry and not entry.pins and entry.limit._is_idle():
                 del self._entries[key]
                 self._forgotten += 1
+        finally:
+            lock.release()
+        if graveyard:
+            lay_to_rest()
 
     def sweep(self) -> int:
         """Forget every idle key now; return how many were forgotten."""
-        with self._lock:
+        take(self._lock, "PerKey.sweep()")
+        try:
             idle = [k for k, e in self._entries.items() if not e.pins and e.limit._is_idle()]
             for k in idle:
                 del self._entries[k]
             self._forgotten += len(idle)
-            return len(idle)
+        finally:
+            self._lock.release()
+        if graveyard:
+            lay_to_rest()
+        return len(idle)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -248,8 +292,11 @@ class PerKey(Generic[K, L]):
 
     def keys(self) -> list[K]:
         """The keys whose limit is alive, least recently used first."""
-        with self._lock:
+        take(self._lock, "PerKey.keys()")
+        try:
             return list(self._entries)
+        finally:
+            self._lock.release()
 
     # ----------------------------------------------------------------- acquire / release
 
@@ -262,18 +309,19 @@ class PerKey(Generic[K, L]):
         entry = self._pin(key)
         try:
             await entry.limit.acquire(cost, timeout=timeout)  # type: ignore[arg-type]
-        except GeneratorExit:
-            # Closed by the garbage collector, perhaps while this thread holds self._lock.
-            _unblocked(self._lock, self._unpin, entry, False)
-            raise
-        except BaseException:
-            self._unpin(entry, False)
+        except BaseException as exc:
+            # (Being closed, perhaps by the garbage collector while this thread holds the lock,
+            # it never waits for it.)
+            give_up(exc, self._lock, self._unpin_locked, entry, False)
             raise
         self._unpin(entry, True)
 
     def try_acquire(self, key: K, cost: float = 1) -> bool:
         """``try_acquire(cost)`` on ``key``'s limit; never blocks."""
-        entry = self._pin(key)
+        try:
+            entry = self._pin(key)
+        except Busy:  # a garbage collection interrupted this thread holding the lock
+            return False
         ok = False
         try:
             ok = entry.limit.try_acquire(cost)  # type: ignore[arg-type]
@@ -292,9 +340,17 @@ class PerKey(Generic[K, L]):
             self._unpin(entry, ok)
 
     def release(self, key: K, cost: float = 1) -> None:
-        """``release(cost)`` on ``key``'s limit; :class:`~poolkit.NotAcquired` if it has none."""
-        with self._lock:
+        """``release(cost)`` on ``key``'s limit; :class:`~poolkit.NotAcquired` if it has none.
+
+        Called during a garbage collection that interrupted this thread holding a lock it
+        needs, it is done as soon as that lock is free instead."""
+        lock = self._lock
+        if not take_or_defer(lock, self.release, key, cost):
+            return
+        try:
             entry = self._entries.get(key)
+        finally:
+            lock.release()
         if entry is None:
             if self._rate_only:
                 return  # a token bucket, full again and forgotten: nothing to give back
@@ -330,7 +386,8 @@ class PerKey(Generic[K, L]):
         return self._name
 
     def statistics(self) -> PerKeyStatistics:
-        with self._lock:
+        take(self._lock, "PerKey.statistics()")
+        try:
             return PerKeyStatistics(
                 name=self._name,
                 keys=len(self._entries),
@@ -338,13 +395,18 @@ class PerKey(Generic[K, L]):
                 forgotten_total=self._forgotten,
                 acquired_total=self._acquired,
             )
+        finally:
+            self._lock.release()
 
     def statistics_for(
         self, key: K
     ) -> CapacityLimiterStatistics | TokenBucketStatistics | LimitsStatistics | None:
         """The statistics of ``key``'s limit, or ``None`` if it has none alive."""
-        with self._lock:
+        take(self._lock, "PerKey.statistics_for()")
+        try:
             entry = self._entries.get(key)
+        finally:
+            self._lock.release()
         return None if entry is None else entry.limit.statistics()
 
     def __repr__(self) -> str:
@@ -542,10 +604,21 @@ class Limits:
                 held.append(lim)
             if plan.buckets:
                 parts = tuple((b, cost) for b in plan.buckets)
-                with LOCK:
-                    if not try_take(parts, plan.buckets[0]._now()):
-                        self._give_back(held, cost)
-                        return False
+                now = plan.buckets[0]._now()  # the clock is the user's code: before the lock
+                if not COLLECTING:
+                    LOCK.acquire()
+                elif not enter(LOCK):
+                    self._give_back(held, cost)
+                    return False
+                try:
+                    taken = try_take(parts, now)
+                finally:
+                    LOCK.release()
+                if graveyard:
+                    lay_to_rest()
+                if not taken:
+                    self._give_back(held, cost)  # after letting go of the buckets' lock
+                    return False
             ok = True
             return True
         finally:
@@ -564,6 +637,7 @@ class Limits:
         timeout = check_timeout(timeout)
         plan = self._plan(key, cost)
         loop = asyncio.get_running_loop()
+        label = self._label()
         deadline = None if timeout is None else loop.time() + timeout
         held: list[CapacityLimiter] = []
         ok = False
@@ -575,28 +649,29 @@ class Limits:
             if plan.buckets:
                 clock = plan.buckets[0]._clock
                 parts = tuple((b, cost) for b in plan.buckets)
-                with LOCK:
-                    now = clock() if clock is not None else loop.time()
-                    if try_take(parts, now):
-                        ok = True
-                        return
-                    left = None if deadline is None else max(0.0, deadline - loop.time())
-                    w = enqueue(parts, loop, now, left, self._label())
-                await wait_async(
-                    w, loop, clock, None if left is None else now + left, self._label()
-                )
+                now = clock() if clock is not None else loop.time()  # before the lock
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                take(LOCK, "Limits.acquire()")
+                try:
+                    w = None if try_take(parts, now) else enqueue(parts, loop, now, left, label)
+                finally:
+                    LOCK.release()
+                if graveyard:
+                    lay_to_rest()
+                if w is not None:
+                    await wait_async(w, loop, clock, None if left is None else now + left, label)
             ok = True
-        except GeneratorExit:
-            # Closed by the garbage collector, perhaps while this thread holds the lock of one
-            # of these limits: give back and unpin without ever waiting for a lock.
-            for lim in reversed(held):
-                _unblocked(lim._lock, lim.release, cost)
-            for pk, entry in plan.entries:
-                _unblocked(pk._lock, pk._unpin, entry, False)
-            plan.entries = []
-            raise
-        except BaseException:
-            self._give_back(held, cost)
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit):
+                # Closed by the garbage collector, perhaps while this thread holds the lock of
+                # one of these limits: give back and unpin without ever waiting for a lock.
+                for lim in reversed(held):
+                    give_up(exc, lim._lock, lim._give_back, cost)
+                for pk, entry in plan.entries:
+                    give_up(exc, pk._lock, pk._unpin_locked, entry, False)
+                plan.entries = []
+            else:
+                self._give_back(held, cost)
             raise
         finally:
             self._unpin(plan, ok)
@@ -618,16 +693,22 @@ class Limits:
             if plan.buckets:
                 clock = plan.buckets[0]._clock
                 parts = tuple((b, cost) for b in plan.buckets)
-                with LOCK:
-                    now = clock() if clock is not None else monotonic()
+                now = clock() if clock is not None else monotonic()  # before the lock
+                left = None if deadline is None else max(0.0, deadline - monotonic())
+                take(LOCK, "Limits.acquire_blocking()")
+                try:
                     if try_take(parts, now):
-                        ok = True
-                        return
-                    refuse_in_loop("acquire_blocking")
-                    left = None if deadline is None else max(0.0, deadline - monotonic())
-                    w = enqueue(parts, None, now, left, self._label())
-                    w.arm_thread()
-                wait_thread(w, clock, None if left is None else now + left, self._label())
+                        w = None
+                    else:
+                        refuse_in_loop("acquire_blocking")
+                        w = enqueue(parts, None, now, left, self._label())
+                        w.arm_thread()
+                finally:
+                    LOCK.release()
+                if graveyard:
+                    lay_to_rest()
+                if w is not None:
+                    wait_thread(w, clock, None if left is None else now + left, self._label())
             ok = True
         except BaseException:
             self._give_back(held, cost)

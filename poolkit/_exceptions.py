@@ -23,8 +23,12 @@ The tree::
     │                            had acquired from it
     ├── LeakError                (also an AssertionError) tasks or threads outlived a
     │                            ``no_leaks()`` block; ``.snapshot`` says which and where
-    └── HeapAnalysisUnavailable  (also a RuntimeError) ``find_blocked`` cannot run on this
-                                 interpreter: its heap analysis is not verified here
+    ├── HeapAnalysisUnavailable  (also a RuntimeError) ``find_blocked`` cannot run on this
+    │                            interpreter: its heap analysis is not verified here
+    └── Busy                     (also a RuntimeError) a finalizer or a coroutine's clean-up,
+                                 run by a garbage collection in the middle of a primitive's
+                                 critical section, called that primitive in a way that could
+                                 only wait for the lock its own thread holds
 
 Timeouts raise the builtin :class:`TimeoutError`; cancellation is asyncio's own
 :class:`asyncio.CancelledError`.  Bad arguments raise :class:`ValueError` or :class:`TypeError`
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BudgetExhausted",
+    "Busy",
     "ChannelClosed",
     "EndOfChannel",
     "HeapAnalysisUnavailable",
@@ -167,4 +172,17 @@ class BudgetExhausted(PoolkitError):
     is spent (or what is left is owed to the waiters ahead and to reservations).  Nothing was
     taken.  ``try_acquire`` returns False in the same situation.  Waiters queued when the rate is
     assigned 0 get it too, once the tokens left have served those ahead of them.
+    """
+
+
+class Busy(PoolkitError, RuntimeError):
+    """Raised when a primitive is called during a garbage collection in this thread (from a
+    finalizer, or the clean-up of a coroutine the collector closes) and the lock it needs is
+    taken, perhaps by this very thread, which the collection interrupted in the middle of a
+    critical section: waiting would wait for ever.
+
+    Only calls that can neither be done later nor answer "would block" raise it (``acquire()``,
+    ``send()``, ``statistics()``...).  ``release()``, ``close()`` and assigning a rate are done
+    as soon as the lock is free; ``*_nowait()`` and ``try_acquire()`` answer that they would
+    block.  Outside a collection, and from other threads, nothing changes.
     """

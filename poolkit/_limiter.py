@@ -7,12 +7,18 @@ it) and woken; if a cancellation or timeout reaches it before it runs, the grant
 passed on.  So an ``acquire`` that raises holds nothing, including at the instant of the grant
 (the bug of CPython gh-90155 and gh-112202).
 
-Nothing that can block or run foreign code happens under the lock.  A waiter whose event loop
-is closed is skipped, and the reference to it is dropped only after the lock is released
-(:func:`~poolkit._wait.bury`): dropping it destroys its task, whose clean-up wants this lock.
-That clean-up (``GeneratorExit``, perhaps from the garbage collector in a thread that holds the
-lock) never waits for the lock: it withdraws through :func:`~poolkit._wait.locked_soon`, so a
-grant made to a task that will never run is still given back.
+A waiter whose event loop is closed can never run: it is dropped when it reaches the head of the
+queue, whether it fits or not, and ``try_acquire``, ``acquire`` and the idle check of ``PerKey``
+look at the head first, so a waiter stranded there (a heavy one, say) holds up nobody; nor is it
+counted in ``statistics().waiting``.
+
+Waiting, waking and the lock go through :mod:`poolkit._wait`: nothing that can block or run
+foreign code happens under the lock (a stranded waiter is dropped only after it is released,
+because dropping it destroys its task, whose clean-up wants this lock); a waiter being closed
+(``GeneratorExit``, perhaps by the garbage collector in a thread that holds the lock) withdraws
+without waiting for the lock, so a grant made to a task that will never run is still given
+back; and ``release()`` called by a finalizer during a collection that interrupted this thread
+holding the lock is deferred rather than deadlocking.
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ from ._checks import check_timeout
 from ._exceptions import NotAcquired
 from ._registry import register
 from ._wait import (
-    LockedSleeper,
+    Sleeper,
     bury,
+    busy_error,
+    defer,
     discard,
+    enter,
+    give_up,
     graveyard,
     lay_to_rest,
-    locked_soon,
+    mirror_collecting,
     refuse_in_loop,
+    take,
+    take_or_defer,
     thread_deadline,
     thread_wait,
 )
@@ -45,14 +57,17 @@ _WAITING = 0
 _GRANTED = 1  # holds its weight; it returns when it runs
 _TIMED_OUT = 2
 _TOO_HEAVY = 3  # total shrank below its weight
-_GONE = 4  # cancelled, or completed
+_GONE = 4  # cancelled, completed, or stranded on a closed event loop
+
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+mirror_collecting(globals())
 
 
-class _Waiter(LockedSleeper):
+class _Waiter(Sleeper):
     __slots__ = ("state", "weight")
 
     def __init__(self, weight: int, loop: asyncio.AbstractEventLoop | None) -> None:
-        LockedSleeper.__init__(self, loop)
+        Sleeper.__init__(self, loop)
         self.weight = weight
         self.state = _WAITING
 
@@ -96,7 +111,8 @@ class CapacityLimiter:
     ``timeout=`` raises :class:`TimeoutError`; a cancelled or timed-out acquire holds nothing.
     ``total`` can be changed at any time: growing it serves waiters at once; shrinking it lets
     the current holders finish (``borrowed`` may exceed ``total`` until they release), and
-    waiters whose weight no longer fits at all get ``ValueError``.
+    waiters whose weight no longer fits at all get ``ValueError``.  A limiter whose ``total`` was
+    assigned is never forgotten by a ``PerKey`` (its factory would not make it so again).
     """
 
     __slots__ = (
@@ -108,6 +124,7 @@ class CapacityLimiter:
         "_peak",
         "_queue",
         "_total",
+        "_tuned",
     )
 
     def __init__(self, total: int, *, name: str | None = None) -> None:
@@ -120,6 +137,7 @@ class CapacityLimiter:
         self._borrowed = 0
         self._peak = 0
         self._acquired = 0
+        self._tuned = False  # total assigned after construction
         register(self, "limiter")
 
     # ----------------------------------------------------------------- introspection
@@ -136,14 +154,20 @@ class CapacityLimiter:
     @total.setter
     def total(self, value: int) -> None:
         check_weight(value, "total")
-        with self._lock:
+        lock = self._lock
+        if not take_or_defer(lock, setattr, self, "total", value):
+            return  # in a garbage collection that holds the lock: done as soon as it is free
+        try:
             self._total = value
-            for w in [w for w in self._queue if w.state == _WAITING and w.weight > value]:
+            self._tuned = True
+            for w in [w for w in self._queue if w.weight > value]:
                 w.state = _TOO_HEAVY
                 self._queue.remove(w)
                 if not w.wake():
                     bury(w)
             self._serve()
+        finally:
+            lock.release()
         if graveyard:
             lay_to_rest()
 
@@ -153,20 +177,34 @@ class CapacityLimiter:
         return self._borrowed
 
     def _is_idle(self) -> bool:
-        """Nothing borrowed and nobody waiting: forgetting it changes nothing (for PerKey)."""
-        with self._lock:
-            return self._borrowed == 0 and not self._queue
+        """Nothing borrowed, nobody waiting (stranded waiters do not count) and ``total`` as
+        made: forgetting it changes nothing (for PerKey, which holds its own lock: it lays the
+        waiters buried here to rest once it lets go of it)."""
+        lock = self._lock
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            return False  # cannot tell: keep it
+        try:
+            if self._queue and self._borrowed == 0:
+                self._drop_stranded()
+            return self._borrowed == 0 and not self._queue and not self._tuned
+        finally:
+            lock.release()
 
     def statistics(self) -> CapacityLimiterStatistics:
-        with self._lock:
+        take(self._lock, "CapacityLimiter.statistics()")
+        try:
             return CapacityLimiterStatistics(
                 name=self._name,
                 total=self._total,
                 borrowed=self._borrowed,
-                waiting=len(self._queue),
+                waiting=sum(1 for w in self._queue if not w.stranded()),
                 peak_borrowed=self._peak,
                 acquired_total=self._acquired,
             )
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -190,15 +228,35 @@ class CapacityLimiter:
         while q:
             w = q[0]
             if self._borrowed + w.weight > self._total:
-                return
+                # A head that does not fit holds up the rest, as it should, unless it will never
+                # run.  (w.stranded(), inlined: this is the path of every contended release.)
+                loop = w.loop
+                if loop is None or not loop.is_closed():
+                    return
+                q.popleft()
+                w.state = _GONE
+                bury(w)
+                continue
             q.popleft()
             w.state = _GRANTED
-            self._take(w.weight)
-            if not w.wake():  # its event loop is closed: it will never run
+            self._borrowed += w.weight
+            if w.wake():
+                self._acquired += 1
+                if self._borrowed > self._peak:
+                    self._peak = self._borrowed
+            else:  # its event loop is closed: it will never run
                 w.state = _GONE
                 self._borrowed -= w.weight
-                self._acquired -= 1
                 bury(w)  # maybe the last reference to its task: drop it after the lock
+
+    def _drop_stranded(self) -> None:
+        """Drop the waiters stranded at the head of the queue, then serve whoever is first."""
+        q = self._queue
+        while q and q[0].stranded():
+            w = q.popleft()
+            w.state = _GONE
+            bury(w)
+        self._serve()
 
     def _withdraw(self, w: _Waiter) -> None:
         """The owner of ``w`` gives up: leave the queue, or hand back what it was granted."""
@@ -213,6 +271,11 @@ class CapacityLimiter:
             self._borrowed -= w.weight
             self._acquired -= 1
             self._serve()
+
+    def _give_back(self, weight: int) -> None:
+        """``release(weight)`` by an owner that knows it holds ``weight`` (lock held)."""
+        self._borrowed -= weight
+        self._serve()
 
     def _expire(self, w: _Waiter) -> None:
         with self._lock:
@@ -245,16 +308,32 @@ class CapacityLimiter:
     def _label(self) -> str:
         return "capacity limiter" if self._name is None else f"capacity limiter {self._name!r}"
 
+    def _not_acquired(self, weight: int) -> NotAcquired:
+        return NotAcquired(
+            f"release({weight}) on {self._label()}, but only {self._borrowed} is borrowed"
+        )
+
     # ----------------------------------------------------------------- acquire / release
 
     def try_acquire(self, weight: int = 1) -> bool:
         """Take ``weight`` if it fits now and nobody is queued; never blocks.  Thread-safe."""
         self._check(weight)
-        with self._lock:
+        lock = self._lock
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            return False  # a garbage collection interrupted this thread holding the lock
+        try:
+            if self._queue and self._borrowed + weight <= self._total:
+                self._drop_stranded()  # they are not "queued": they will never run
             if not self._queue and self._borrowed + weight <= self._total:
                 self._take(weight)
                 return True
             return False
+        finally:
+            lock.release()
+            if graveyard:
+                lay_to_rest()
 
     async def acquire(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """Wait (in arrival order) until ``weight`` fits, then take it.
@@ -267,7 +346,10 @@ class CapacityLimiter:
         if timeout is not None:
             timeout = check_timeout(timeout)
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("CapacityLimiter.acquire()")
         try:
             if not self._queue and self._borrowed + weight <= self._total:
                 self._borrowed += weight  # _take() inlined
@@ -275,36 +357,54 @@ class CapacityLimiter:
                 if self._borrowed > self._peak:
                     self._peak = self._borrowed
                 return
-            if weight > self._total:  # again, under the lock: another thread may have lowered it
-                self._check(weight)
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: no capacity right now")
             loop = asyncio.get_running_loop()
-            w = _Waiter(weight, loop)
-            self._queue.append(w)
+            if (self._queue and self._borrowed + weight <= self._total) or weight > self._total:
+                w = self._queue_up(weight, timeout, loop)  # (the unusual cases)
+            else:
+                if timeout == 0:
+                    raise TimeoutError(f"{self._label()}: no capacity right now")
+                w = _Waiter(weight, loop)
+                self._queue.append(w)
         finally:
             lock.release()
+        if w is None:
+            if graveyard:
+                lay_to_rest()
+            return
         fut = w.fut
         assert fut is not None
         timer = None if timeout is None else loop.call_later(timeout, self._expire, w)
         try:
             await fut
-        except GeneratorExit:
-            # Being closed, perhaps by the garbage collector in a thread that holds this very lock
-            # (an allocation there can start a collection): waiting for it could deadlock.  The
-            # withdrawal runs as soon as the lock is free, so a grant is never lost.
-            locked_soon(lock, self._withdraw, w)
-            raise
-        except BaseException:
-            with lock:
-                self._withdraw(w)
-            if graveyard:
-                lay_to_rest()
+        except BaseException as exc:
+            give_up(exc, lock, self._withdraw, w)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
         self._outcome(w, timeout)
+
+    def _queue_up(
+        self, weight: int, timeout: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> _Waiter | None:
+        """With the lock held, past the fast path: take ``weight`` if only stranded waiters were
+        in the way (None), or queue a waiter for it."""
+        if self._queue and self._borrowed + weight <= self._total:
+            self._drop_stranded()
+            if not self._queue:
+                self._take(weight)
+                return None
+        if weight > self._total:  # again, under the lock: another thread may have lowered it
+            self._check(weight)
+        if timeout == 0:
+            raise TimeoutError(f"{self._label()}: no capacity right now")
+        if loop is None:
+            refuse_in_loop("acquire_blocking")
+        w = _Waiter(weight, loop)
+        if loop is None:
+            w.arm_thread()
+        self._queue.append(w)
+        return w
 
     def acquire_blocking(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until ``weight`` fits.
@@ -313,30 +413,28 @@ class CapacityLimiter:
         """
         self._check(weight)
         timeout = check_timeout(timeout)
-        with self._lock:
+        lock = self._lock
+        take(lock, "CapacityLimiter.acquire_blocking()")
+        try:
             if not self._queue and self._borrowed + weight <= self._total:
                 self._take(weight)
                 return
-            if weight > self._total:  # again, under the lock: another thread may have lowered it
-                self._check(weight)
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: no capacity right now")
-            refuse_in_loop("acquire_blocking")
-            w = _Waiter(weight, None)
-            w.arm_thread()
-            self._queue.append(w)
+            w = self._queue_up(weight, timeout, None)
+        finally:
+            lock.release()
+            if graveyard:
+                lay_to_rest()
+        if w is None:
+            return
         tlock = w.tlock
         assert tlock is not None
         try:
             woke = thread_wait(tlock, thread_deadline(timeout))
-        except BaseException:  # KeyboardInterrupt in the main thread
-            with self._lock:
-                self._withdraw(w)
-            if graveyard:
-                lay_to_rest()
+        except BaseException as exc:  # KeyboardInterrupt in the main thread
+            give_up(exc, lock, self._withdraw, w)
             raise
         try:
-            with self._lock:
+            with lock:
                 if not woke and w.state == _WAITING:
                     self._withdraw(w)
                     w.state = _TIMED_OUT
@@ -348,17 +446,22 @@ class CapacityLimiter:
     def release(self, weight: int = 1) -> None:
         """Give back ``weight``; wakes waiters that now fit.  Thread-safe; never blocks.
 
-        Raises :class:`~poolkit.NotAcquired` if that is more than is borrowed.
+        Raises :class:`~poolkit.NotAcquired` if that is more than is borrowed.  Called during a
+        garbage collection that interrupted this thread holding the lock (from a finalizer, or
+        the exit of an ``async with`` whose coroutine is being closed), it is done as soon as
+        the lock is free instead (an error is then reported through ``threading.excepthook``).
         """
         if weight.__class__ is not int or weight < 1:
             check_weight(weight)
         lock = self._lock
-        lock.acquire()  # explicit acquire/release: ~80 ns cheaper than "with" on CPython 3.11
+        if not COLLECTING:
+            lock.acquire()  # explicit acquire/release: ~80 ns cheaper than "with" on CPython 3.11
+        elif not enter(lock):
+            defer(self.release, weight)
+            return
         try:
             if weight > self._borrowed:
-                raise NotAcquired(
-                    f"release({weight}) on {self._label()}, but only {self._borrowed} is borrowed"
-                )
+                raise self._not_acquired(weight)
             self._borrowed -= weight
             if not self._queue:
                 return  # nobody waits: nothing was buried
@@ -371,7 +474,10 @@ class CapacityLimiter:
     async def __aenter__(self) -> None:
         # acquire(1) without a second coroutine frame when there is room (the usual case).
         lock = self._lock
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("CapacityLimiter.__aenter__()")
         try:
             if not self._queue and self._borrowed < self._total:
                 self._borrowed += 1
@@ -389,7 +495,24 @@ class CapacityLimiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        # release(1) without a second call (~50 ns), as __aenter__ inlines acquire(1).
+        lock = self._lock
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            defer(self.release, 1)
+            return
+        try:
+            if not self._borrowed:
+                raise self._not_acquired(1)
+            self._borrowed -= 1
+            if not self._queue:
+                return  # nobody waits: nothing was buried
+            self._serve()
+        finally:
+            lock.release()
+        if graveyard:
+            lay_to_rest()
 
     def __enter__(self) -> None:
         self.acquire_blocking()

@@ -14,6 +14,16 @@ line recomputes at once, so it is not delayed by the one that left.  A timeout t
 (the tokens owed to the waiters ahead, plus ``cost``, cannot be refilled in time) raises
 :class:`TimeoutError` at once.
 
+A waiter behind another is woken by it when it leaves.  One that can never leave -- a task whose
+event loop was closed while it waited, *stranded* -- would hold up everyone behind it, so a
+waiter behind another also looks again at its own turn (when the tokens of everyone ahead and
+its own could have come), and then at intervals that double, up to a second, while the one ahead
+stays (it may be slow to run, or waiting for another bucket of a ``Limits``).  A stranded waiter
+at the head is abandoned by whoever meets it, taking nothing, and it counts for nobody: not in
+``try_acquire``, not in ``statistics().waiting``, not in the idle check of ``PerKey``, and, met
+anywhere in the queue, not in the estimate that fails a timeout at once or in a reservation's
+time.
+
 Tolerance
 ---------
 Time is a float number of seconds, and far from zero a float cannot hold every instant: at a
@@ -23,8 +33,10 @@ monotonic clock of 123456.789 s (a day and a half of uptime) the step is 1.5e-11
 does, fixes that case but not a rate such as 3/s, whose token takes 333333333.3 ns, nor a clock
 read as a float; exact rationals would cost the hot path several times its price.  So every
 decision -- ``try_acquire``, ``acquire`` (at once, with ``timeout=0``, and when a waiter's timer
-fires), ``reserve`` (and its ``max_delay``) and the idle check of ``PerKey`` -- makes one test:
-``available >= cost * (1 - 1e-6)``, where ``available`` is ``statistics().tokens``.  A grant that
+fires), ``reserve`` (and its ``max_delay``) -- makes one test: ``available >= cost * (1 -
+1e-6)``, where ``available`` is ``statistics().tokens``.  (The idle check of ``PerKey`` is the
+exception, and exact: forgetting a bucket a hair short of full would forgive the hair again at
+each forgetting, without bound.)  A grant that
 falls short by that much leaves the bucket at exactly zero: the error is not carried into the
 next grant (carried, it made ``try_acquire`` refuse tokens that were due, and grew).  So a grant
 may come a millionth of its cost's refill time early (0.1 µs for one token at 10/s), and a window
@@ -72,11 +84,15 @@ reservations made before it, as in Go.
 
 Nothing under the lock
 ----------------------
-Nothing that can block or run foreign code happens while the lock is held.  A waiter whose event
-loop is closed is skipped, and the reference to it is dropped only after the lock is released
-(``_graves``): dropping it destroys its task, and the task's clean-up wants this very lock.  That
-clean-up (``GeneratorExit``, perhaps from the garbage collector in a thread that holds the lock)
-never waits for the lock either: it withdraws through :func:`~poolkit._wait.locked_soon`.
+Nothing that can block or run foreign code happens while the lock is held; waiting, waking and
+the lock go through :mod:`poolkit._wait`, as for every primitive.  The clock (perhaps the
+user's) is read before the lock is taken: a reading that is stale by then is earlier than one
+already seen, which refills nothing and takes nothing back.  A stranded waiter is dropped only
+after the lock is released (:func:`~poolkit._wait.bury`): dropping it destroys its task, and the
+task's clean-up wants this very lock.  That clean-up (``GeneratorExit``, perhaps from the garbage
+collector in a thread that holds the lock) never waits for the lock either: it withdraws through
+:func:`~poolkit._wait.give_up`.  Assigning ``rate`` or ``burst``, or ``Reservation.cancel()``,
+during a collection that interrupted this thread holding the lock is done as soon as it is free.
 
 Why not aiolimiter's engine
 ---------------------------
@@ -106,7 +122,7 @@ Clock
 allowed to run backwards), and virtual on :class:`poolkit.testing.VirtualTimeLoop`, so rate tests
 run on virtual time with no set-up.  Any callable returning seconds can be passed instead.  A
 reading earlier than one already seen refills nothing (nor takes anything back): an interval is
-never counted twice.
+never counted twice.  The clock is called without the lock held.
 """
 
 from __future__ import annotations
@@ -125,7 +141,23 @@ from typing import final
 from ._checks import check_timeout
 from ._exceptions import BudgetExhausted
 from ._registry import register
-from ._wait import Sleeper, discard, locked_soon, monotonic, refuse_in_loop
+from ._wait import (
+    Sleeper,
+    bury,
+    busy_error,
+    discard,
+    enter,
+    give_up,
+    graveyard,
+    lay_to_rest,
+    locked_soon,
+    mirror_collecting,
+    monotonic,
+    refuse_in_loop,
+    resolve,
+    take,
+    take_or_defer,
+)
 
 __all__ = [
     "LOCK",
@@ -134,7 +166,6 @@ __all__ = [
     "TokenBucket",
     "TokenBucketStatistics",
     "enqueue",
-    "lay_to_rest",
     "parse_rate",
     "try_take",
     "wait_async",
@@ -146,6 +177,9 @@ Clock = Callable[[], float]
 # One lock for every token bucket: a combined acquisition must see, and take from, several
 # buckets at once.  Bucket operations are a few arithmetic steps, so sharing it costs little.
 LOCK = _LOCK = threading.Lock()
+
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+mirror_collecting(globals())
 
 _WAITING = 0
 _DONE = 1
@@ -168,6 +202,10 @@ _NOISE = 1e-9
 _MIN_SLEEP = 0.001
 # _shortfall(): the waiter can never be served (rate 0, not enough tokens left).
 _NEVER = -1.0
+# _shortfall(): someone is ahead of the waiter in one of its buckets.
+_BEHIND = math.inf
+# The longest a waiter behind another sleeps before it looks again whether that one can run.
+_MAX_BACKOFF = 1.0
 # The first reading refills from here, finding the bucket full; finite, so that even a rate of 0
 # multiplies it to 0 (from -inf it would be NaN).
 _BEFORE_TIME = -1.7976931348623157e308
@@ -258,7 +296,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class _Waiter(Sleeper):
     """One acquisition waiting in one or more buckets (several for a combined limit)."""
 
-    __slots__ = ("parts", "state")
+    __slots__ = ("backoff", "parts", "state")
 
     def __init__(
         self,
@@ -268,45 +306,8 @@ class _Waiter(Sleeper):
         Sleeper.__init__(self, loop)
         self.parts = parts
         self.state = _WAITING
-
-    def wake(self) -> bool:
-        """Wake the owner; False if it can never run again (its event loop is closed).
-
-        Unlike ``Sleeper.wake`` it leaves the future of a closed loop alone: resolving it would
-        drop the future's callback, the last reference to the task, and destroy the task here,
-        under the lock (see "Nothing under the lock").
-        """
-        loop = self.loop
-        if loop is not None and loop.is_closed():
-            return False
-        return Sleeper.wake(self)
-
-
-# Waiters taken out of a queue under the lock whose task can never run again: released by
-# lay_to_rest() once the lock is free.  Appended to only with the lock held.
-_graves: deque[_Waiter] = deque()
-
-
-def lay_to_rest() -> None:
-    """Destroy the tasks of the waiters set aside as stranded.  Call it holding no lock.
-
-    Resolving the future of a closed loop fails to schedule the task and drops its callback, the
-    last reference to the task, which is destroyed here: its coroutine's clean-up withdraws
-    nothing (the waiter has left already) and the loop reports the pending task as destroyed.
-    """
-    pop = _graves.popleft
-    try:
-        while _graves:
-            w = pop()
-            fut = w.fut
-            if fut is not None and not fut.done():
-                try:
-                    fut.set_result(None)
-                except RuntimeError:  # "Event loop is closed": as expected
-                    pass
-            del w, fut  # the references die here, outside the lock
-    except IndexError:  # another thread took the last one
-        pass
+        # While it is behind someone: the least it sleeps before looking again (see _step()).
+        self.backoff = _MIN_SLEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,22 +397,34 @@ class Reservation:
         Returns:
             The tokens given back: :attr:`cost`, or 0.0.
         """
-        b = self._bucket
+        now = self._bucket._now()  # read before the lock: the clock may be anybody's code
+        lock = _LOCK
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            # A garbage collection interrupted this thread holding the lock: cancel it as of
+            # now as soon as the lock is free, and say what that will give back.
+            locked_soon(lock, self._cancel, now)
+            return self._cost if self._state == _R_PENDING and self._time > now else 0.0
         try:
-            with _LOCK:
-                if self._state != _R_PENDING:
-                    return 0.0
-                b._refill(b._now())  # settles it if its time has come
-                if self._state != _R_PENDING:
-                    return 0.0
-                b._pending.remove(self)
-                _recompute_needs(b)
-                self._state = _R_CANCELLED
-                _nudge(b)
-                return self._cost
+            return self._cancel(now)
         finally:
-            if _graves:
+            lock.release()
+            if graveyard:
                 lay_to_rest()
+
+    def _cancel(self, now: float) -> float:
+        if self._state != _R_PENDING:
+            return 0.0
+        b = self._bucket
+        b._refill(now)  # settles it if its time has come
+        if self._state != _R_PENDING:
+            return 0.0
+        b._pending.remove(self)
+        _recompute_needs(b)
+        self._state = _R_CANCELLED
+        _nudge(b)
+        return self._cost
 
     def __repr__(self) -> str:
         if self._state == _R_REFUSED:
@@ -455,10 +468,60 @@ def _floor(r: Reservation, rate: float, t: float) -> float:
     return floor if floor > r._need * _NOISE else 0.0
 
 
-def _first(q: deque[_Waiter]) -> _Waiter | None:
+def _head(q: deque[_Waiter]) -> _Waiter | None:
+    """The first waiter in ``q`` still waiting (those that left are dropped), stranded or not."""
     while q and q[0].state != _WAITING:
         q.popleft()
     return q[0] if q else None
+
+
+def _first(q: deque[_Waiter]) -> _Waiter | None:
+    """The first waiter in ``q`` that can still run: a waiter stranded on a closed event loop in
+    front of it is abandoned (:func:`_abandon`), so it holds up nobody."""
+    while True:
+        w = _head(q)
+        if w is None or not w.stranded():
+            return w
+        _abandon(w)
+
+
+def _abandon(w: _Waiter) -> None:
+    """``w`` is stranded on a closed event loop: it will never run.  It leaves every queue,
+    taking nothing, and is buried; where it was first, the next in line is woken to recompute,
+    or, stranded too, abandoned in turn (a loop rather than recursion: they may be thousands)."""
+    stack = [w]
+    while stack:
+        w = stack.pop()
+        if w.state != _WAITING:
+            continue
+        led = [b for b, _ in w.parts if _head(b._queue) is w]
+        w.state = _GONE
+        bury(w)  # maybe the last reference to its task: dropped after the lock
+        for b, cost in w.parts:
+            discard(b._queue, w)
+            b._queued_cost = b._queued_cost - cost if b._queue else 0.0
+        for b in led:
+            nxt = _head(b._queue)
+            if nxt is not None and not nxt.wake():
+                stack.append(nxt)
+
+
+def _purge(b: TokenBucket) -> None:
+    """Abandon the waiters stranded anywhere in ``b``'s queue: what they asked for must count
+    neither in an estimate that can fail an acquire at once, nor in a reservation's time.  (Only
+    there: elsewhere the head is all that matters, and :func:`_first` looks at it.)"""
+    dead = []
+    open_loop = None  # waiters mostly share one loop: ask it once
+    for w in b._queue:
+        loop = w.loop
+        if loop is None or loop is open_loop or w.state != _WAITING:
+            continue
+        if loop.is_closed():
+            dead.append(w)
+        else:
+            open_loop = loop
+    for w in dead:
+        _abandon(w)
 
 
 def _queued_costs(b: TokenBucket) -> list[float]:
@@ -521,22 +584,34 @@ def _wait_for(b: TokenBucket, now: float, cost: float) -> float:
 
 def _shortfall(w: _Waiter, now: float) -> float:
     """0.0 if ``w`` can take every part now; else seconds until it can, if it is first in line in
-    every bucket; ``inf`` if someone is ahead of it somewhere (it waits to be nudged);
+    every bucket; ``_BEHIND`` if someone is ahead of it somewhere (who nudges it on leaving);
     ``_NEVER`` if a bucket with rate 0 cannot cover it."""
     wait = 0.0
     for b, cost in w.parts:
-        head = _first(b._queue)
-        while head is not w:
-            assert head is not None
-            loop = head.loop
-            if loop is None or not loop.is_closed():
-                return math.inf
-            _leave(head, _GONE)  # stranded on a closed event loop: it will never run
-            _graves.append(head)
-            head = _first(b._queue)
+        if _first(b._queue) is not w:  # (waiters stranded ahead of it are abandoned)
+            return _BEHIND
         part = _wait_for(b, now, cost)
         if part == math.inf:
             return _NEVER
+        if part > wait:
+            wait = part
+    return wait
+
+
+def _turn(w: _Waiter, now: float) -> float:
+    """Seconds from ``now`` until everyone ahead of ``w`` and ``w`` itself could be served, in
+    the slowest of its buckets, each as soon as the bucket has its tokens (``inf``: never)."""
+    wait = 0.0
+    for b, cost in w.parts:
+        b._refill(now)
+        demands: list[float] = []
+        for x in b._queue:
+            if x is w:
+                break
+            if x.state == _WAITING:
+                demands.extend(c for bb, c in x.parts if bb is b)
+        demands.append(cost)
+        part = _when(b, demands) + (b._stamp - now)  # (_when counts from the stamp, >= now)
         if part > wait:
             wait = part
     return wait
@@ -548,8 +623,7 @@ def _nudge(b: TokenBucket) -> None:
         w = _first(b._queue)
         if w is None or w.wake():
             return
-        _leave(w, _GONE)  # its event loop is closed: it will never run, so it must not block
-        _graves.append(w)
+        _abandon(w)  # its event loop closed just now: it will never run, so it must not block
 
 
 def _grant(w: _Waiter, now: float) -> None:
@@ -564,7 +638,7 @@ def _grant(w: _Waiter, now: float) -> None:
 
 def _leave(w: _Waiter, state: int) -> None:
     """``w`` stops waiting without taking anything; whoever is now first recomputes."""
-    led = [b for b, _ in w.parts if _first(b._queue) is w]  # before w stops counting as live
+    led = [b for b, _ in w.parts if _head(b._queue) is w]  # before w stops counting as live
     w.state = state
     for b, cost in w.parts:
         discard(b._queue, w)
@@ -580,7 +654,7 @@ def _fail_too_big(b: TokenBucket) -> None:
         if any(bb is b and cost > size for bb, cost in w.parts):
             _leave(w, _TOO_BIG)
             if not w.wake():
-                _graves.append(w)
+                bury(w)
 
 
 def _estimate(parts: tuple[tuple[TokenBucket, float], ...], now: float) -> float:
@@ -622,6 +696,8 @@ def enqueue(
     for b, cost in parts:  # checked again under the lock: another thread may have lowered burst
         if cost > b._size:
             b._check_cost(cost)
+        if b._queue and (timeout is not None or b._rate == 0.0):
+            _purge(b)  # a stranded waiter's cost must not fail this one at once
     wait = _estimate(parts, now)
     if wait == math.inf:
         raise _exhausted_error(parts, label, True)
@@ -672,6 +748,15 @@ def _step(w: _Waiter, now: float, deadline: float | None, label: str) -> float:
     if wait == _NEVER:  # w is first in line everywhere: nobody is ahead of it
         _leave(w, _EXHAUSTED)
         raise _exhausted_error(w.parts, label, False)
+    if wait == _BEHIND:
+        # Whoever is ahead nudges it on leaving; but one whose event loop closes while it
+        # sleeps never will.  So look again at its turn, and no sooner than an interval that
+        # doubles while it stays behind (the one ahead may be slow to run, or be waiting for
+        # another bucket of a Limits), up to _MAX_BACKOFF.
+        backoff = w.backoff
+        w.backoff = min(backoff * 2.0, _MAX_BACKOFF)
+        turn = _turn(w, now)
+        wait = turn if backoff < turn < math.inf else backoff
     if deadline is not None:
         if now >= deadline:
             _leave(w, _GONE)
@@ -692,46 +777,35 @@ async def wait_async(
     last = -math.inf
     try:
         while True:
+            now = clock() if clock is not None else loop.time()  # the user's code: not locked
             try:
                 with _LOCK:
-                    now = clock() if clock is not None else loop.time()
                     wait = _step(w, now, deadline, label)
                     if wait == 0.0:
                         return
                     fut = w.fut = loop.create_future()
             finally:
-                if _graves:
+                if graveyard:
                     lay_to_rest()
             if now <= last and wait < _MIN_SLEEP:
                 # The clock did not move since the last look (uvloop's moves in 1 ms steps and
                 # its timers round to whole ms): sleep a tick instead of spinning.
                 wait = _MIN_SLEEP
             last = now
-            if wait == math.inf:
-                timer = None
-            elif clock is None:
+            if clock is None:
                 # Far from zero, now + wait may round back to now: aim one step of the clock on.
                 when = now + wait
                 timer = loop.call_at(
-                    when if when > now else math.nextafter(now, math.inf), _wake_fut, fut
+                    when if when > now else math.nextafter(now, math.inf), resolve, fut
                 )
             else:
-                timer = loop.call_later(wait, _wake_fut, fut)
+                timer = loop.call_later(wait, resolve, fut)
             try:
                 await fut
             finally:
-                if timer is not None:
-                    timer.cancel()
+                timer.cancel()
     except BaseException as exc:
-        if isinstance(exc, GeneratorExit):
-            # Closed by the garbage collector, perhaps in a thread that holds the lock right now:
-            # never wait for it (see the module docstring).
-            locked_soon(_LOCK, _withdraw, w)
-        else:
-            with _LOCK:
-                _withdraw(w)
-            if _graves:
-                lay_to_rest()
+        give_up(exc, _LOCK, _withdraw, w)
         raise
 
 
@@ -741,31 +815,23 @@ def wait_thread(w: _Waiter, clock: Clock | None, deadline: float | None, label: 
     assert tlock is not None
     try:
         while True:
+            now = clock() if clock is not None else monotonic()  # the user's code: not locked
             try:
                 with _LOCK:
-                    now = clock() if clock is not None else monotonic()
                     wait = _step(w, now, deadline, label)
                     if wait == 0.0:
                         return
             finally:
-                if _graves:
+                if graveyard:
                     lay_to_rest()
             # tlock is held; a nudge releases it, so this returns at once, holding it again.
             if wait > threading.TIMEOUT_MAX:
                 tlock.acquire()
             else:
                 tlock.acquire(True, wait)
-    except BaseException:
-        with _LOCK:
-            _withdraw(w)
-        if _graves:
-            lay_to_rest()
+    except BaseException as exc:
+        give_up(exc, _LOCK, _withdraw, w)
         raise
-
-
-def _wake_fut(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 # ----------------------------------------------------------------------- the bucket
@@ -818,6 +884,7 @@ class TokenBucket:
         "_size",
         "_stamp",
         "_tokens",
+        "_tuned",
     )
 
     def __init__(
@@ -848,6 +915,7 @@ class TokenBucket:
         self._pending: list[Reservation] = []  # booked, in order of time, all after _stamp
         self._granted = 0
         self._cost_granted = 0.0
+        self._tuned = False  # rate or burst assigned after construction
         register(self, "bucket")
 
     # ----------------------------------------------------------------- time and tokens
@@ -955,16 +1023,21 @@ class TokenBucket:
         ``inf`` lets them all go at once, assigning 0 fails those the tokens left cannot serve
         (:class:`BudgetExhausted`), and a finite rate after ``inf`` starts from a full bucket and
         fails waiters whose cost is above ``burst`` (``ValueError``).  Reservations keep their
-        times.  Bad values raise as in the constructor.
+        times.  Bad values raise as in the constructor.  A bucket whose rate or burst was
+        assigned is never forgotten by a ``PerKey`` (its factory would not make it so again).
         """
         return self._rate
 
     @rate.setter
     def rate(self, value: float | str) -> None:
         rate = parse_rate(value)
-        with _LOCK:
-            self._refill(self._now())  # tokens so far accrue at the old rate
+        now = self._now()  # read before the lock: the clock may be anybody's code
+        if not take_or_defer(_LOCK, setattr, self, "rate", rate):
+            return  # in a garbage collection that holds the lock: done as soon as it is free
+        try:
+            self._refill(now)  # tokens so far accrue at the old rate
             self._rate = rate
+            self._tuned = True
             if rate == math.inf:
                 self._size = self._tokens = math.inf
             elif self._size != self._burst:  # from inf: a full bucket, and burst counts again
@@ -972,7 +1045,9 @@ class TokenBucket:
                 _fail_too_big(self)
             _recompute_needs(self)
             _nudge(self)
-        if _graves:
+        finally:
+            _LOCK.release()
+        if graveyard:
             lay_to_rest()
 
     @property
@@ -985,16 +1060,22 @@ class TokenBucket:
     @burst.setter
     def burst(self, value: float) -> None:
         burst = _check_burst(value)
-        with _LOCK:
-            self._refill(self._now())
+        now = self._now()
+        if not take_or_defer(_LOCK, setattr, self, "burst", burst):
+            return
+        try:
+            self._refill(now)
             self._burst = burst
+            self._tuned = True
             if self._rate != math.inf:
                 self._size = burst
                 self._tokens = min(self._tokens, burst)
                 _fail_too_big(self)
             _recompute_needs(self)
             _nudge(self)
-        if _graves:
+        finally:
+            _LOCK.release()
+        if graveyard:
             lay_to_rest()
 
     def statistics(self) -> TokenBucketStatistics:
@@ -1003,18 +1084,22 @@ class TokenBucket:
         Returns:
             A frozen :class:`TokenBucketStatistics`.  Reading it changes nothing.
         """
-        with _LOCK:
-            tokens, due, due_cost = self._peek(self._now())
+        now = self._now()
+        take(_LOCK, "TokenBucket.statistics()")
+        try:
+            tokens, due, due_cost = self._peek(now)
             return TokenBucketStatistics(
                 name=self._name,
                 rate=self._rate,
                 burst=self._burst,
                 tokens=tokens,
-                waiting=sum(1 for w in self._queue if w.state == _WAITING),
+                waiting=sum(1 for w in self._queue if w.state == _WAITING and not w.stranded()),
                 granted_total=self._granted + due,
                 cost_granted_total=self._cost_granted + due_cost,
                 reserved=sum(r._cost for r in self._pending[due:]),
             )
+        finally:
+            _LOCK.release()
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -1043,14 +1128,14 @@ class TokenBucket:
         kind: object = cost.__class__
         if not (kind is int and 0 <= cost <= self._size):  # the usual case, checked quickly
             self._check_cost(cost)
+        now = self._now()  # read before the lock: the clock may be anybody's code
         lock = _LOCK
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            return False  # a garbage collection interrupted this thread holding the lock
         try:
-            queue = self._queue
-            if queue and _first(queue) is not None:
-                return False
-            now = self._now()
-            if not self._pending:
+            if not self._queue and not self._pending:
                 # _refill() and _take() inlined, as in acquire().
                 tokens = self._tokens
                 if now > self._stamp:
@@ -1064,23 +1149,44 @@ class TokenBucket:
                     self._cost_granted += cost
                     return True
                 self._tokens = tokens
-                avail = tokens
-            else:
+                if _fits(tokens, cost):
+                    self._take(cost, tokens)
+                    return True
+                return False
+            ok = _first(self._queue) is None  # (waiters stranded on a closed loop are abandoned)
+            if ok:
                 avail = self._avail(now)
-            if _fits(avail, cost):
-                self._take(cost, avail)
-                return True
-            return False
+                ok = _fits(avail, cost)
+                if ok:
+                    self._take(cost, avail)
         finally:
             lock.release()
+        if graveyard:
+            lay_to_rest()
+        return ok
 
     def _is_idle(self) -> bool:
-        """Nobody waiting, nothing booked and the bucket full: forgetting it changes nothing (for
-        PerKey).  A bucket with rate 0 that was drawn from is never full again, so it is never
-        forgotten: a new one would hold its whole budget again."""
-        with _LOCK:
-            full = self._avail(self._now()) >= self._burst  # (settles what is due first)
-            return full and not self._pending and _first(self._queue) is None
+        """Nobody waiting, nothing booked, the bucket full, and rate and burst as made:
+        forgetting it changes nothing (for PerKey).  A bucket with rate 0 that was drawn from is
+        never full again, so it is never forgotten: a new one would hold its whole budget again.
+
+        "Full" is exact, not the tolerance test of every other decision: forgiving the shortfall
+        at each forgetting would forgive it again and again (a key used for a millionth of its
+        burst at a time, then released, would get a full new bucket every time).  A bucket
+        refills to exactly ``burst`` (the level is capped there), so an idle one is forgotten.
+        PerKey calls it holding its own lock: it lays the waiters buried here to rest once it
+        lets go of it."""
+        now = self._now()
+        if not COLLECTING:
+            _LOCK.acquire()
+        elif not enter(_LOCK):
+            return False  # cannot tell: keep it
+        try:
+            full = self._avail(now) >= self._burst  # (settles what is due first)
+            # (_first() abandons the waiters stranded at the head: they wait for nothing)
+            return full and not self._pending and not self._tuned and _first(self._queue) is None
+        finally:
+            _LOCK.release()
 
     async def acquire(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Wait for ``cost`` tokens, first come first served, and take them.
@@ -1107,38 +1213,62 @@ class TokenBucket:
             timeout = check_timeout(timeout)
         loop = asyncio.get_running_loop()
         clock = self._clock
+        now = clock() if clock is not None else loop.time()  # the user's code: before the lock
         lock = _LOCK
-        lock.acquire()
+        if not COLLECTING:
+            lock.acquire()
+        elif not enter(lock):
+            raise busy_error("TokenBucket.acquire()")
         try:
-            now = clock() if clock is not None else loop.time()
-            queue = self._queue
-            if not queue or _first(queue) is None:
-                if not self._pending:
-                    # _refill() and _take() inlined: this is the hot path.
-                    tokens = self._tokens
-                    if now > self._stamp:
-                        tokens += (now - self._stamp) * self._rate
-                        if tokens > self._size:
-                            tokens = self._size
-                        self._stamp = now
-                    if tokens >= cost:
-                        self._tokens = tokens - cost
-                        self._granted += 1
-                        self._cost_granted += cost
-                        return
-                    self._tokens = tokens
-                    if _fits(tokens, cost):
-                        self._take(cost, tokens)
-                        return
-                else:
-                    avail = self._avail(now)
-                    if _fits(avail, cost):
-                        self._take(cost, avail)
-                        return
-            w = enqueue(((self, cost),), loop, now, timeout, self._label())
+            if not self._queue and not self._pending:
+                # _refill() and _take() inlined: this is the hot path.
+                tokens = self._tokens
+                if now > self._stamp:
+                    tokens += (now - self._stamp) * self._rate
+                    if tokens > self._size:
+                        tokens = self._size
+                    self._stamp = now
+                if tokens >= cost:
+                    self._tokens = tokens - cost
+                    self._granted += 1
+                    self._cost_granted += cost
+                    return
+                self._tokens = tokens
+                if _fits(tokens, cost):
+                    self._take(cost, tokens)
+                    return
+                w: _Waiter | None = enqueue(((self, cost),), loop, now, timeout, self._label())
+            else:
+                w = self._take_or_enqueue(cost, loop, now, timeout)
         finally:
             lock.release()
-        await wait_async(w, loop, clock, None if timeout is None else now + timeout, self._label())
+        if graveyard:  # waiters stranded on a closed loop, abandoned above: let them go now
+            lay_to_rest()
+        if w is not None:
+            deadline = None if timeout is None else now + timeout
+            await wait_async(w, loop, clock, deadline, self._label())
+
+    def _take_or_enqueue(
+        self,
+        cost: float,
+        loop: asyncio.AbstractEventLoop | None,
+        now: float,
+        timeout: float | None,
+    ) -> _Waiter | None:
+        """With the lock held: take ``cost`` if nobody who can still run is queued and the
+        tokens are there (None), else queue a waiter (armed for this thread if ``loop`` is
+        None)."""
+        if _first(self._queue) is None:
+            avail = self._avail(now)
+            if _fits(avail, cost):
+                self._take(cost, avail)
+                return None
+        if loop is None:
+            refuse_in_loop("acquire_blocking")
+        w = enqueue(((self, cost),), loop, now, timeout, self._label())
+        if loop is None:
+            w.arm_thread()
+        return w
 
     def acquire_blocking(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until the tokens are taken.
@@ -1153,17 +1283,17 @@ class TokenBucket:
         """
         self._check_cost(cost)
         timeout = check_timeout(timeout)
-        with _LOCK:
-            now = self._now()
-            if _first(self._queue) is None:
-                avail = self._avail(now)
-                if _fits(avail, cost):
-                    self._take(cost, avail)
-                    return
-            refuse_in_loop("acquire_blocking")
-            w = enqueue(((self, cost),), None, now, timeout, self._label())
-            w.arm_thread()
-        wait_thread(w, self._clock, None if timeout is None else now + timeout, self._label())
+        now = self._now()
+        take(_LOCK, "TokenBucket.acquire_blocking()")
+        try:
+            w = self._take_or_enqueue(cost, None, now, timeout)
+        finally:
+            _LOCK.release()
+            if graveyard:
+                lay_to_rest()
+        if w is not None:
+            deadline = None if timeout is None else now + timeout
+            wait_thread(w, self._clock, deadline, self._label())
 
     def reserve(self, cost: float = 1, *, max_delay: float | None = None) -> Reservation:
         """Book ``cost`` tokens for the earliest instant the bucket can grant them after the
@@ -1188,30 +1318,43 @@ class TokenBucket:
         """
         self._check_cost(cost)
         max_delay = check_timeout(max_delay, "max_delay")
-        with _LOCK:
-            if cost > self._size:  # burst lowered meanwhile by another thread
-                self._check_cost(cost)
-            now = self._now()
-            avail = self._avail(now)
-            if _first(self._queue) is None and _fits(avail, cost):
-                self._take(cost, avail)
-                return Reservation(self, cost, now, 0.0, _R_SETTLED)
-            wait = _when(self, [*_queued_costs(self), cost])
-            when = self._stamp + wait
-            delay = max(when - now, 0.0)
-            if wait == math.inf or (
-                # (the tolerance again, in time: the tokens due by then may be a hair short)
-                max_delay is not None and delay - max_delay > cost * _REL / self._rate
-            ):
-                return Reservation(self, cost, math.inf, math.inf, _R_REFUSED)
-            if when <= self._stamp:
-                # Everyone ahead could go right now (they wait for another bucket): this too.
-                self._take(cost, avail)
-                return Reservation(self, cost, now, 0.0, _R_SETTLED)
-            r = Reservation(self, cost, when, delay, _R_PENDING)
-            bisect.insort(self._pending, r, key=_time_of)
-            _recompute_needs(self)
-            return r
+        now = self._now()
+        take(_LOCK, "TokenBucket.reserve()")
+        try:
+            return self._reserve(cost, max_delay, now)
+        finally:
+            _LOCK.release()
+            if graveyard:
+                lay_to_rest()
+
+    def _reserve(self, cost: float, max_delay: float | None, now: float) -> Reservation:
+        if cost > self._size:  # burst lowered meanwhile by another thread
+            self._check_cost(cost)
+        if self._queue:
+            _purge(self)  # a stranded waiter is not served first: nothing is booked behind it
+        avail = self._avail(now)
+        if _first(self._queue) is None and _fits(avail, cost):
+            self._take(cost, avail)
+            return Reservation(self, cost, now, 0.0, _R_SETTLED)
+        wait = _when(self, [*_queued_costs(self), cost])
+        when = self._stamp + wait
+        delay = max(when - now, 0.0)
+        if wait == math.inf or (
+            max_delay is not None
+            and delay > max_delay
+            # (the tolerance again, in time: the tokens due by then may be a hair short; at
+            # rate 0 nothing comes in time, so there is no such hair)
+            and (self._rate == 0.0 or delay - max_delay > cost * _REL / self._rate)
+        ):
+            return Reservation(self, cost, math.inf, math.inf, _R_REFUSED)
+        if when <= self._stamp:
+            # Everyone ahead could go right now (they wait for another bucket): this too.
+            self._take(cost, avail)
+            return Reservation(self, cost, now, 0.0, _R_SETTLED)
+        r = Reservation(self, cost, when, delay, _R_PENDING)
+        bisect.insort(self._pending, r, key=_time_of)
+        _recompute_needs(self)
+        return r
 
     async def __aenter__(self) -> None:
         await self.acquire()

@@ -562,3 +562,31 @@ def test_errors_say_whose_fault_it_is() -> None:
     assert not issubclass(ReceiversGone, ChannelClosed)  # not the sender's doing
     doc = poolkit._exceptions.__doc__ or ""
     assert "ReceiversGone" in doc and "the other side went away" in doc
+
+
+# ---------------------------------------------------------------- copies
+
+
+@pytest.mark.parametrize("copier", ["copy", "deepcopy", "pickle"])
+@pytest.mark.parametrize("kind", ["send", "receive"])
+def test_a_handle_cannot_be_copied_or_pickled(kind: str, copier: str) -> None:
+    # A copy was a handle the channel did not count: closing a handle and its copy closed the
+    # channel while another was open, and send_handles_open went to -1.
+    import copy
+    import pickle
+
+    ch: Channel[int] = Channel(1)
+    a, b = ch.send_handles(2) if kind == "send" else ch.receive_handles(2)
+    make = {"copy": copy.copy, "deepcopy": copy.deepcopy, "pickle": pickle.dumps}[copier]
+    with pytest.raises(TypeError, match=r"cannot be copied or pickled.*clone\(\)"):
+        make(a)
+    if copier != "copy":
+        with pytest.raises(TypeError, match="cannot be copied"):
+            make([a])  # inside something else, too
+    a.close()
+    s = ch.statistics()
+    assert (s.send_handles_open, s.receive_handles_open) == ((1, 0) if kind == "send" else (0, 1))
+    assert not ch.closed and not s.receivers_gone
+    b.close()
+    s = ch.statistics()
+    assert (s.send_handles_open, s.receive_handles_open) == (0, 0)

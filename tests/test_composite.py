@@ -17,6 +17,7 @@ import pytest
 import poolkit
 from poolkit import BudgetExhausted, CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
 from tests.conftest import run_on
+from tests.test_ratelimit import HeldClock, usable
 
 
 async def settle(n: int = 5) -> None:
@@ -588,11 +589,15 @@ def strand(*makes: Any) -> None:
 def test_stranded_limits_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
     # Each one skipped used to be destroyed under the buckets' lock, its clean-up waiting 0.1 s
     # for that lock; and the slot each one holds must come back.
-    cap, bucket = CapacityLimiter(20), TokenBucket(1000, 1)
+    usable(kind)
+    clock = HeldClock()
+    cap, bucket = CapacityLimiter(20), TokenBucket(1000, 1, clock=clock)
     limits = Limits(cap, bucket)
     assert bucket.try_acquire()
     strand(*[limits.acquire] * 9)
-    assert (cap.borrowed, bucket.statistics().waiting) == (9, 9)
+    # Still queued (nobody has met them yet), but not counted as waiting: they never run again.
+    assert (cap.borrowed, len(bucket._queue), bucket.statistics().waiting) == (9, 9, 0)
+    clock.go()
 
     async def main() -> None:
         with timed_without_gc() as elapsed:
@@ -610,12 +615,16 @@ def test_stranded_limits_waiters_do_not_stall_a_later_acquire(kind: str) -> None
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
 def test_stranded_per_key_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
-    per_host: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(1000, 1))
+    usable(kind)
+    clock = HeldClock()
+    per_host: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(1000, 1, clock=clock))
     limits = Limits(CapacityLimiter(20), per_host)
     assert per_host.try_acquire("h")
     strand(*[lambda: per_host.acquire("h")] * 5, *[lambda: limits.acquire(key="h")] * 4)
     host = per_host.statistics_for("h")
-    assert host is not None and getattr(host, "waiting", None) == 9
+    assert host is not None and getattr(host, "waiting", None) == 0  # stranded: not waiting
+    assert len(per_host._entries["h"].limit._queue) == 9  # but still queued
+    clock.go()
 
     async def main() -> None:
         with timed_without_gc() as elapsed:
@@ -678,3 +687,92 @@ async def test_limits_clean_up_gives_slots_back_without_waiting_for_the_limiter_
         time.sleep(0.005)  # noqa: ASYNC251  (as above)
     assert cap.borrowed == 0
     assert bucket.statistics().waiting == 0
+
+
+# ================================================================ what forgetting may not lose
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("change", ["rate", "burst", "total"])
+def test_per_key_keeps_a_limit_whose_settings_were_changed(change: str) -> None:
+    # Forgetting it and making a new one from the factory lost the change.
+    clock = ManualClock()
+    made: list[Any] = []
+
+    def factory() -> Any:
+        limit = CapacityLimiter(2) if change == "total" else TokenBucket(1, 2, clock=clock)
+        made.append(limit)
+        return limit
+
+    per_key: PerKey[str, Any] = PerKey(factory)
+    assert per_key.try_acquire("k")
+    setattr(made[0], change, 5)  # (the factory let the caller keep it)
+    per_key.release("k")
+    clock.t = 100.0  # the bucket is full again
+    assert per_key.sweep() == 0
+    assert "k" in per_key
+    assert per_key.try_acquire("k", 5 if change != "rate" else 2)
+    assert len(made) == 1  # never made again
+
+
+def test_per_key_keeps_a_fixed_budget_drawn_a_hair_at_a_time() -> None:
+    # "Idle" means exactly full: forgiving the hair at each forgetting would hand the key a new,
+    # full budget every time, without end.
+    per_key: PerKey[str, TokenBucket] = PerKey(lambda: TokenBucket(0, 1))
+    for _ in range(100):
+        assert per_key.try_acquire("k", 1e-7)
+        per_key.release("k")
+    host = per_key.statistics_for("k")
+    assert host is not None and getattr(host, "tokens", None) == pytest.approx(1 - 1e-5)
+    assert per_key.statistics().created_total == 1
+
+
+def test_per_key_runs_its_factory_holding_no_lock() -> None:
+    seen: list[bool] = []
+    per_key: PerKey[str, CapacityLimiter]
+
+    def factory() -> CapacityLimiter:
+        seen.append(per_key._lock.locked())
+        per_key.statistics()  # a factory that looks at its PerKey deadlocked
+        return CapacityLimiter(1)
+
+    per_key = PerKey(factory)
+    done = threading.Event()
+
+    def use() -> None:
+        assert per_key.try_acquire("k")
+        done.set()
+
+    threading.Thread(target=use, daemon=True).start()
+    assert done.wait(2), "the factory ran under the PerKey's lock"
+    assert seen == [False]
+    per_key.release("k")
+
+
+def test_limits_try_acquire_gives_slots_back_outside_the_buckets_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Giving a slot back may lay stranded waiters to rest, which runs their clean-up: never
+    # under the buckets' lock.
+    released_under_lock: list[bool] = []
+    original = CapacityLimiter.release
+
+    def release(self: CapacityLimiter, weight: int = 1) -> None:
+        released_under_lock.append(poolkit._ratelimit.LOCK.locked())
+        original(self, weight)
+
+    monkeypatch.setattr(CapacityLimiter, "release", release)
+    cap = CapacityLimiter(1)
+    bucket = TokenBucket(1, 1, clock=ManualClock())
+    assert bucket.try_acquire()
+    limits = Limits(cap, bucket)
+    assert not limits.try_acquire()
+    assert released_under_lock == [False]
+    assert cap.borrowed == 0

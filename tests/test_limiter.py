@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from poolkit import CapacityLimiter, NotAcquired
 
-from .conftest import LOOP_FACTORIES
+from .conftest import LOOP_FACTORIES, run_on
 from .test_channel import (
     FAST,
     LOOP_KINDS,
@@ -497,7 +497,8 @@ def test_release_skips_stranded_waiters_fast_and_serves_the_live_one(kind: str) 
     s = stranded(kind, lim._lock, [lim.acquire] * STRANDED)  # no reference kept to the tasks
     live = threading.Thread(target=lim.acquire_blocking, kwargs={"timeout": 10})
     live.start()
-    wait_until(lambda: lim.statistics().waiting == STRANDED + 1)
+    # The live one, queuing, already dropped the stranded ones from the head of the queue.
+    wait_until(lambda: lim.statistics().waiting == 1)
     _, took = timed(lim.release)
     live.join()
     assert took < FAST
@@ -550,3 +551,39 @@ def test_granted_waiter_closed_under_the_lock_gives_its_weight_back(cyclic: bool
     lim.acquire_blocking(2, timeout=10)  # the grant came back
     assert lim.statistics().borrowed == 2
     lim.release(2)
+
+
+def _strand(*starts: Any) -> None:
+    s = stranded("asyncio", threading.Lock(), list(starts))
+    s.check(0)  # none destroyed yet: they are still queued
+
+
+def test_a_stranded_heavy_head_holds_up_no_waiter_that_fits() -> None:
+    # total 2, 1 held; a heavy acquire(2) at the head will never run.  acquire(1) timed out
+    # though 1 unit was free, and `waiting` counted the dead waiter.
+    lim = CapacityLimiter(2)
+    assert lim.try_acquire(1)
+    _strand(functools.partial(lim.acquire, 2))
+    assert len(lim._queue) == 1
+    assert lim.statistics().waiting == 0
+
+    async def main() -> None:  # on virtual time
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await lim.acquire(1, timeout=1)
+        assert loop.time() == t0  # at once
+
+    run_on("virtual", main())
+    assert (lim.borrowed, lim.statistics().waiting) == (2, 0)
+    lim.release(1)
+    assert lim.try_acquire(1)  # and try_acquire, which refused while it was queued
+    lim.release(2)
+
+
+def test_peak_counts_only_grants_that_were_made() -> None:
+    lim = CapacityLimiter(4)
+    assert lim.try_acquire(3)
+    _strand(functools.partial(lim.acquire, 4))
+    lim.release(3)  # the head fits, but its loop is closed: never granted
+    s = lim.statistics()
+    assert (s.borrowed, s.peak_borrowed, s.acquired_total, s.waiting) == (0, 3, 1, 0)

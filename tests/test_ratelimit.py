@@ -704,16 +704,39 @@ def strand(make: Any, n: int) -> None:
     loop.close()
 
 
+class HeldClock:
+    """``time.monotonic()``, held still until :meth:`go`: while waiters of a fast bucket are
+    being stranded (real time, a loop of their own), none of them gets a token."""
+
+    def __init__(self) -> None:
+        self.held: float | None = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() if self.held is None else self.held
+
+    def go(self) -> None:
+        self.held = None
+
+
+def usable(kind: str) -> None:
+    """Skip a test that runs a loop of ``kind`` itself if that loop cannot run eager tasks."""
+    if kind == "uvloop" and conftest.EAGER and conftest.UVLOOP_EAGER_PROBLEM:
+        pytest.skip(conftest.UVLOOP_EAGER_PROBLEM)
+
+
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
 def test_stranded_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
     # Each stranded waiter skipped used to destroy its task under the shared lock, whose clean-up
     # then waited 0.1 s for that lock: 9 of them stalled the next acquire by ~0.9 s.  (Stranded
     # on this thread, as the later acquire: waking a task of a closed loop in its own thread is
     # what destroyed it on the spot.)
-    bucket = TokenBucket(1000, 1)
+    usable(kind)
+    clock = HeldClock()
+    bucket = TokenBucket(1000, 1, clock=clock)
     assert bucket.try_acquire()
     strand(bucket.acquire, 9)
-    assert bucket.statistics().waiting == 9
+    assert (len(bucket._queue), bucket.statistics().waiting) == (9, 0)  # queued, not counted
+    clock.go()
 
     async def main() -> None:
         with timed_without_gc() as elapsed:
@@ -735,9 +758,12 @@ def test_stranded_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
 
 
 def test_stranded_waiters_do_not_stall_a_thread() -> None:
-    bucket = TokenBucket(1000, 1)
+    clock = HeldClock()
+    bucket = TokenBucket(1000, 1, clock=clock)
     assert bucket.try_acquire()
     strand(bucket.acquire, 9)
+    assert len(bucket._queue) == 9
+    clock.go()
     with timed_without_gc() as elapsed:
         bucket.acquire_blocking()
     assert elapsed[0] < 0.05, elapsed
@@ -1170,3 +1196,159 @@ def test_the_window_bound_holds_counting_reservations_and_they_keep_fifo(
         for i in ahead:
             if i in granted_at:
                 assert granted_at[i] <= when + 1e-9, (when, i, granted_at)
+
+
+# ---------------------------------------------------------------- a waiter stranded in the queue
+
+
+class Clock:
+    """A clock the test moves by hand; it records whether the buckets' lock was held when read."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+        self.read_under_lock = False
+
+    def __call__(self) -> float:
+        if poolkit._ratelimit.LOCK.locked():
+            self.read_under_lock = True
+        return self.t
+
+
+def strand_open(make: Any) -> asyncio.AbstractEventLoop:
+    """Start ``make()`` on a new loop and let it run until it waits; the loop stays open (the
+    caller closes it, stranding the task, when it likes)."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
+    asyncio.ensure_future(make(), loop=loop)  # noqa: RUF006  (stranded on purpose)
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    return loop
+
+
+def test_a_thread_behind_a_head_stranded_while_it_waited_is_served() -> None:
+    # The head sleeps on its loop's timer; a thread queues behind it and waits for its nudge;
+    # then the head's loop is closed, so the nudge never comes.  The thread waited for ever
+    # though the bucket refilled.
+    bucket = TokenBucket(100, 1)
+    assert bucket.try_acquire()
+    loop = strand_open(bucket.acquire)
+    served = threading.Event()
+
+    def second() -> None:
+        bucket.acquire_blocking(timeout=30)
+        served.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    deadline = time.monotonic() + 5
+    while len(bucket._queue) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)  # the head's token is due by now: it would have been served
+    loop.close()
+    assert served.wait(3), "the waiter behind a stranded head was never woken"
+    t.join()
+    assert bucket.statistics().waiting == 0
+
+
+async def test_a_task_behind_a_head_stranded_while_it_waited_is_served() -> None:
+    bucket = TokenBucket(100, 1)
+    assert bucket.try_acquire()
+    stranded = await asyncio.to_thread(strand_open, bucket.acquire)  # (a loop in another thread)
+    second = asyncio.create_task(bucket.acquire())
+    while len(bucket._queue) < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    stranded.close()
+    await asyncio.wait_for(second, 3)  # never, before
+    assert bucket.statistics().waiting == 0
+
+
+def test_a_stranded_waiter_in_the_queue_holds_up_nobody() -> None:
+    clock = Clock()
+    bucket = TokenBucket(1, 10, clock=clock)
+    assert bucket.try_acquire(10)
+    strand(lambda: bucket.acquire(10), 1)  # queued for 10 s, and it will never run
+    clock.t = 100.0  # the bucket is full again
+    s = bucket.statistics()
+    assert (s.tokens, s.waiting) == (10.0, 0)
+    assert bucket._is_idle()  # so a PerKey may forget it
+    assert bucket.try_acquire(1)  # it was refused for ever
+
+    async def main() -> None:
+        await bucket.acquire(1, timeout=0.5)  # TimeoutError at once, counting the dead one
+
+    run_lightly(main(), start=100.0)
+    r = bucket.reserve(1)
+    assert (r.ok, r.delay) == (True, 0.0)  # it was booked 1 s late, behind the dead one
+    assert bucket.statistics().granted_total == 4
+
+
+def test_a_stranded_waiter_in_the_middle_does_not_fail_a_timeout_at_once() -> None:
+    clock = Clock()
+    bucket = TokenBucket(1, 10, clock=clock)
+    assert bucket.try_acquire(10)
+    head = threading.Thread(target=bucket.acquire_blocking, args=(1,))  # live: due in 1 s
+    head.start()
+    deadline = time.monotonic() + 5
+    while not bucket._queue:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    strand(lambda: bucket.acquire(5), 1)  # behind it, would need 5 s, and will never run
+
+    async def main() -> None:
+        # 1 s for the head, 1 s for this one: 2.5 s is enough.  The dead waiter's 5 s were
+        # counted, and the timeout failed at once.
+        late = asyncio.ensure_future(bucket.acquire(1, timeout=2.5))
+        await asyncio.sleep(0.1)
+        assert not late.done()
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+
+    run_lightly(main())
+    clock.t = 100.0
+    bucket.rate = 1  # (wakes the head at once, to read the clock again)
+    head.join(5)
+    assert not head.is_alive()
+    assert bucket.statistics().waiting == 0
+
+
+def test_reserve_with_max_delay_at_rate_zero_behind_a_waiter() -> None:
+    # cost * tolerance / rate, at rate 0: ZeroDivisionError.
+    clock = Clock(100.0)
+    budget, paced = TokenBucket(0, 10, clock=clock), TokenBucket(1, 1, clock=clock)
+    assert paced.try_acquire()
+    limits = poolkit.Limits(budget, paced)
+
+    async def main() -> None:
+        waiter = asyncio.create_task(limits.acquire(1))
+        await asyncio.sleep(0)  # queued in both buckets, waiting for `paced`
+        assert budget.statistics().waiting == 1
+        r = budget.reserve(1, max_delay=5)
+        assert (r.ok, r.delay) == (True, 0.0)
+        r2 = budget.reserve(20 - 11, max_delay=0)  # 10 - 1 (the waiter's) - 1 left: 8 only
+        assert not r2.ok
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    run_lightly(main())
+
+
+async def test_the_clock_is_never_read_under_the_lock() -> None:
+    clock = Clock()
+    bucket = TokenBucket(10, 1, clock=clock)
+    assert bucket.try_acquire()
+    r = bucket.reserve(1)
+    bucket.statistics()
+    bucket.rate = 20
+    bucket.burst = 2
+    r.cancel()
+    assert bucket._is_idle() is False
+    waiter = asyncio.create_task(bucket.acquire(2))
+    await asyncio.sleep(0)
+    clock.t = 1.0
+    bucket.rate = 30  # nudges the waiter, which reads the clock again
+    await waiter
+    assert not clock.read_under_lock
