@@ -784,8 +784,9 @@ def group(infos: Iterable[Info]) -> list[tuple[int, Info, list[str]]]:
 
 
 # Names that asyncio and threading make up (``Task-12``, ``Thread-3 (run)``): they say nothing
-# that the stack does not, so a group's name line leaves them out.
-_DEFAULT_NAME = re.compile(r"(Task|Thread)-\d+( \(.*\))?\Z")
+# that the stack does not, so a group's name line leaves them out.  CPython 3.13.0's
+# eager_task_factory names an unnamed task "None" (str(None)): made up too.
+_DEFAULT_NAME = re.compile(r"(Task|Thread)-\d+( \(.*\))?\Z|None\Z")
 _NAMES_SHOWN = 5
 
 

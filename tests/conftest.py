@@ -71,7 +71,12 @@ def _uvloop_eager_problem() -> str | None:
 
     async def probe() -> None:
         asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
-        await asyncio.create_task(asyncio.sleep(0))
+        step = asyncio.sleep(0)
+        try:
+            await asyncio.create_task(step)
+        except TypeError:
+            step.close()  # never started: closed here, not reported as "never awaited"
+            raise
 
     loop = uvloop.new_event_loop()
     coro = probe()
