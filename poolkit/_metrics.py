@@ -29,11 +29,11 @@ lock for a consistent snapshot.  Two caveats, both in the objects' ``statistics(
   thread, each counter is a value it really had, but ``queued``, ``running``, ``busy`` and
   ``idle`` are differences of counters read one after the other, and can be off for one scrape
   (even below zero) while the loop is mid-update.
-* ``TokenBucket.statistics()`` refills the bucket as of "now", and for a bucket without a
-  ``clock`` "now" in a thread with no event loop is ``time.monotonic()``: the loop's clock on
-  asyncio's default loop, close to it on uvloop, but not on a loop with a clock of its own
-  (such as ``poolkit.testing.VirtualTimeLoop``), where a scrape from another thread moves the
-  bucket's clock.
+* ``TokenBucket.statistics()`` computes the level as of "now" without changing the bucket, and
+  for a bucket without a ``clock`` "now" in a thread with no event loop is
+  ``time.monotonic()``: the loop's clock on asyncio's default loop, close to it on uvloop, but
+  not on a loop with a clock of its own (such as ``poolkit.testing.VirtualTimeLoop``), where a
+  scrape from another thread may show a level that the loop's tasks do not see.
 """
 
 from __future__ import annotations
