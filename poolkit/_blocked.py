@@ -23,8 +23,9 @@ no ``tp_traverse`` reports) makes its target a root: the answer errs towards "al
 towards a false report.
 
 Cost: every reference in the heap is looked at twice, a few microseconds per tracked object,
-with the program stopped meanwhile (measured in ``benchmarks/``: about 0.5 s for a heap of
-120,000 objects holding 10,000 tasks), and memory for an ``id`` table of the heap.
+with the collector paused meanwhile (other threads keep running, which is why two scans must
+agree; measured in ``benchmarks/``: about 0.5 s for a heap of 120,000 objects holding 10,000
+tasks), and memory for an ``id`` table of the heap.
 It is a tool for tests and for debugging, not for a hot path.
 
 Where it runs, and why only there
@@ -254,21 +255,23 @@ def blocked_tasks(
 def find_blocked(loop: asyncio.AbstractEventLoop | None = None) -> list[TaskInfo]:
     """Tasks blocked forever: pending, and unreachable from anything alive (module docstring).
 
+    Callable from any thread, including while the loop is stuck.  The garbage collector is
+    paused, and the calling thread busy, while the heap is examined; other threads keep running,
+    so a task is reported only if a second scan finds it unreachable too, waiting on the same
+    future.
+
     Args:
-        loop: only that loop's tasks; ``None`` means the running loop if there is one, else
-            every loop's.
+        loop: Only that loop's tasks; ``None``: the running loop if there is one, else every
+            loop's.
 
     Returns:
         Each such task as a :class:`~poolkit.leaks.TaskInfo` with ``blocked=True``.
 
     Raises:
-        HeapAnalysisUnavailable: on an interpreter where the analysis has not been shown sound
-            and safe (a free-threaded build, CPython 3.14 and on, other implementations; see
-            the module docstring for the table).
-        TypeError: ``loop`` is not an event loop.
-
-    The program is paused while the heap is examined.  Callable from any thread, including
-    while the loop is stuck.
+        TypeError: If ``loop`` is not an event loop.
+        HeapAnalysisUnavailable: If the interpreter is one where the analysis has not been
+            shown sound and safe: a free-threaded build, a CPython other than 3.11 to 3.13, or
+            another implementation (see the module docstring for the table).
     """
     if loop is None:
         loop = running_loop()

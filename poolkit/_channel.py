@@ -64,8 +64,8 @@ garbage collector may run it in a thread that holds it): it withdraws through
 The same collection may close a task stranded inside ``async with send_handle:``: ``close()``
 called so, with the lock held by the thread the collection interrupted, is done as soon as the
 lock is free, rather than waiting for it for ever; a ``_nowait`` form answers ``WouldBlock``, and
-the forms that would wait raise ``RuntimeError`` (see "Locks and the garbage collector" in
-:mod:`poolkit._wait`).
+the forms that would wait raise :class:`~poolkit.Busy`, a ``RuntimeError`` (see "Locks and the
+garbage collector" in :mod:`poolkit._wait`).
 
 A handle cannot be copied or pickled (``TypeError``): the channel counts its handles, and a copy
 would be one it does not know of.  ``clone()`` makes another.
@@ -289,13 +289,14 @@ class Channel(Generic[T]):
     (:class:`~poolkit.ReceiversGone`) by closing the last one.  See the module docstring.
 
     Args:
-        capacity: the buffer size: 0 (unbuffered, the default), a positive ``int``, or
+        capacity: The buffer size: 0 (unbuffered, the default), a positive ``int``, or
             ``math.inf`` (unbounded).
-        name: shown in ``repr``, statistics and metrics.
+        name: A label for ``repr``, statistics and metrics.
 
     Raises:
-        TypeError: ``capacity`` is not an ``int`` or ``math.inf``, or ``name`` is not a ``str``.
-        ValueError: ``capacity`` is negative.
+        TypeError: If ``capacity`` is neither an ``int`` nor ``math.inf`` (a float such as
+            ``2.0`` is refused too), or ``name`` is not a ``str``.
+        ValueError: If ``capacity`` is negative.
     """
 
     __slots__ = (
@@ -371,6 +372,9 @@ class Channel(Generic[T]):
         promised to a receiver that was already woken, and that then withdraws (cancelled before
         it ran), is added here later: nobody else will receive it.  In the order they were sent;
         empty unless the receivers have gone.
+
+        Raises:
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         take(self._lock, "Channel.handed_back")
         try:
@@ -379,7 +383,14 @@ class Channel(Generic[T]):
             self._lock.release()
 
     def statistics(self) -> ChannelStatistics:
-        """Return a consistent snapshot of the channel's counters."""
+        """Return a consistent snapshot of the channel's counters.
+
+        Returns:
+            A frozen :class:`ChannelStatistics`.
+
+        Raises:
+            Busy: If called during a garbage collection in this thread while the lock is taken.
+        """
         take(self._lock, "Channel.statistics()")
         try:
             return ChannelStatistics(
@@ -730,8 +741,14 @@ class Channel(Generic[T]):
     def send_nowait(self, item: T) -> None:
         """Send ``item`` if that needs no waiting; otherwise raise :class:`~poolkit.WouldBlock`.
 
-        Raises :class:`~poolkit.ChannelClosed` if the channel is closed, and
-        :class:`~poolkit.ReceiversGone` if it closed because its receivers have gone.
+        Args:
+            item: The item to send.
+
+        Raises:
+            WouldBlock: If there is no room and no waiting receiver (or senders are queued
+                ahead), or the lock is taken during a garbage collection in this thread.
+            ChannelClosed: If the channel is closed.
+            ReceiversGone: If the channel closed because its last receive handle was closed.
         """
         lock = self._lock
         if not COLLECTING:
@@ -762,7 +779,13 @@ class Channel(Generic[T]):
     def receive_nowait(self) -> T:
         """Receive an item if one is ready; otherwise raise :class:`~poolkit.WouldBlock`.
 
-        Raises :class:`~poolkit.EndOfChannel` once the channel is closed and drained.
+        Returns:
+            The item at the head of the channel.
+
+        Raises:
+            WouldBlock: If no item is ready (unbuffered: none has been handed over yet), or the
+                lock is taken during a garbage collection in this thread.
+            EndOfChannel: If the channel is closed and drained.
         """
         lock = self._lock
         if not COLLECTING:
@@ -788,10 +811,18 @@ class Channel(Generic[T]):
     async def send(self, item: T, *, timeout: float | None = None) -> None:
         """Send ``item``, waiting for room (or, unbuffered, for a receiver to take it).
 
-        Raises :class:`~poolkit.ChannelClosed` if the channel is or becomes closed before the item
-        went in (:class:`~poolkit.ReceiversGone` if it closed because its last receive handle was
-        closed), and :class:`TimeoutError` after ``timeout`` seconds.  If it raises, or is
-        cancelled, the item was not delivered.
+        If it raises, or is cancelled, the item was not delivered.
+
+        Args:
+            item: The item to send.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Raises:
+            ChannelClosed: If the channel is closed, or closes before the item went in.
+            ReceiversGone: If it closed because its last receive handle was closed.
+            TimeoutError: If the item did not go in within ``timeout`` seconds.
+            TypeError, ValueError: If ``timeout`` is not a number, or is negative or NaN.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         if timeout is not None:
             timeout = check_timeout(timeout)
@@ -832,9 +863,19 @@ class Channel(Generic[T]):
     async def receive(self, *, timeout: float | None = None) -> T:
         """Receive the next item, waiting for one.
 
-        Raises :class:`~poolkit.EndOfChannel` once the channel is closed and drained, and
-        :class:`TimeoutError` after ``timeout`` seconds.  If cancelled (or timed out) nothing was
-        taken: the item stays for the next receiver.
+        If cancelled (or timed out) nothing was taken: the item stays for the next receiver.
+
+        Args:
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Returns:
+            The item at the head of the channel.
+
+        Raises:
+            EndOfChannel: If the channel is closed and drained.
+            TimeoutError: If no item came within ``timeout`` seconds.
+            TypeError, ValueError: If ``timeout`` is not a number, or is negative or NaN.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         if timeout is not None:
             timeout = check_timeout(timeout)
@@ -959,8 +1000,17 @@ class Channel(Generic[T]):
     def send_blocking(self, item: T, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`send`: block this thread until ``item`` went in.
 
-        Raises ``RuntimeError`` if called in a thread whose event loop is running (it would freeze
-        the loop); otherwise as :meth:`send`.
+        If it raises, the item was not delivered.
+
+        Args:
+            item: The item to send.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Raises:
+            RuntimeError: If it would have to wait in a thread whose event loop is running
+                (it would freeze the loop).
+            ChannelClosed, ReceiversGone, TimeoutError, TypeError, ValueError, Busy: As
+                :meth:`send`.
         """
         timeout = check_timeout(timeout)
         lock = self._lock
@@ -986,8 +1036,17 @@ class Channel(Generic[T]):
     def receive_blocking(self, *, timeout: float | None = None) -> T:
         """Thread form of :meth:`receive`: block this thread until an item arrives.
 
-        Raises ``RuntimeError`` if called in a thread whose event loop is running; otherwise as
-        :meth:`receive`.
+        If it raises, nothing was taken.
+
+        Args:
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Returns:
+            The item at the head of the channel.
+
+        Raises:
+            RuntimeError: If it would have to wait in a thread whose event loop is running.
+            EndOfChannel, TimeoutError, TypeError, ValueError, Busy: As :meth:`receive`.
         """
         timeout = check_timeout(timeout)
         lock = self._lock
@@ -1047,7 +1106,10 @@ class Channel(Generic[T]):
         raise self._timeout_error(sending)
 
     def __iter__(self) -> Iterator[T]:
-        """Receive items in this thread (blocking) until the channel is closed and drained."""
+        """Receive items in this thread (blocking) until the channel is closed and drained.
+
+        Each step is :meth:`receive_blocking` and raises as it does.
+        """
         while True:
             try:
                 yield self.receive_blocking()
@@ -1067,17 +1129,19 @@ class Channel(Generic[T]):
         :meth:`SendHandle.clone` a handle that is still open.
 
         Args:
-            n: how many handles to make, at least 1.
+            n: How many handles to make, at least 1.
 
         Returns:
             ``n`` open send handles of this channel (:class:`SendHandle`).
 
         Raises:
-            TypeError: ``n`` is not an ``int``.
-            ValueError: ``n`` is less than 1.
-            ChannelClosed: the channel is closed (by :meth:`close`, or because its last send
+            TypeError: If ``n`` is not an ``int``.
+            ValueError: If ``n`` is less than 1.
+            ChannelClosed: If the channel is closed (by :meth:`close`, or because its last send
                 handle was closed).
-            ReceiversGone: the channel's receivers have gone (its last receive handle was closed).
+            ReceiversGone: If the channel closed because its receivers have gone (its last
+                receive handle was closed).
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         _check_count(n)
         take(self._lock, "Channel.send_handles()")
@@ -1096,8 +1160,7 @@ class Channel(Generic[T]):
             An open :class:`SendHandle` of this channel.
 
         Raises:
-            ChannelClosed: the channel is closed.
-            ReceiversGone: the channel's receivers have gone.
+            ChannelClosed, ReceiversGone, Busy: As :meth:`send_handles`.
         """
         return self.send_handles(1)[0]
 
@@ -1113,15 +1176,17 @@ class Channel(Generic[T]):
         A channel closed by its senders still accepts new receive handles, to drain it.
 
         Args:
-            n: how many handles to make, at least 1.
+            n: How many handles to make, at least 1.
 
         Returns:
             ``n`` open receive handles of this channel (:class:`ReceiveHandle`).
 
         Raises:
-            TypeError: ``n`` is not an ``int``.
-            ValueError: ``n`` is less than 1.
-            ChannelClosed: the receivers have gone already (the last receive handle was closed).
+            TypeError: If ``n`` is not an ``int``.
+            ValueError: If ``n`` is less than 1.
+            ChannelClosed: If the receivers have gone already (the last receive handle was
+                closed).
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         _check_count(n)
         take(self._lock, "Channel.receive_handles()")
@@ -1140,7 +1205,7 @@ class Channel(Generic[T]):
             An open :class:`ReceiveHandle` of this channel.
 
         Raises:
-            ChannelClosed: the receivers have gone already.
+            ChannelClosed, Busy: As :meth:`receive_handles`.
         """
         return self.receive_handles(1)[0]
 
@@ -1299,10 +1364,15 @@ class SendHandle(Generic[T]):
     async def send(self, item: T, *, timeout: float | None = None) -> None:
         """Send ``item`` through this handle: :meth:`Channel.send`.
 
+        If it raises, or is cancelled, the item was not delivered.
+
+        Args:
+            item: The item to send.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
         Raises:
-            ChannelClosed: this handle is closed, or the channel is (the item was not delivered).
-            ReceiversGone: the channel's receivers have gone (the item was not delivered).
-            TimeoutError: no room within ``timeout`` seconds (the item was not delivered).
+            ChannelClosed: If this handle is closed, or the channel is.
+            ReceiversGone, TimeoutError, TypeError, ValueError, Busy: As :meth:`Channel.send`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1311,10 +1381,12 @@ class SendHandle(Generic[T]):
     def send_nowait(self, item: T) -> None:
         """Send ``item`` if that needs no waiting: :meth:`Channel.send_nowait`.
 
+        Args:
+            item: The item to send.
+
         Raises:
-            WouldBlock: it would have to wait.
-            ChannelClosed: this handle is closed, or the channel is.
-            ReceiversGone: the channel's receivers have gone.
+            ChannelClosed: If this handle is closed, or the channel is.
+            WouldBlock, ReceiversGone: As :meth:`Channel.send_nowait`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1323,11 +1395,17 @@ class SendHandle(Generic[T]):
     def send_blocking(self, item: T, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`send`: :meth:`Channel.send_blocking`.
 
+        If it raises, the item was not delivered.
+
+        Args:
+            item: The item to send.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
         Raises:
-            ChannelClosed: this handle is closed, or the channel is (the item was not delivered).
-            ReceiversGone: the channel's receivers have gone (the item was not delivered).
-            TimeoutError: no room within ``timeout`` seconds (the item was not delivered).
-            RuntimeError: this thread runs an event loop, which blocking would freeze.
+            ChannelClosed: If this handle is closed, or the channel is.
+            RuntimeError: If it would have to wait in a thread whose event loop is running.
+            ReceiversGone, TimeoutError, TypeError, ValueError, Busy: As
+                :meth:`Channel.send_blocking`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1336,7 +1414,7 @@ class SendHandle(Generic[T]):
     def send_case(self, item: T) -> SendCase[T]:
         """A send of ``item`` through this handle, to pass to :func:`select`.
 
-        If the handle is closed by the time the case is selected on, ``select`` raises
+        If the handle is closed when ``select`` is called, ``select`` raises
         :class:`~poolkit.ChannelClosed`.
         """
         case = SendCase(self._channel, item)
@@ -1353,8 +1431,9 @@ class SendHandle(Generic[T]):
             A new, open handle; the channel now closes when both (and every other) are closed.
 
         Raises:
-            ChannelClosed: this handle is closed, or the channel is.
-            ReceiversGone: the channel's receivers have gone.
+            ChannelClosed: If this handle is closed, or the channel is.
+            ReceiversGone: If the channel closed because its receivers have gone.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         ch = self._channel
         take(ch._lock, "SendHandle.clone()")
@@ -1488,10 +1567,17 @@ class ReceiveHandle(Generic[T]):
     async def receive(self, *, timeout: float | None = None) -> T:
         """Receive the next item through this handle: :meth:`Channel.receive`.
 
+        If it raises, or is cancelled, nothing was taken.
+
+        Args:
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Returns:
+            The item at the head of the channel.
+
         Raises:
-            ChannelClosed: this handle is closed (nothing was taken).
-            EndOfChannel: the channel is closed and drained.
-            TimeoutError: nothing arrived within ``timeout`` seconds (nothing was taken).
+            ChannelClosed: If this handle is closed.
+            EndOfChannel, TimeoutError, TypeError, ValueError, Busy: As :meth:`Channel.receive`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1500,10 +1586,12 @@ class ReceiveHandle(Generic[T]):
     def receive_nowait(self) -> T:
         """Receive an item if one is ready: :meth:`Channel.receive_nowait`.
 
+        Returns:
+            The item at the head of the channel.
+
         Raises:
-            WouldBlock: no item is ready.
-            ChannelClosed: this handle is closed.
-            EndOfChannel: the channel is closed and drained.
+            ChannelClosed: If this handle is closed.
+            WouldBlock, EndOfChannel: As :meth:`Channel.receive_nowait`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1512,11 +1600,19 @@ class ReceiveHandle(Generic[T]):
     def receive_blocking(self, *, timeout: float | None = None) -> T:
         """Thread form of :meth:`receive`: :meth:`Channel.receive_blocking`.
 
+        If it raises, nothing was taken.
+
+        Args:
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Returns:
+            The item at the head of the channel.
+
         Raises:
-            ChannelClosed: this handle is closed (nothing was taken).
-            EndOfChannel: the channel is closed and drained.
-            TimeoutError: nothing arrived within ``timeout`` seconds (nothing was taken).
-            RuntimeError: this thread runs an event loop, which blocking would freeze.
+            ChannelClosed: If this handle is closed.
+            RuntimeError: If it would have to wait in a thread whose event loop is running.
+            EndOfChannel, TimeoutError, TypeError, ValueError, Busy: As
+                :meth:`Channel.receive_blocking`.
         """
         if self._closed:
             raise self._closed_error()
@@ -1525,7 +1621,7 @@ class ReceiveHandle(Generic[T]):
     def receive_case(self) -> ReceiveCase[T]:
         """A receive through this handle, to pass to :func:`select`.
 
-        If the handle is closed by the time the case is selected on, ``select`` raises
+        If the handle is closed when ``select`` is called, ``select`` raises
         :class:`~poolkit.ChannelClosed`.
         """
         case = ReceiveCase(self._channel)
@@ -1545,7 +1641,11 @@ class ReceiveHandle(Generic[T]):
         return await self._channel.__anext__()
 
     def __iter__(self) -> Iterator[T]:
-        """``for`` in a thread: items until the channel is closed and drained."""
+        """``for`` in a thread: items until the channel is closed and drained.
+
+        Each step raises as :meth:`Channel.receive_blocking`, and
+        :class:`~poolkit.ChannelClosed` if the handle was closed before it.
+        """
         ch = self._channel
         while True:
             if self._closed:
@@ -1565,7 +1665,8 @@ class ReceiveHandle(Generic[T]):
             A new, open handle.
 
         Raises:
-            ChannelClosed: this handle is closed.
+            ChannelClosed: If this handle is closed.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         ch = self._channel
         take(ch._lock, "ReceiveHandle.clone()")
@@ -1647,7 +1748,14 @@ class ReceiveHandle(Generic[T]):
 
 @final
 class ReceiveCase(Generic[T]):
-    """``select`` case: receive from ``channel``.  Made by :meth:`Channel.receive_case`."""
+    """``select`` case: receive from ``channel``.  Made by :meth:`Channel.receive_case`.
+
+    Args:
+        channel: The channel to receive from.
+
+    Raises:
+        TypeError: If ``channel`` is not a :class:`Channel`.
+    """
 
     __slots__ = ("_handle", "channel")
 
@@ -1663,7 +1771,15 @@ class ReceiveCase(Generic[T]):
 
 @final
 class SendCase(Generic[T]):
-    """``select`` case: send ``item`` on ``channel``.  Made by :meth:`Channel.send_case`."""
+    """``select`` case: send ``item`` on ``channel``.  Made by :meth:`Channel.send_case`.
+
+    Args:
+        channel: The channel to send on.
+        item: The item to send.
+
+    Raises:
+        TypeError: If ``channel`` is not a :class:`Channel`.
+    """
 
     __slots__ = ("_handle", "channel", "item")
 
@@ -1863,10 +1979,24 @@ def select_nowait(*cases: SelectCase) -> Selected:
 
     Cases come from ``channel.receive_case()`` and ``channel.send_case(item)``.  If several are
     ready, one is chosen uniformly at random.  A receive from a closed, drained channel is ready and
-    reported with ``closed=True``; a send on a closed channel raises
-    :class:`~poolkit.ChannelClosed` (:class:`~poolkit.ReceiversGone` if its receivers have gone),
-    and a case made through a handle that is now closed raises ``ChannelClosed``.  Thread-safe;
-    never blocks.
+    reported with ``closed=True``; a send on a closed channel is ready too, and raises if it is
+    the one chosen (as Go panics).  Thread-safe; never blocks.
+
+    Args:
+        cases: The cases to choose from, at least one.
+
+    Returns:
+        A :class:`Selected` saying which case ran, and what it received.
+
+    Raises:
+        WouldBlock: If no case is ready, or a channel's lock is taken during a garbage
+            collection in this thread.
+        ChannelClosed: If a case was made through a handle that is closed, or the chosen case
+            sends on a closed channel.
+        ReceiversGone: If the chosen case sends on a channel that closed because its receivers
+            have gone.
+        ValueError: If there is no case, or one channel is both sent on and received from.
+        TypeError: If a case is not a :class:`ReceiveCase` or a :class:`SendCase`.
     """
     try:
         with _Locks(_select_plan(cases)):
@@ -1883,12 +2013,29 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
 
     The others have no effect.  If several are ready at once, one is chosen uniformly at random (as
     in Go).  A receive from a closed, drained channel is a ready case reported with ``closed=True``;
-    a send on a closed channel raises :class:`~poolkit.ChannelClosed`, or
-    :class:`~poolkit.ReceiversGone` if it closed because its receivers have gone (also when that
-    happens while the select waits); a case made through a handle that is now closed raises
-    ``ChannelClosed``.  ``timeout`` raises
-    :class:`TimeoutError`.  If cancelled (or timed out), no case ran.  The same channel may not be
-    both sent on and received from in one call (``ValueError``).
+    a send on a closed channel is ready too, and raises if it is the one chosen, as does a send
+    case whose channel closes while the select waits.  If it raises, is cancelled or times out,
+    no case ran.
+
+    Args:
+        cases: The cases to choose from, at least one; see :func:`select_nowait`.
+        timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+    Returns:
+        A :class:`Selected` saying which case ran, and what it received.
+
+    Raises:
+        ChannelClosed: If a case was made through a handle that is closed, or the chosen case
+            sends on a closed channel.
+        ReceiversGone: If the chosen case sends on a channel that closed because its receivers
+            have gone.
+        TimeoutError: If no case could run within ``timeout`` seconds.
+        ValueError: If there is no case, one channel is both sent on and received from, or
+            ``timeout`` is negative or NaN.
+        TypeError: If a case is not a :class:`ReceiveCase` or a :class:`SendCase`, or
+            ``timeout`` is not a number.
+        Busy: If called during a garbage collection in this thread while a channel's lock is
+            taken.
     """
     timeout = check_timeout(timeout)
     channels = _select_plan(cases)
@@ -1932,7 +2079,19 @@ def _select_expire(sel: _SelectClaim, fut: asyncio.Future[None]) -> None:
 def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selected:
     """Thread form of :func:`select`: block this thread until one case has run.
 
-    Raises ``RuntimeError`` if called in a thread whose event loop is running.
+    If it raises, no case ran.
+
+    Args:
+        cases: The cases to choose from, at least one; see :func:`select_nowait`.
+        timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+    Returns:
+        A :class:`Selected` saying which case ran, and what it received.
+
+    Raises:
+        RuntimeError: If it would have to wait in a thread whose event loop is running.
+        ChannelClosed, ReceiversGone, TimeoutError, ValueError, TypeError, Busy: As
+            :func:`select`.
     """
     timeout = check_timeout(timeout)
     channels = _select_plan(cases)

@@ -77,13 +77,15 @@ class ChannelClosed(PoolkitError):
     It is the caller's side that is at fault: ``close()`` promises that no more items will be sent
     (by anybody, for ``Channel.close``; through that handle, for a handle's ``close``).  Senders
     that were blocked when the channel was closed get this error too; their item was *not*
-    delivered.  Receiving through a closed :class:`~poolkit.ReceiveHandle`, and making a new
-    handle of a channel that is already closed, raise it as well; the message says which.
+    delivered.  Receiving through a closed :class:`~poolkit.ReceiveHandle`, making a send handle
+    of a channel that is already closed (or a receive handle of one whose receivers have gone),
+    and a ``select`` case made through a closed handle raise it as well; the message says which.
     """
 
 
 class ReceiversGone(PoolkitError):
-    """Raised when sending on a channel whose receivers have all gone away.
+    """Raised when sending on a channel whose receivers have all gone away (or making a send
+    handle of it).
 
     The receiving side is at fault, not the sender: the last :class:`~poolkit.ReceiveHandle` of
     the channel was closed, so nothing sent now would ever be received.  Senders that were

@@ -113,6 +113,14 @@ class CapacityLimiter:
     the current holders finish (``borrowed`` may exceed ``total`` until they release), and
     waiters whose weight no longer fits at all get ``ValueError``.  A limiter whose ``total`` was
     assigned is never forgotten by a ``PerKey`` (its factory would not make it so again).
+
+    Args:
+        total: The capacity, an ``int`` of at least 1.
+        name: A label for ``repr``, statistics and metrics.
+
+    Raises:
+        TypeError: If ``total`` is not an ``int``, or ``name`` is not a ``str``.
+        ValueError: If ``total`` is less than 1.
     """
 
     __slots__ = (
@@ -144,11 +152,20 @@ class CapacityLimiter:
 
     @property
     def name(self) -> str | None:
+        """The name given at construction, shown in ``repr`` and statistics."""
         return self._name
 
     @property
     def total(self) -> int:
-        """The capacity.  Assign to change it at run time (see the class docstring)."""
+        """The capacity.  Assign to change it at run time (see the class docstring).
+
+        Assigned during a garbage collection that interrupted this thread holding the lock, it
+        changes as soon as the lock is free.
+
+        Raises:
+            TypeError: If the value assigned is not an ``int``.
+            ValueError: If the value assigned is less than 1.
+        """
         return self._total
 
     @total.setter
@@ -193,6 +210,14 @@ class CapacityLimiter:
             lock.release()
 
     def statistics(self) -> CapacityLimiterStatistics:
+        """Return a consistent snapshot of the limiter's counters.
+
+        Returns:
+            A frozen :class:`CapacityLimiterStatistics`.
+
+        Raises:
+            Busy: If called during a garbage collection in this thread while the lock is taken.
+        """
         take(self._lock, "CapacityLimiter.statistics()")
         try:
             return CapacityLimiterStatistics(
@@ -316,7 +341,19 @@ class CapacityLimiter:
     # ----------------------------------------------------------------- acquire / release
 
     def try_acquire(self, weight: int = 1) -> bool:
-        """Take ``weight`` if it fits now and nobody is queued; never blocks.  Thread-safe."""
+        """Take ``weight`` if it fits now and nobody is queued; never blocks.  Thread-safe.
+
+        Args:
+            weight: The units to take, at least 1 and at most ``total``.
+
+        Returns:
+            True if it was taken; False if not (also when the lock is taken during a garbage
+            collection in this thread).
+
+        Raises:
+            TypeError: If ``weight`` is not an ``int``.
+            ValueError: If ``weight`` is less than 1 or more than ``total``.
+        """
         self._check(weight)
         lock = self._lock
         if not COLLECTING:
@@ -338,8 +375,18 @@ class CapacityLimiter:
     async def acquire(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """Wait (in arrival order) until ``weight`` fits, then take it.
 
-        Raises ``ValueError`` if ``weight`` exceeds ``total``, :class:`TimeoutError` after
-        ``timeout`` seconds.  If cancelled or timed out, nothing is held.
+        If it raises, is cancelled or times out, nothing is held.
+
+        Args:
+            weight: The units to take, at least 1 and at most ``total``.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Raises:
+            TypeError: If ``weight`` is not an ``int``, or ``timeout`` is not a number.
+            ValueError: If ``weight`` is less than 1 or more than ``total`` (also when ``total``
+                is lowered below it while waiting), or ``timeout`` is negative or NaN.
+            TimeoutError: If ``weight`` did not fit within ``timeout`` seconds.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         if weight.__class__ is not int or weight > self._total or weight < 1:
             self._check(weight)
@@ -409,7 +456,15 @@ class CapacityLimiter:
     def acquire_blocking(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until ``weight`` fits.
 
-        Raises ``RuntimeError`` if called in a thread whose event loop is running.
+        If it raises, nothing is held.
+
+        Args:
+            weight: The units to take, at least 1 and at most ``total``.
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
+
+        Raises:
+            RuntimeError: If it would have to wait in a thread whose event loop is running.
+            TypeError, ValueError, TimeoutError, Busy: As :meth:`acquire`.
         """
         self._check(weight)
         timeout = check_timeout(timeout)
@@ -446,10 +501,18 @@ class CapacityLimiter:
     def release(self, weight: int = 1) -> None:
         """Give back ``weight``; wakes waiters that now fit.  Thread-safe; never blocks.
 
-        Raises :class:`~poolkit.NotAcquired` if that is more than is borrowed.  Called during a
-        garbage collection that interrupted this thread holding the lock (from a finalizer, or
-        the exit of an ``async with`` whose coroutine is being closed), it is done as soon as
-        the lock is free instead (an error is then reported through ``threading.excepthook``).
+        Called during a garbage collection that interrupted this thread holding the lock (from a
+        finalizer, or the exit of an ``async with`` whose coroutine is being closed), it is done
+        as soon as the lock is free instead (a ``NotAcquired`` is then reported through
+        ``threading.excepthook``, not raised).
+
+        Args:
+            weight: The units to give back, at least 1.
+
+        Raises:
+            NotAcquired: If ``weight`` is more than is borrowed in all (nothing is given back).
+            TypeError: If ``weight`` is not an ``int``.
+            ValueError: If ``weight`` is less than 1.
         """
         if weight.__class__ is not int or weight < 1:
             check_weight(weight)

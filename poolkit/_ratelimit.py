@@ -244,15 +244,16 @@ def parse_rate(rate: float | str, name: str = "rate") -> float:
     refill at all, a fixed budget.
 
     Args:
-        rate: a number of tokens per second, or a string as above.
-        name: the argument's name, for the error message.
+        rate: A number of tokens per second, or a string as above.
+        name: The argument's name, for the error message.
 
     Returns:
         The rate in tokens per second: a float ``>= 0``, possibly ``math.inf``.
 
     Raises:
-        ValueError: a negative or NaN number, a string of another form, or a unit not listed.
-        TypeError: anything that is neither a number nor a string.
+        ValueError: If ``rate`` is a negative or NaN number, or a string of another form, with a
+            unit not listed, or with a period of zero (``"1/0s"``).
+        TypeError: If ``rate`` is neither a number nor a string.
     """
     if isinstance(rate, str):
         if _INF_RE.match(rate):
@@ -345,7 +346,8 @@ class Reservation:
 
     ``ok`` says whether the tokens were booked at all; if so, sleep for ``delay`` seconds (or until
     ``time`` on the bucket's clock) and act, or call :meth:`cancel` to give the tokens back.  See
-    "Reservations" in the module docstring for how it shares the bucket with ``acquire``.
+    "Reservations" in the module docstring for how it shares the bucket with ``acquire``.  Made
+    only by :meth:`TokenBucket.reserve`, never directly.
     """
 
     __slots__ = ("_bucket", "_cost", "_delay", "_need", "_state", "_time")
@@ -854,20 +856,21 @@ class TokenBucket:
     tolerance, infinite and zero rates, reservations and the clock.
 
     Args:
-        rate: tokens per second, a number or a string such as ``"10/s"``, ``"600/min"``,
+        rate: Tokens per second, a number or a string such as ``"10/s"``, ``"600/min"``,
             ``"1/100ms"``; ``math.inf`` or ``"inf"`` for no limit, 0 for a fixed budget of
             ``burst`` tokens that never refills.
-        burst: the bucket's size, so the most granted at once and the largest single cost;
+        burst: The bucket's size, so the most granted at once and the largest single cost;
             default one second's worth of tokens, at least 1 (``max(1, ceil(rate))``), and 1 for
             an infinite rate (it matters only once a finite rate is assigned).  It starts full.
-        name: a label for ``repr``, dumps and metrics.
-        clock: a callable returning seconds; default the running loop's clock in tasks and
+        name: A label for ``repr``, dumps and metrics.
+        clock: A callable returning seconds; default the running loop's clock in tasks and
             ``time.monotonic`` in threads.
 
     Raises:
-        ValueError: ``rate`` negative, NaN or a malformed string; ``burst`` below 1, NaN or
-            infinite.
-        TypeError: an argument of the wrong type.
+        ValueError: If ``rate`` is negative, NaN or a malformed string (see :func:`parse_rate`),
+            or ``burst`` is below 1, NaN or infinite.
+        TypeError: If ``rate`` is neither a number nor a string, ``burst`` is not a number,
+            ``name`` is not a ``str``, or ``clock`` is not callable.
     """
 
     __slots__ = (
@@ -1023,8 +1026,11 @@ class TokenBucket:
         ``inf`` lets them all go at once, assigning 0 fails those the tokens left cannot serve
         (:class:`BudgetExhausted`), and a finite rate after ``inf`` starts from a full bucket and
         fails waiters whose cost is above ``burst`` (``ValueError``).  Reservations keep their
-        times.  Bad values raise as in the constructor.  A bucket whose rate or burst was
-        assigned is never forgotten by a ``PerKey`` (its factory would not make it so again).
+        times.  A bucket whose rate or burst was assigned is never forgotten by a ``PerKey`` (its
+        factory would not make it so again).
+
+        Raises:
+            TypeError, ValueError: If the value assigned is not a rate, as :func:`parse_rate`.
         """
         return self._rate
 
@@ -1054,7 +1060,12 @@ class TokenBucket:
     def burst(self) -> float:
         """The bucket's size.  Assign to change it; waiters whose cost no longer fits get
         ``ValueError``, and the tokens held are capped at the new size (while the rate is
-        ``inf`` it is only remembered).  Bad values raise as in the constructor."""
+        ``inf`` it is only remembered).
+
+        Raises:
+            TypeError: If the value assigned is not a number.
+            ValueError: If the value assigned is below 1, NaN or infinite.
+        """
         return self._burst
 
     @burst.setter
@@ -1083,6 +1094,9 @@ class TokenBucket:
 
         Returns:
             A frozen :class:`TokenBucketStatistics`.  Reading it changes nothing.
+
+        Raises:
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         now = self._now()
         take(_LOCK, "TokenBucket.statistics()")
@@ -1116,14 +1130,16 @@ class TokenBucket:
         """Take ``cost`` tokens if they are there and nobody is queued; never blocks.
 
         Args:
-            cost: tokens to take, ``0 <= cost <= burst``.
+            cost: Tokens to take, ``0 <= cost <= burst`` (any finite cost while the rate is
+                ``inf``).
 
         Returns:
-            True if they were taken, False if not (nothing is taken then).
+            True if they were taken, False if not (nothing is taken then; also when the lock is
+            taken during a garbage collection in this thread).
 
         Raises:
-            ValueError: ``cost`` negative, not finite, or above ``burst``.
-            TypeError: ``cost`` is not a number.
+            ValueError: If ``cost`` is negative, not finite, or above ``burst``.
+            TypeError: If ``cost`` is not a number.
         """
         kind: object = cost.__class__
         if not (kind is int and 0 <= cost <= self._size):  # the usual case, checked quickly
@@ -1194,17 +1210,19 @@ class TokenBucket:
         Cancelled or timed out, it has taken nothing.
 
         Args:
-            cost: tokens to take, ``0 <= cost <= burst``.
-            timeout: seconds to wait at most; ``None`` waits as long as it takes, 0 does not wait.
+            cost: Tokens to take, ``0 <= cost <= burst`` (any finite cost while the rate is
+                ``inf``).
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
 
         Raises:
-            ValueError: ``cost`` negative, not finite, or above ``burst`` (also if ``burst`` is
-                lowered below it while waiting).
-            TypeError: ``cost`` or ``timeout`` is not a number.
-            TimeoutError: at once if the tokens owed to the waiters ahead plus ``cost`` cannot be
+            ValueError: If ``cost`` is negative, not finite, or above ``burst`` (also when
+                ``burst`` is lowered below it while waiting), or ``timeout`` is negative or NaN.
+            TypeError: If ``cost`` or ``timeout`` is not a number.
+            TimeoutError: At once if the tokens owed to the waiters ahead plus ``cost`` cannot be
                 refilled within ``timeout``, else when it passes.
-            BudgetExhausted: the rate is 0 and the tokens left cannot cover ``cost`` after the
+            BudgetExhausted: If the rate is 0 and the tokens left cannot cover ``cost`` after the
                 waiters ahead (at once, or when the rate is assigned 0 while waiting).
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         kind: object = cost.__class__  # (typed as object: mypy thinks a float is never an int)
         if not (kind is int and 0 <= cost <= self._size):  # the usual case, checked quickly
@@ -1273,13 +1291,17 @@ class TokenBucket:
     def acquire_blocking(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until the tokens are taken.
 
+        If it raises, nothing was taken.
+
         Args:
-            cost: tokens to take, ``0 <= cost <= burst``.
-            timeout: seconds to wait at most; ``None`` waits as long as it takes.
+            cost: Tokens to take, ``0 <= cost <= burst`` (any finite cost while the rate is
+                ``inf``).
+            timeout: Seconds to wait at most (``None``: as long as it takes; 0: not at all).
 
         Raises:
-            RuntimeError: called in a thread whose event loop is running (it would freeze it).
-            ValueError, TypeError, TimeoutError, BudgetExhausted: as :meth:`acquire`.
+            RuntimeError: If it cannot take the tokens at once in a thread whose event loop is
+                running (waiting would freeze the loop), even with ``timeout=0``.
+            ValueError, TypeError, TimeoutError, BudgetExhausted, Busy: As :meth:`acquire`.
         """
         self._check_cost(cost)
         timeout = check_timeout(timeout)
@@ -1303,8 +1325,9 @@ class TokenBucket:
         reservation may take a token it needs.  See "Reservations" in the module docstring.
 
         Args:
-            cost: tokens to book, ``0 <= cost <= burst``.
-            max_delay: book only if the tokens are the caller's within this many seconds;
+            cost: Tokens to book, ``0 <= cost <= burst`` (any finite cost while the rate is
+                ``inf``).
+            max_delay: Book only if the tokens are the caller's within this many seconds;
                 ``None`` for any delay.
 
         Returns:
@@ -1312,9 +1335,10 @@ class TokenBucket:
             exceed ``max_delay``, or if the rate is 0 and the tokens left cannot cover it.
 
         Raises:
-            ValueError: ``cost`` negative, not finite or above ``burst``; ``max_delay`` negative
-                or NaN.
-            TypeError: ``cost`` or ``max_delay`` is not a number.
+            ValueError: If ``cost`` is negative, not finite or above ``burst``, or ``max_delay``
+                is negative or NaN.
+            TypeError: If ``cost`` or ``max_delay`` is not a number.
+            Busy: If called during a garbage collection in this thread while the lock is taken.
         """
         self._check_cost(cost)
         max_delay = check_timeout(max_delay, "max_delay")

@@ -83,8 +83,24 @@ class Watchdog:
     ``with`` samples from a daemon thread named ``poolkit-watchdog`` (and counts the tasks of
     ``loop`` if one is given).  Both stop, and wait for the sampler to end, when the block
     ends.  :meth:`sample` and :meth:`check` take one sample by hand, for programs that prefer
-    to drive it themselves (and for tests).  ``on_growth`` is called in the sampler (the task or
-    the thread), with a :class:`Growth`; an exception it raises is logged, not propagated.
+    to drive it themselves (and for tests).  ``on_growth`` is called, with a :class:`Growth`,
+    by whoever takes the sample (the sampler task or thread, or the caller of :meth:`check`);
+    an ``Exception`` it raises is logged, not propagated.
+
+    Args:
+        interval: Seconds between samples: positive, at most ``threading.TIMEOUT_MAX``.
+        window: How many samples a count must grow across to be reported, at least 2.
+        min_growth: The least growth from the first of those samples to the last, at least 1.
+        on_growth: Called with each :class:`Growth` reported, or ``None``.
+        loop: The loop whose tasks are counted; ``None``: the loop running where the sample is
+            taken (none for the thread form).
+
+    Raises:
+        TypeError: If ``interval`` is not a number, ``window`` or ``min_growth`` is not an
+            ``int``, ``on_growth`` is not callable, or ``loop`` is not an event loop.
+        ValueError: If ``interval`` is not positive, is NaN, infinite or above
+            ``threading.TIMEOUT_MAX``, ``window`` is below 2, or ``min_growth`` is below 1.
+        RuntimeError: If it is entered (``async with`` or ``with``) while already running.
     """
 
     def __init__(
@@ -136,7 +152,11 @@ class Watchdog:
     # ------------------------------------------------------------------- sampling
 
     def sample(self) -> Sample:
-        """The counts now (does not record them; :meth:`check` does)."""
+        """The counts now (does not record them; :meth:`check` does).
+
+        Returns:
+            A :class:`Sample` of the live tasks, threads and pool workers.
+        """
         loop = self.loop
         if loop is None:
             loop = running_loop()
@@ -147,7 +167,11 @@ class Watchdog:
         return Sample(now, tasks, threading.active_count(), count_workers())
 
     def check(self) -> list[Growth]:
-        """Take a sample, record it, and report (and return) any growth it completes."""
+        """Take a sample, record it, and report (and return) any growth it completes.
+
+        Returns:
+            The growths reported now, usually none; each was logged and passed to ``on_growth``.
+        """
         current = self.sample()
         found = []
         for what in COUNTS:

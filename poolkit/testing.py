@@ -73,26 +73,46 @@ class _JumpingSelector(selectors.BaseSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A ``SelectorEventLoop`` whose clock only moves when told to or when it would sleep.
 
-    ``start`` is the initial value of ``loop.time()``.  ``autojump_threshold`` is how many *real*
-    seconds the loop waits for I/O or other threads before jumping to its next timer (default 0:
-    jump at once).  :meth:`advance` moves the clock by hand.
+    :meth:`advance` moves the clock by hand.
+
+    Args:
+        start: The initial value of ``loop.time()``, a finite number.
+        autojump_threshold: How many *real* seconds the loop waits for I/O or other threads
+            before jumping to its next timer (default 0: jump at once).
+
+    Raises:
+        ValueError: If ``start`` is not finite, or ``autojump_threshold`` is negative or NaN.
+        TypeError: If either is not a number.
     """
 
-    def __init__(self, *, start: float = 0.0, autojump_threshold: float = 0.0) -> None:
+    def __new__(cls, *, start: float = 0.0, autojump_threshold: float = 0.0) -> VirtualTimeLoop:
+        # Checked before the loop exists: a half-built loop's __del__ would complain.
         if not math.isfinite(start):
             raise ValueError(f"start must be a finite number, got {start!r}")
         if not autojump_threshold >= 0:
             raise ValueError(f"autojump_threshold must be >= 0, got {autojump_threshold!r}")
+        return super().__new__(cls)
+
+    def __init__(self, *, start: float = 0.0, autojump_threshold: float = 0.0) -> None:
         self._now = float(start)
         self._clock_resolution: float
         self.autojump_threshold = float(autojump_threshold)
         super().__init__(selector=_JumpingSelector(self, selectors.DefaultSelector()))
 
     def time(self) -> float:
+        """The virtual clock: ``start``, plus every jump and :meth:`advance` so far."""
         return self._now
 
     def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds``; timers that come due run on the next iteration."""
+        """Move the clock forward by ``seconds``; timers that come due run on the next iteration.
+
+        Args:
+            seconds: How far to move it, ``>= 0``.
+
+        Raises:
+            ValueError: If ``seconds`` is negative or NaN.
+            TypeError: If ``seconds`` is not a number.
+        """
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         now = self._now + seconds
