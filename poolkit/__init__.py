@@ -1,21 +1,35 @@
 """poolkit: bounded concurrency for asyncio and threads.
 
 This module is the map of the library: every public name is imported here, and nowhere else
-needs to be looked at to know what poolkit offers.  The layers, bottom up (a module only imports
-from layers below it)::
+needs to be looked at to know what poolkit offers.  The layers, bottom up: a module imports only
+from its own line or the lines above it, and no two modules import each other
+(``tests/test_layers.py`` holds the code to this map)::
 
-    _exceptions, _checks, _wait errors, argument checks, waking a blocked task or thread
+    _exceptions, _checks, _registry  errors; argument checks; the weak registry of live objects
+    _wait                       (internal) how a task or thread waits in a primitive, and is woken
     _channel                    Channel, select, send and receive handles
     _limiter                    CapacityLimiter            how many at once
     _ratelimit                  TokenBucket                how many per unit of time
+    _aiolimiter_support         AsyncLimiterStatistics     aiolimiter.AsyncLimiter objects as
+                                                           members of Limits and PerKey (never
+                                                           imports aiolimiter)
     _composite                  Limits, PerKey             several limits as one; a limit per key
     _retry                      RetryPolicy                retries, with tenacity
     _jobs                       UnstartedJob, Outcome, PoolStatistics (both pools)
+    _pool_core                  (internal) what every pool shares: options, counters, messages
+    _map                        (internal) both pools' map(): a bounded window over the input
+    _bridge                     (internal) submit_blocking(): other threads into a WorkerPool
     _pool                       WorkerPool, Job            asyncio workers
     _thread_pool                ThreadPool, ThreadJob      worker threads
-    _registry                   (internal) weak registry of live objects; task origins
-    _introspect, _blocked       (internal) snapshots and dumps; provably blocked tasks
+    _introspect                 (internal) what each task and thread is doing: stacks, states
+    _blocked                    find_blocked               tasks that nothing alive can wake
+    _snapshot                   snapshot                   every task and thread, blocked marked
     _noleaks, _watchdog         no_leaks, LeakError; the growth watchdog
+    _metrics                    (internal) every live object's statistics as metric families
+    __init__                    this map, and every public name
+    leaks, testing, pytest_plugin  public modules: leak hunting; virtual time; the pytest plugin
+    debug, prometheus           the debug HTTP endpoint; the Prometheus collector
+    _demo, _cli, __main__       the ``poolkit`` command and its demo
 
 Everything works from asyncio tasks (on any event loop) and from threads.
 
@@ -25,6 +39,7 @@ prometheus_client collector; optional extra), ``poolkit.pytest_plugin`` (registe
 by entry point) and ``poolkit.testing`` (the virtual-time event loop used by the tests).
 """
 
+from ._aiolimiter_support import AsyncLimiterStatistics as AsyncLimiterStatistics
 from ._channel import Channel as Channel
 from ._channel import ChannelStatistics as ChannelStatistics
 from ._channel import ReceiveCase as ReceiveCase
@@ -72,6 +87,7 @@ from ._thread_pool import ThreadPool as ThreadPool
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AsyncLimiterStatistics",
     "BudgetExhausted",
     "Busy",
     "CapacityLimiter",

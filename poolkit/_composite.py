@@ -21,6 +21,45 @@ A member may be a ``PerKey``: then each call names a ``key=`` and that key's lim
 in the same two steps.  ``Limits(CapacityLimiter(64), PerKey(lambda: Limits(CapacityLimiter(2),
 TokenBucket("5/s"))))`` is a scraper's "64 in all, 2 per host, 5 a second per host".
 
+aiolimiter members
+------------------
+An ``aiolimiter.AsyncLimiter`` may be a member too (also inside a nested ``Limits``, or made by a
+``PerKey`` factory), for code that already has them; :mod:`poolkit._aiolimiter_support` says
+what such a limiter does on its own (its heap of waiters ordered by cost starves a heavy
+acquisition behind light ones in a loop; a newcomer with room goes ahead of its waiters).  It
+cannot join the buckets' one atomic step, and what it has granted it cannot give back, so an
+acquisition takes, in this order:
+
+1. the concurrency slots, as above;
+2. each AsyncLimiter's part, one after the other in the order given, with
+   ``await limiter.acquire(cost)`` (within what is left of ``timeout``);
+3. every poolkit bucket in one step, as above.
+
+A failure, timeout or cancellation while waiting in step 2 takes nothing from that limiter, but
+the parts already granted by earlier AsyncLimiters are spent; one in step 3 likewise leaves every
+AsyncLimiter's part spent (the slots are given back, and no poolkit token is taken).  The
+AsyncLimiters come before the buckets so that poolkit's own rule stays whole: no bucket's tokens
+are ever held while waiting for anything.  The price: an AsyncLimiter's rate holds where it
+grants, and a wait for a bucket after that can push the start of the work later, so starts can
+bunch up by that wait.  Put the rates that must hold at the start of the work in
+``TokenBucket`` objects.  ``release(cost)`` gives nothing back to an AsyncLimiter.
+
+``try_acquire`` is atomic even so: it asks each AsyncLimiter whether ``cost`` fits now
+(``has_capacity``), takes the buckets' tokens, and only then the AsyncLimiters' parts, with
+nothing awaited in between; it must run on the AsyncLimiters' event loop (a task or callback
+there).  An AsyncLimiter is asyncio-only and bound to the first loop that uses it, so a
+``Limits`` holding one refuses what it cannot do right: ``acquire_blocking``, ``hold_blocking``,
+``with`` and ``try_acquire`` from a thread with no running loop raise ``TypeError`` saying why,
+and any call from a task on another loop that is still open raises ``RuntimeError`` (checked
+before anything is taken).  A ``ThreadPool`` refuses such a ``limit=`` when it is made
+(:func:`pool_limits`).
+
+``statistics()`` shows an AsyncLimiter member as an :class:`~poolkit.AsyncLimiterStatistics`
+(``max_rate``, ``time_period``, the drip ``rate``, the ``level`` now and how many wait), read
+without changing it, from any thread; ``repr`` shows the same.  The metrics and the debug
+endpoint report poolkit's objects only: the ``Limits``' statistics there include the
+AsyncLimiter's, but it gets no series of its own.
+
 PerKey
 ------
 A key's limit is made by the factory the first time the key is used.  It is forgotten once it is
@@ -46,6 +85,13 @@ after the factory made it (a bucket's ``rate`` or ``burst``, a limiter's ``total
 new one would not have the change, so such a key is kept for as long as the ``PerKey`` lives.
 Waiters stranded on a closed event loop do not count: they wait for nothing.
 
+An ``aiolimiter.AsyncLimiter`` follows the same rule: it is idle when its level has drained to
+exactly 0 (a new one starts empty), nobody waits in it, and its ``max_rate`` and ``time_period``
+are as the factory made them.  Forgetting one that has not drained would give the key a fresh,
+empty limiter: a burst beyond its rate.  Its state is not thread-safe, so it is looked at only
+on its own event loop's thread (or once that loop is closed); from anywhere else (``sweep()``
+from another thread, say) it counts as not idle and is kept.
+
 Nothing under a lock
 --------------------
 Waiting, waking and the locks go through :mod:`poolkit._wait`.  The factory runs holding no lock.
@@ -68,8 +114,10 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
+from . import _aiolimiter_support as aio
+from ._aiolimiter_support import AsyncLimiterStatistics
 from ._checks import check_timeout
 from ._exceptions import NotAcquired
 from ._limiter import CapacityLimiter, CapacityLimiterStatistics, check_weight
@@ -96,12 +144,28 @@ from ._wait import (
     take_or_defer,
 )
 
-__all__ = ["Limits", "LimitsStatistics", "PerKey", "PerKeyStatistics"]
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
+__all__ = [
+    "Limits",
+    "LimitsStatistics",
+    "PerKey",
+    "PerKeyStatistics",
+    "TaskLimit",
+    "pool_limits",
+]
 
 K = TypeVar("K", bound=Hashable)
-L = TypeVar("L", bound="CapacityLimiter | TokenBucket | Limits")
+L = TypeVar("L", bound="CapacityLimiter | TokenBucket | Limits | AsyncLimiter")
 
-Simple = CapacityLimiter | TokenBucket
+Simple: TypeAlias = "CapacityLimiter | TokenBucket | AsyncLimiter"
+MemberStatistics: TypeAlias = (
+    "CapacityLimiterStatistics | TokenBucketStatistics | AsyncLimiterStatistics"
+)
+TaskLimit: TypeAlias = "CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any] | AsyncLimiter"
+"""What a pool takes as ``limit=`` (a ``ThreadPool`` refuses an ``AsyncLimiter``: see
+:func:`pool_limits`)."""
 
 COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
 mirror_collecting(globals())
@@ -111,10 +175,13 @@ mirror_collecting(globals())
 
 
 class _Entry(Generic[L]):
-    __slots__ = ("limit", "pins")
+    __slots__ = ("limit", "ops", "pins")
 
-    def __init__(self, limit: L) -> None:
-        self.limit: L = limit
+    def __init__(self, limit: L, ops: CapacityLimiter | TokenBucket | Limits) -> None:
+        self.limit: L = limit  # what the factory made (statistics_for shows it)
+        # What acquisitions go through: the limit itself, or for an aiolimiter.AsyncLimiter a
+        # Limits around it (which knows how to wait on it, refuse threads and tell when idle).
+        self.ops = ops
         self.pins = 0
 
 
@@ -139,12 +206,14 @@ class PerKey(Generic[K, L]):
     """A limit per key: ``PerKey(lambda: TokenBucket("2/s"))`` paces each host on its own.
 
     ``factory`` is called with no arguments to make the limit of a new key: a
-    :class:`CapacityLimiter`, a :class:`TokenBucket` or a :class:`Limits` (for a cap *and* a rate
-    per key).  ``await acquire(key, cost)``, ``try_acquire``, ``acquire_blocking`` and
-    ``release(key, cost)`` act on that key's limit; ``async with per_key.hold(key):`` (or
-    ``hold_blocking`` in a thread) pairs them.  Releasing a token bucket does nothing (tokens are
-    spent).  It can also be a member of a :class:`Limits`.  ``statistics()`` sums over keys;
-    ``statistics_for(key)`` is one key's.  See the module docstring for when a limit is forgotten.
+    :class:`CapacityLimiter`, a :class:`TokenBucket`, a :class:`Limits` (for a cap *and* a rate
+    per key) or an ``aiolimiter.AsyncLimiter`` (asyncio only: see the module docstring).
+    ``await acquire(key, cost)``, ``try_acquire``, ``acquire_blocking`` and ``release(key,
+    cost)`` act on that key's limit; ``async with per_key.hold(key):`` (or ``hold_blocking`` in a
+    thread) pairs them.  Releasing a token bucket or an AsyncLimiter does nothing (what they
+    grant is spent).  It can also be a member of a :class:`Limits`.  ``statistics()`` sums over
+    keys; ``statistics_for(key)`` is one key's.  See the module docstring for when a limit is
+    forgotten.
     """
 
     __slots__ = (
@@ -186,20 +255,26 @@ class PerKey(Generic[K, L]):
 
     # ----------------------------------------------------------------- keys
 
-    def _make(self) -> L:
+    def _make(self) -> _Entry[L]:
+        ops: CapacityLimiter | TokenBucket | Limits
         with unregistered():  # reported through this PerKey, not one by one
             limit = self._factory()
-        if not isinstance(limit, (CapacityLimiter, TokenBucket, Limits)):
-            raise TypeError(
-                f"the factory must return a CapacityLimiter, TokenBucket or Limits, got {limit!r}"
-            )
+            if aio.is_async_limiter(limit):
+                ops = Limits(limit)
+            elif isinstance(limit, (CapacityLimiter, TokenBucket, Limits)):
+                ops = limit
+            else:
+                raise TypeError(
+                    f"the factory must return a CapacityLimiter, TokenBucket or Limits (or an "
+                    f"aiolimiter.AsyncLimiter), got {limit!r}"
+                )
         if isinstance(limit, Limits) and limit._keyed:
             raise TypeError("the factory's Limits may not itself contain a PerKey")
         if self._rate_only is None:
-            self._rate_only = isinstance(limit, TokenBucket) or (
-                isinstance(limit, Limits) and not limit._limiters
+            self._rate_only = isinstance(ops, TokenBucket) or (
+                isinstance(ops, Limits) and not ops._limiters
             )
-        return limit
+        return _Entry(limit, ops)
 
     def _pin(self, key: K) -> _Entry[L]:
         lock = self._lock
@@ -216,12 +291,12 @@ class PerKey(Generic[K, L]):
             lay_to_rest()
         if entry is not None:
             return entry
-        limit = self._make()  # the factory is the user's code: it runs holding no lock
+        fresh = self._make()  # the factory is the user's code: it runs holding no lock
         take(lock, "PerKey")
         try:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _Entry(limit)
+                entry = self._entries[key] = fresh
                 self._created += 1
             else:  # another thread made the key's limit meanwhile: that one is the key's
                 self._entries.move_to_end(key)
@@ -252,7 +327,7 @@ class PerKey(Generic[K, L]):
         entries = self._entries
         for _ in range(min(self._sweep, len(entries) - 1)):
             key, entry = entries.popitem(last=False)
-            if entry.pins or not entry.limit._is_idle():
+            if entry.pins or not entry.ops._is_idle():
                 entries[key] = entry  # busy: to the back of the line
             else:
                 self._forgotten += 1
@@ -262,7 +337,7 @@ class PerKey(Generic[K, L]):
         if not take_or_defer(lock, self._forget_if_idle, key, entry):
             return
         try:
-            if self._entries.get(key) is entry and not entry.pins and entry.limit._is_idle():
+            if self._entries.get(key) is entry and not entry.pins and entry.ops._is_idle():
                 del self._entries[key]
                 self._forgotten += 1
         finally:
@@ -274,7 +349,7 @@ class PerKey(Generic[K, L]):
         """Forget every idle key now; return how many were forgotten."""
         take(self._lock, "PerKey.sweep()")
         try:
-            idle = [k for k, e in self._entries.items() if not e.pins and e.limit._is_idle()]
+            idle = [k for k, e in self._entries.items() if not e.pins and e.ops._is_idle()]
             for k in idle:
                 del self._entries[k]
             self._forgotten += len(idle)
@@ -308,7 +383,7 @@ class PerKey(Generic[K, L]):
         """
         entry = self._pin(key)
         try:
-            await entry.limit.acquire(cost, timeout=timeout)  # type: ignore[arg-type]
+            await entry.ops.acquire(cost, timeout=timeout)  # type: ignore[arg-type]
         except BaseException as exc:
             # (Being closed, perhaps by the garbage collector while this thread holds the lock,
             # it never waits for it.)
@@ -324,7 +399,7 @@ class PerKey(Generic[K, L]):
             return False
         ok = False
         try:
-            ok = entry.limit.try_acquire(cost)  # type: ignore[arg-type]
+            ok = entry.ops.try_acquire(cost)  # type: ignore[arg-type]
         finally:
             self._unpin(entry, ok)
         return ok
@@ -334,7 +409,7 @@ class PerKey(Generic[K, L]):
         entry = self._pin(key)
         ok = False
         try:
-            entry.limit.acquire_blocking(cost, timeout=timeout)  # type: ignore[arg-type]
+            entry.ops.acquire_blocking(cost, timeout=timeout)  # type: ignore[arg-type]
             ok = True
         finally:
             self._unpin(entry, ok)
@@ -355,9 +430,9 @@ class PerKey(Generic[K, L]):
             if self._rate_only:
                 return  # a token bucket, full again and forgotten: nothing to give back
             raise NotAcquired(f"release({cost}) for key {key!r}, which holds nothing")
-        limit = entry.limit
-        if not isinstance(limit, TokenBucket):
-            limit.release(cost)  # type: ignore[arg-type]
+        ops = entry.ops
+        if not isinstance(ops, TokenBucket):
+            ops.release(cost)  # type: ignore[arg-type]
         self._forget_if_idle(key, entry)
 
     @asynccontextmanager
@@ -398,16 +473,18 @@ class PerKey(Generic[K, L]):
         finally:
             self._lock.release()
 
-    def statistics_for(
-        self, key: K
-    ) -> CapacityLimiterStatistics | TokenBucketStatistics | LimitsStatistics | None:
-        """The statistics of ``key``'s limit, or ``None`` if it has none alive."""
+    def statistics_for(self, key: K) -> MemberStatistics | LimitsStatistics | None:
+        """The statistics of ``key``'s limit, or ``None`` if it has none alive (an
+        :class:`~poolkit.AsyncLimiterStatistics` for an ``aiolimiter.AsyncLimiter``)."""
         take(self._lock, "PerKey.statistics_for()")
         try:
             entry = self._entries.get(key)
         finally:
             self._lock.release()
-        return None if entry is None else entry.limit.statistics()
+        if entry is None:
+            return None
+        limit = entry.limit
+        return limit.statistics() if isinstance(limit, Limits) else _member_statistics(limit)
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -427,22 +504,25 @@ class LimitsStatistics:
 
     name: str | None
     """The name given to the combination, if any."""
-    members: tuple[CapacityLimiterStatistics | TokenBucketStatistics | PerKeyStatistics, ...]
-    """Each member's own statistics."""
+    members: tuple[MemberStatistics | PerKeyStatistics, ...]
+    """Each member's own statistics (an :class:`~poolkit.AsyncLimiterStatistics` for an
+    ``aiolimiter.AsyncLimiter``)."""
 
 
 class _Plan:
     """What one acquisition takes part in: the fixed members plus, per key, the keyed ones."""
 
-    __slots__ = ("buckets", "entries", "limiters")
+    __slots__ = ("aio", "buckets", "entries", "limiters")
 
     def __init__(
         self,
         limiters: tuple[CapacityLimiter, ...],
+        aio: tuple[AsyncLimiter, ...],
         buckets: tuple[TokenBucket, ...],
         entries: list[tuple[PerKey[Any, Any], _Entry[Any]]],
     ) -> None:
         self.limiters = limiters
+        self.aio = aio
         self.buckets = buckets
         self.entries = entries
 
@@ -450,16 +530,67 @@ class _Plan:
 def _flatten(limit: object) -> list[Simple]:
     if isinstance(limit, Limits):
         return list(limit._members)
-    if isinstance(limit, (CapacityLimiter, TokenBucket)):
+    if isinstance(limit, (CapacityLimiter, TokenBucket)) or aio.is_async_limiter(limit):
         return [limit]
     raise TypeError(
-        f"Limits() takes CapacityLimiter, TokenBucket, PerKey or Limits objects, got {limit!r}"
+        f"Limits() takes CapacityLimiter, TokenBucket, PerKey or Limits objects, got {limit!r} "
+        f"(aiolimiter.AsyncLimiter objects are taken too)"
     )
+
+
+def _member_statistics(m: Simple) -> MemberStatistics:
+    if isinstance(m, (CapacityLimiter, TokenBucket)):
+        return m.statistics()
+    return aio.statistics(m)
+
+
+def _member_repr(m: CapacityLimiter | TokenBucket | AsyncLimiter | PerKey[Any, Any]) -> str:
+    if isinstance(m, (CapacityLimiter, TokenBucket, PerKey)):
+        return repr(m)
+    return aio.statistics_repr(aio.statistics(m))
+
+
+def pool_limits(limit: object, *, threads: bool = False) -> Limits:
+    """What a pool's ``limit=`` becomes: ``Limits(limit)``, made unregistered (the user's limit
+    is reported; this wrapper is the pool's).
+
+    ``WorkerPool`` calls it with ``threads=False``: a :class:`CapacityLimiter`,
+    :class:`TokenBucket`, :class:`Limits`, :class:`PerKey` or ``aiolimiter.AsyncLimiter``.
+    ``ThreadPool`` calls it with ``threads=True``: the same but for an ``AsyncLimiter``, alone or
+    in a ``Limits``, which worker threads cannot wait on.  (A ``PerKey`` whose factory makes
+    ``AsyncLimiter`` objects cannot be recognised before its first key; a thread's acquisition
+    through it raises the same ``TypeError``, and the job fails with it.)
+
+    Raises:
+        TypeError: ``limit`` is none of these; or, with ``threads=True``, it is or holds an
+            ``aiolimiter.AsyncLimiter``.  The message names the pool's argument and the value.
+    """
+    if not isinstance(limit, (CapacityLimiter, TokenBucket, Limits, PerKey)) and not (
+        aio.is_async_limiter(limit)
+    ):
+        also = "" if threads else " (or an aiolimiter.AsyncLimiter)"
+        raise TypeError(
+            f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey{also}, got {limit!r}"
+        )
+    with unregistered():
+        limits = Limits(limit)
+    if threads and limits._aio:
+        shown = aio.describe(limit) if aio.is_async_limiter(limit) else repr(limit)
+        raise TypeError(
+            f"limit={shown} cannot be used by a ThreadPool: it is or holds "
+            f"{aio.describe(limits._aio[0])}, which is asyncio-only and belongs to one event "
+            f"loop, so worker threads cannot wait on it; use a poolkit.TokenBucket (threads and "
+            f"tasks share one), or a WorkerPool"
+        )
+    return limits
 
 
 @final
 class Limits:
     """Several :class:`CapacityLimiter`, :class:`TokenBucket` and :class:`PerKey` limits as one.
+
+    A member may also be an ``aiolimiter.AsyncLimiter``; such ``Limits`` work from tasks on that
+    limiter's event loop only (see "aiolimiter members" in the module docstring).
 
     ``async with limits:`` (or ``with`` in a thread) holds one unit of every member;
     ``acquire(cost)``/``release(cost)`` charge ``cost`` to every member (an ``int`` when there are
@@ -471,14 +602,23 @@ class Limits:
     share one clock.  A member may also be shared with other ``Limits`` and used on its own.
     """
 
-    __slots__ = ("__weakref__", "_buckets", "_keyed", "_limiters", "_members", "_name")
+    __slots__ = (
+        "__weakref__",
+        "_aio",
+        "_aio_made",
+        "_buckets",
+        "_keyed",
+        "_limiters",
+        "_members",
+        "_name",
+    )
 
     _members: tuple[Simple, ...]
     _keyed: tuple[PerKey[Any, Any], ...]
 
     def __init__(
         self,
-        *limits: CapacityLimiter | TokenBucket | PerKey[Any, Any] | Limits,
+        *limits: CapacityLimiter | TokenBucket | PerKey[Any, Any] | Limits | AsyncLimiter,
         name: str | None = None,
     ) -> None:
         members: list[Simple] = []
@@ -503,13 +643,18 @@ class Limits:
             sorted((m for m in members if isinstance(m, CapacityLimiter)), key=id)
         )
         self._buckets = tuple(m for m in members if isinstance(m, TokenBucket))
+        self._aio: tuple[AsyncLimiter, ...] = tuple(m for m in members if aio.is_async_limiter(m))
+        # Their settings as given, for the idle check of PerKey (see aio.is_idle).
+        self._aio_made = tuple(aio.settings(a) for a in self._aio)
         if len({id(b._clock) for b in self._buckets}) > 1:
             raise ValueError("the token buckets in one Limits() must share one clock")
         self._name = name
         register(self, "limits")
 
     @property
-    def members(self) -> tuple[CapacityLimiter | TokenBucket | PerKey[Any, Any], ...]:
+    def members(
+        self,
+    ) -> tuple[CapacityLimiter | TokenBucket | AsyncLimiter | PerKey[Any, Any], ...]:
         """The limits enforced (nested ``Limits`` flattened; per-key members last)."""
         return (*self._members, *self._keyed)
 
@@ -518,14 +663,24 @@ class Limits:
         return self._name
 
     def statistics(self) -> LimitsStatistics:
-        return LimitsStatistics(self._name, tuple(m.statistics() for m in self.members))
+        """Each member's statistics, in the order of :attr:`members`.
+
+        An ``aiolimiter.AsyncLimiter`` member shows as an :class:`~poolkit.AsyncLimiterStatistics`
+        read without changing it, so this may be called from any thread."""
+        members: list[MemberStatistics | PerKeyStatistics] = [
+            _member_statistics(m) for m in self._members
+        ]
+        members.extend(k.statistics() for k in self._keyed)
+        return LimitsStatistics(self._name, tuple(members))
 
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name is not None else ""
-        return f"<Limits{name} {' & '.join(repr(m) for m in self.members)}>"
+        return f"<Limits{name} {' & '.join(_member_repr(m) for m in self.members)}>"
 
     def _is_idle(self) -> bool:
-        return all(m._is_idle() for m in self._members)
+        return all(
+            m._is_idle() for m in self._members if isinstance(m, (CapacityLimiter, TokenBucket))
+        ) and all(aio.is_idle(a, made) for a, made in zip(self._aio, self._aio_made, strict=True))
 
     def _label(self) -> str:
         return "limits" if self._name is None else f"limits {self._name!r}"
@@ -537,7 +692,7 @@ class Limits:
         if not self._keyed:
             if key is not None:
                 raise ValueError("key= given, but these Limits have no PerKey member")
-            plan = _Plan(self._limiters, self._buckets, [])
+            plan = _Plan(self._limiters, self._aio, self._buckets, [])
         else:
             if key is None:
                 raise ValueError("these Limits have a PerKey member: pass key=")
@@ -551,6 +706,7 @@ class Limits:
                 raise
             seen = {id(m) for m in self._members}
             limiters = list(self._limiters)
+            aios = list(self._aio)
             buckets = list(self._buckets)
             for _, entry in entries:
                 for m in _flatten(entry.limit):
@@ -562,9 +718,14 @@ class Limits:
                             f"these Limits; it would be charged twice"
                         )
                     seen.add(id(m))
-                    (limiters if isinstance(m, CapacityLimiter) else buckets).append(m)  # type: ignore[arg-type]
+                    if isinstance(m, CapacityLimiter):
+                        limiters.append(m)
+                    elif isinstance(m, TokenBucket):
+                        buckets.append(m)
+                    else:
+                        aios.append(m)
             limiters.sort(key=id)
-            plan = _Plan(tuple(limiters), tuple(buckets), entries)
+            plan = _Plan(tuple(limiters), tuple(aios), tuple(buckets), entries)
             if len({id(b._clock) for b in plan.buckets}) > 1:
                 self._unpin(plan, False)
                 raise ValueError("the token buckets of these Limits and key must share one clock")
@@ -573,6 +734,8 @@ class Limits:
                 check_weight(cost, "cost")  # type: ignore[arg-type]
             for lim in plan.limiters:
                 lim._check(cost)  # type: ignore[arg-type]
+            for a in plan.aio:
+                aio.check_cost(a, cost)
             for b in plan.buckets:
                 b._check_cost(cost)
         except BaseException:
@@ -592,16 +755,38 @@ class Limits:
     # ----------------------------------------------------------------- acquire / release
 
     def try_acquire(self, cost: float = 1, *, key: object = None) -> bool:
-        """Take ``cost`` from every member if that needs no waiting anywhere; else take nothing."""
+        """Take ``cost`` from every member if that needs no waiting anywhere; else take nothing.
+
+        With ``aiolimiter.AsyncLimiter`` members it must be called on their event loop's thread
+        (from a task or a callback): each is asked whether ``cost`` fits, the buckets take
+        theirs, and only then do the AsyncLimiters take theirs, with nothing awaited in between,
+        so a ``False`` has spent nothing there either.
+
+        Raises:
+            ValueError, TypeError: for a ``cost`` that can never fit a member, or a ``key=``
+                missing or unexpected.
+            TypeError: an AsyncLimiter member, and this thread runs no event loop.
+            RuntimeError: an AsyncLimiter member belongs to another event loop, still open.
+        """
         plan = self._plan(key, cost)
         ok = False
         try:
+            if plan.aio:
+                loop = aio.running_loop()
+                if loop is None:
+                    raise aio.refuse_thread(plan.aio[0], "Limits.try_acquire()")
+                for a in plan.aio:
+                    aio.check_loop(a, loop, "Limits.try_acquire()")
             held: list[CapacityLimiter] = []
             for lim in plan.limiters:
                 if not lim.try_acquire(cost):  # type: ignore[arg-type]
                     self._give_back(held, cost)
                     return False
                 held.append(lim)
+            for a in plan.aio:
+                if not aio.can_take_now(a, cost):
+                    self._give_back(held, cost)
+                    return False
             if plan.buckets:
                 parts = tuple((b, cost) for b in plan.buckets)
                 now = plan.buckets[0]._now()  # the clock is the user's code: before the lock
@@ -619,6 +804,12 @@ class Limits:
                 if not taken:
                     self._give_back(held, cost)  # after letting go of the buckets' lock
                     return False
+            try:
+                for a in plan.aio:
+                    aio.take_now(a, cost)  # they had room above, and nothing was awaited since
+            except BaseException:
+                self._give_back(held, cost)
+                raise
             ok = True
             return True
         finally:
@@ -629,10 +820,17 @@ class Limits:
     ) -> None:
         """Wait until ``cost`` can be taken from every member, and take it (see the module).
 
-        Raises ``ValueError`` if ``cost`` can never fit a member (or a ``key=`` is missing or
-        unexpected), :class:`TimeoutError` after ``timeout`` seconds in all (at once if the
-        buckets cannot make it), :class:`~poolkit.BudgetExhausted` if a bucket with rate 0 cannot
-        cover it.  If it raises or is cancelled, nothing is held and no token is spent.
+        If it raises or is cancelled, nothing is held and no token of a poolkit bucket is spent;
+        an ``aiolimiter.AsyncLimiter`` member that already granted its part has spent it (it
+        cannot be given back: see "aiolimiter members" in the module docstring).
+
+        Raises:
+            ValueError: ``cost`` can never fit a member, or a ``key=`` is missing or unexpected.
+            TimeoutError: after ``timeout`` seconds in all (at once if the buckets cannot make
+                it).
+            BudgetExhausted: a bucket with rate 0 cannot cover ``cost``.
+            RuntimeError: an AsyncLimiter member belongs to another event loop, still open
+                (checked before anything is taken).
         """
         timeout = check_timeout(timeout)
         plan = self._plan(key, cost)
@@ -642,10 +840,14 @@ class Limits:
         held: list[CapacityLimiter] = []
         ok = False
         try:
+            for a in plan.aio:
+                aio.check_loop(a, loop, "Limits.acquire()")
             for lim in plan.limiters:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 await lim.acquire(cost, timeout=left)  # type: ignore[arg-type]
                 held.append(lim)
+            for a in plan.aio:  # spent once granted: see the module docstring
+                await aio.take_async(a, cost, loop, deadline, label)
             if plan.buckets:
                 clock = plan.buckets[0]._clock
                 parts = tuple((b, cost) for b in plan.buckets)
@@ -679,13 +881,22 @@ class Limits:
     def acquire_blocking(
         self, cost: float = 1, *, key: object = None, timeout: float | None = None
     ) -> None:
-        """Thread form of :meth:`acquire`.  Raises ``RuntimeError`` on a thread running a loop."""
+        """Thread form of :meth:`acquire`.
+
+        Raises:
+            RuntimeError: called on a thread running an event loop, where it would have to wait.
+            TypeError: a member is an ``aiolimiter.AsyncLimiter``, which a thread cannot wait on
+                (nothing is taken).
+            ValueError, TimeoutError, BudgetExhausted: as :meth:`acquire`.
+        """
         timeout = check_timeout(timeout)
         plan = self._plan(key, cost)
         deadline = None if timeout is None else monotonic() + timeout
         held: list[CapacityLimiter] = []
         ok = False
         try:
+            if plan.aio:
+                raise aio.refuse_thread(plan.aio[0], "Limits.acquire_blocking()")
             for lim in plan.limiters:
                 left = None if deadline is None else max(0.0, deadline - monotonic())
                 lim.acquire_blocking(cost, timeout=left)  # type: ignore[arg-type]
@@ -765,6 +976,8 @@ class Limits:
         self.release()
 
     def __enter__(self) -> None:
+        if self._aio:
+            raise aio.refuse_thread(self._aio[0], "'with limits:'")
         self.acquire_blocking()
 
     def __exit__(

@@ -49,7 +49,6 @@ __all__ = [
     "TaskInfo",
     "ThreadInfo",
     "label",
-    "snapshot",
     "track_tasks",
 ]
 
@@ -135,9 +134,18 @@ class Snapshot:
     """Wall-clock time (``time.time()``) of the snapshot."""
 
     def dump(self, debug: int = 1) -> str:
-        """The snapshot as text.  ``debug=1``: grouped by identical stack, most common first,
-        like ``/debug/pprof/goroutine?debug=1``.  ``debug=2``: every task and thread in full,
-        like ``?debug=2``."""
+        """The snapshot as text, like Go's ``/debug/pprof/goroutine``.
+
+        Args:
+            debug: 1 groups tasks and threads by identical stack, most common first, like
+                ``?debug=1``; 2 shows every one in full, like ``?debug=2``.
+
+        Returns:
+            The text, ending with a newline.
+
+        Raises:
+            ValueError: If ``debug`` is neither 1 nor 2.
+        """
         if debug == 1:
             return format_groups(self.tasks, self.threads)
         if debug == 2:
@@ -145,7 +153,12 @@ class Snapshot:
         raise ValueError(f"debug must be 1 or 2, got {debug!r}")
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as JSON-ready data (``json.dumps(snapshot.to_json())``)."""
+        """The snapshot as JSON-ready data (``json.dumps(snapshot.to_json())``).
+
+        Returns:
+            ``{"taken": ..., "tasks": [...], "threads": [...]}``: each task or thread a dict of
+            its fields, each frame a dict of ``function``, ``module``, ``file`` and ``line``.
+        """
         return {
             "taken": self.taken,
             "tasks": [_info_json(t) for t in self.tasks],
@@ -230,9 +243,9 @@ _STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("poolkit._composite:PerKey.hold_blocking", "limits wait", True),
     ("poolkit._pool:_JobQueue.wait_for_job", "pool idle", False),
     ("poolkit._pool:WorkerPool.submit", "pool submit", False),
-    ("poolkit._pool:WorkerPool._put_from_thread", "pool submit", False),
+    ("poolkit._bridge:ThreadDoor._put_from_thread", "pool submit", False),
     ("poolkit._pool:WorkerPool.shutdown", "pool shutdown", False),
-    ("poolkit._pool:WorkerPool._map", "pool map", False),
+    ("poolkit._map:map_async", "pool map", False),
     ("poolkit._thread_pool:ThreadPool._wait_for_job", "pool idle", False),
     ("poolkit._thread_pool:ThreadPool.submit", "pool submit", False),
     ("poolkit._thread_pool:ThreadPool.shutdown", "pool shutdown", False),
@@ -275,14 +288,14 @@ _STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
 # is running a job, unless a frame inside names what it waits for; waiting on the pool's limit=
 # is shown as a limit wait (a token bucket's as a rate wait).
 _WORKER_FRAMES = (
-    "poolkit._pool:WorkerPool._work",
-    "poolkit._pool:WorkerPool._attempts",
-    "poolkit._pool:WorkerPool._retries",
-    "poolkit._pool:WorkerPool._attempt",
-    "poolkit._thread_pool:ThreadPool._work",
-    "poolkit._thread_pool:ThreadPool._run",
-    "poolkit._thread_pool:ThreadPool._attempts",
-    "poolkit._thread_pool:ThreadPool._attempt",
+    "poolkit._pool:_Worker.run",
+    "poolkit._pool:_Worker._attempts",
+    "poolkit._pool:_Worker._retries",
+    "poolkit._pool:_Worker._attempt",
+    "poolkit._thread_pool:_Worker.run",
+    "poolkit._thread_pool:_Worker._run",
+    "poolkit._thread_pool:_Worker._attempts",
+    "poolkit._thread_pool:_Worker._attempt",
 )
 _IN_WORKER = {"semacquire": "limit wait", "limits wait": "limit wait"}
 
@@ -626,59 +639,6 @@ def thread_infos(threads: Iterable[threading.Thread], caller: FrameType | None) 
     ]
 
 
-def blocked_ids(loop: asyncio.AbstractEventLoop | None, keep: list[Any]) -> set[int]:
-    """``id()`` of the tasks :mod:`poolkit._blocked` proves blocked; inside :func:`stopped_world`,
-    before the caller holds any task (a task the caller holds is reachable, hence not blocked).
-    ``keep`` receives what the caller must drop after leaving :func:`stopped_world`."""
-    from ._blocked import blocked_tasks
-
-    found = blocked_tasks(loop, keep)
-    keep.append(found)
-    return {id(t) for t in found}
-
-
-def snapshot(
-    loop: asyncio.AbstractEventLoop | None = None,
-    *,
-    tasks: bool = True,
-    threads: bool = True,
-    blocked: bool = False,
-) -> Snapshot:
-    """Every unfinished task of ``loop`` (default: the running loop, if any) and every thread.
-
-    Safe to call from any thread, with the loop running, idle or stuck: from another thread the
-    snapshot is a best effort if the loop is running in another thread (module docstring).  The
-    snapshot holds no reference to a task, thread or frame.  ``blocked=True`` also marks the
-    tasks that are provably blocked forever (``TaskInfo.blocked``; see
-    :func:`poolkit.leaks.find_blocked`), which costs a walk of the whole heap and raises
-    :class:`~poolkit.HeapAnalysisUnavailable` where that analysis cannot run.
-    """
-    if loop is None:
-        loop = running_loop()
-    elif not isinstance(loop, asyncio.AbstractEventLoop):
-        raise TypeError(f"loop must be an event loop or None, got {loop!r}")
-    if blocked:
-        from ._blocked import check_available
-
-        check_available()
-    caller = sys._getframe(1)
-    keep: list[Any] = []
-    with stopped_world():
-        dead = blocked_ids(loop, keep) if blocked and tasks and loop is not None else set()
-        task_list = collect_tasks(loop) if tasks and loop is not None else []
-        keep.append(task_list)
-        task_part = task_infos(task_list, loop)
-        for info in task_part:
-            if info.ident in dead:
-                info.blocked = True
-        thread_list = threading.enumerate() if threads else []
-        keep.append(thread_list)
-        thread_part = thread_infos(thread_list, caller)
-    del caller
-    keep.clear()  # outside the stopped world: whatever this frees may run its __del__
-    return Snapshot(tuple(task_part), tuple(thread_part), time.time())
-
-
 # ----------------------------------------------------------------------- tracking
 
 
@@ -704,10 +664,17 @@ class _TrackingFactory:
 def track_tasks(loop: asyncio.AbstractEventLoop | None = None, *, enabled: bool = True) -> None:
     """Record where every task on ``loop`` (default: the running loop) is created, and when.
 
-    Dumps then show ``created by ... at file:line`` and the age of every task, not only of
-    poolkit's own.  It adds about a third to a bare ``create_task`` (measured in
-    ``benchmarks/``), so it is off unless asked for; ``enabled=False`` turns it off again.
-    It installs a task factory, wrapping any factory already set.
+    Dumps then show ``created by ... at file:line`` and the age of every task created from then
+    on, not only of poolkit's own.  It adds about a third to a bare ``create_task`` (measured in
+    ``benchmarks/``), so it is off unless asked for.  It installs a task factory, wrapping any
+    factory already set; calling it again changes nothing.
+
+    Args:
+        loop: The loop; ``None``: the running loop.
+        enabled: ``False`` turns tracking off again, restoring the factory it wrapped.
+
+    Raises:
+        RuntimeError: If ``loop`` is ``None`` and no event loop is running in this thread.
     """
     if loop is None:
         loop = asyncio.get_running_loop()
@@ -727,6 +694,15 @@ def label(target: asyncio.Task[Any] | threading.Thread | None = None, /, **label
 
     They appear in dumps (``{host=example.com}``) and can tell apart tasks that run the same
     code, as pprof labels do.  Later calls add to (or overwrite) earlier ones.
+
+    Args:
+        target: The task or thread; ``None``: the current task, or the current thread if no
+            task is running in it.
+        labels: Label names and their ``str`` values.
+
+    Raises:
+        TypeError: If ``target`` is not a task or a thread, or a value is not a ``str``.
+        ValueError: If a name (passed with ``**``) does not match ``[A-Za-z_][A-Za-z0-9_.-]*``.
     """
     if target is None:
         target = asyncio.current_task() if running_loop() is not None else None

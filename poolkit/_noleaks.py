@@ -56,11 +56,11 @@ from ._introspect import (
     Snapshot,
     TaskInfo,
     ThreadInfo,
-    blocked_ids,
     stopped_world,
     task_infos,
     thread_infos,
 )
+from ._snapshot import blocked_ids
 
 __all__ = ["NoLeaks", "no_leaks"]
 
@@ -118,8 +118,15 @@ class _Watch:
 class NoLeaks:
     """What :func:`no_leaks` returns: an async and sync context manager, and a decorator.
 
-    One object can be used many times, one block at a time (entering it twice at once raises
-    :class:`RuntimeError`); as a decorator, each call of the function gets a fresh one.
+    ``NoLeaks(...)`` takes the same arguments as :func:`no_leaks`, and keeps them as attributes.
+    One object can be used many times, one block at a time; as a decorator, each call of the
+    function gets a fresh one.
+
+    Raises:
+        RuntimeError: If it is entered while a block is already using it.
+        TypeError: If it decorates something that is not callable, or a generator function
+            (whose body runs after the call returns).
+        LeakError: On leaving a block, as :func:`no_leaks` says.
     """
 
     __slots__ = (
@@ -429,17 +436,33 @@ def no_leaks(
         with poolkit.no_leaks():  # sync form: threads only
             run_threads()
 
-    ``timeout``: how long (seconds) to keep re-checking before failing; leaks are reported only
-    after it.  ``ignore_names``: task and thread names to excuse, as glob patterns
-    (``"asyncio_*"`` excuses the default executor's worker threads).  ``ignore_functions``:
-    ``module.qualname`` glob patterns; a task or thread with such a function anywhere on its
-    stack is excused.  ``ignore_current``: excuse whatever was alive when the block began
-    (``False`` counts every task of the loop and every thread except the block's own).
-
     The async form checks the running loop's tasks and all threads; the sync form, used from a
-    thread or outside any loop, checks threads only (it cannot wait for tasks).  Nothing is
-    checked if the block raises.  See the module documentation of :mod:`poolkit.leaks` for the
-    retry budget and the report.
+    thread or outside any loop, checks threads only (it cannot wait for tasks).  The block's own
+    task and thread never count, nor do idle threads of the loop's default executor.  Work that
+    is merely finishing is not a leak: on exit the check is repeated, 1 ms apart and doubling up
+    to 100 ms, until ``timeout`` has passed (on the loop's clock for tasks, in real time for
+    threads).  Nothing is checked if the block raises.
+
+    Args:
+        timeout: Seconds to keep re-checking before failing, a finite number; leaks are
+            reported only after it.
+        ignore_names: Task and thread names to excuse, as glob patterns (``"asyncio_*"``
+            excuses the default executor's worker threads even while they run a call).
+        ignore_functions: ``module.qualname`` glob patterns; a task or thread with such a
+            function anywhere on its stack is excused.
+        ignore_current: Excuse whatever was alive when the block began (``False`` counts every
+            task of the loop and every thread except the block's own).
+
+    Returns:
+        A :class:`~poolkit.leaks.NoLeaks`, for ``async with``, ``with`` or decorating.
+
+    Raises:
+        LeakError: On leaving the block normally, if tasks or threads outlived it by
+            ``timeout``, or a task started in it was destroyed by the garbage collector while
+            still pending; its ``snapshot`` says what leaked.
+        ValueError: If ``timeout`` is negative, NaN, infinite or ``None``.
+        TypeError: If ``timeout`` is not a number, a pattern is not a ``str``, or
+            ``ignore_current`` is not a ``bool``.
     """
     return NoLeaks(
         timeout=timeout,

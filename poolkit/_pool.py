@@ -64,7 +64,10 @@ From other threads
 ``submit_blocking()`` hands a job to the pool from a thread that is not the pool's: it asks the
 loop (``call_soon_threadsafe``) to queue the job, waits in its thread for room, and returns a
 ``concurrent.futures.Future`` that the job's outcome reaches.  The loop decides alone whether the
-job got in, so a timeout or a shutdown never leaves it half-submitted.
+job got in, so a timeout or a shutdown never leaves it half-submitted (``poolkit._bridge``).
+
+What is not about asyncio (the options, the counters, the messages) is shared with ``ThreadPool``
+in ``poolkit._pool_core``; ``map()``'s machinery is in ``poolkit._map``.
 """
 
 from __future__ import annotations
@@ -78,35 +81,35 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
-from typing import Any, TypeVar, final
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any, ClassVar, TypeVar, final
 
 import tenacity
 
+from ._bridge import ThreadDoor
 from ._checks import check_timeout
-from ._composite import Limits, PerKey
-from ._exceptions import JobHandedBack, PoolClosed, QueueFull
-from ._jobs import Outcome, PoolStatistics, UnstartedJob
+from ._exceptions import JobHandedBack, PoolClosed
+from ._jobs import UnstartedJob
 from ._jobs import fn_name as _fn_name
-from ._limiter import CapacityLimiter
-from ._ratelimit import TokenBucket
-from ._registry import record_origin, register, unregistered
-from ._retry import RetryPolicy, async_retrying, check_policy, first_attempt_is_free
+from ._map import _MapItem, map_async
+from ._pool_core import (
+    CANCELLING,
+    CLOSED,
+    CLOSING,
+    DONE,
+    NEW,
+    OPEN,
+    QUEUED,
+    RUNNING,
+    PoolCore,
+)
+from ._registry import record_origin, register
+from ._retry import async_retrying, keep_result, show_as_first
 
 __all__ = ["Job", "WorkerPool"]
 
 T = TypeVar("T")
 logger = logging.getLogger("poolkit.pool")
-
-_QUEUED = 0
-_RUNNING = 1
-_CANCELLING = 2  # running, and its cancellation has been requested
-_DONE = 3
-
-_NEW = 0
-_OPEN = 1
-_CLOSING = 2
-_CLOSED = 3
 
 _CoroutineType = types.CoroutineType
 _monotonic = time.monotonic
@@ -200,15 +203,15 @@ class Job(asyncio.Future[T]):
 
     def cancel(self, msg: Any | None = None) -> bool:
         phase = self._phase
-        if phase == _QUEUED:
-            self._phase = _DONE
+        if phase == QUEUED:
+            self._phase = DONE
             self._pool._cancelled_in_queue()
             return super().cancel(msg)
-        if phase == _RUNNING:
-            self._phase = _CANCELLING
+        if phase == RUNNING:
+            self._phase = CANCELLING
             self._pool._cancel_run(self, msg)
             return True
-        if phase == _CANCELLING:
+        if phase == CANCELLING:
             return True
         return super().cancel(msg)
 
@@ -225,105 +228,22 @@ class Job(asyncio.Future[T]):
         super().cancel()
 
 
-class _Feed:
-    """One map() call's state, shared by its feeder, its consumer and the workers."""
-
-    __slots__ = ("finished", "ordered", "pending", "wake")
-
-    def __init__(self, ordered: bool) -> None:
-        self.ordered = ordered
-        self.pending: deque[_MapItem] = deque()  # ordered: submitted, in input order
-        self.finished: deque[_MapItem] = deque()  # unordered: in completion order
-        self.wake: asyncio.Future[None] | None = None  # the consumer sleeps on it
-
-    def completed(self, item: _MapItem) -> None:
-        if not self.ordered:
-            self.finished.append(item)
-        elif not self.pending or self.pending[0] is not item:
-            return  # the consumer waits for the head, not for this one
-        wake = self.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-
-class _MapItem:
-    """A job made by map(): like a Job, but reporting to its map instead of being a future."""
-
-    __slots__ = (
-        "_args",
-        "_feed",
-        "_fn",
-        "_kwargs",
-        "_phase",
-        "_pool",
-        "_queued_at",
-        "error",
-        "finished",
-        "item",
-        "value",
-    )
-
-    def __init__(self, pool: WorkerPool, fn: Callable[..., Any], item: Any, feed: _Feed) -> None:
-        self._fn = fn
-        self._args = (item,)
-        self._kwargs: dict[str, Any] | None = None
-        self._phase = _QUEUED
-        self._pool = pool
-        self._queued_at = _monotonic()
-        self._feed = feed
-        self.item = item
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.finished = False
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        phase = self._phase
-        if phase == _QUEUED:
-            self._phase = _DONE
-            self._pool._cancelled_in_queue()
-            self._drop()
-            return True
-        if phase == _RUNNING:
-            self._phase = _CANCELLING
-            self._pool._cancel_run(self, msg)
-            return True
-        return phase == _CANCELLING
-
-    @property
-    def fn(self) -> Callable[..., Any]:
-        return self._fn
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return self._args
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {}
-
-    def _resolve(self, value: Any) -> None:
-        if not self.finished:
-            self.value = value
-            self.finished = True
-            self._feed.completed(self)
-
-    def _reject(self, exc: BaseException) -> None:
-        if not self.finished:
-            self.error = exc
-            self.finished = True
-            self._feed.completed(self)
-
-    def _drop(self) -> None:
-        self._reject(asyncio.CancelledError(f"the job for {self.item!r} was cancelled"))
-
-
 AnyJob = Job[Any] | _MapItem
 
 
 class _Worker:
-    __slots__ = ("fut", "ident", "job", "killed", "retiring", "started", "task")
+    """One worker: a task that takes jobs from the pool's queue and runs them inline.
 
-    def __init__(self, ident: int) -> None:
+    This is the part of a ``WorkerPool`` that is about asyncio: how a worker waits for a job
+    (:meth:`_JobQueue.wait_for_job`), runs it (awaiting its coroutine, under the pool's limit,
+    timeout and retry policy) and settles it, with what cancellation means on the way.  The
+    books it keeps are the pool's.
+    """
+
+    __slots__ = ("fut", "ident", "job", "killed", "pool", "retiring", "started", "task")
+
+    def __init__(self, pool: WorkerPool, ident: int) -> None:
+        self.pool = pool
         self.ident = ident
         self.fut: asyncio.Future[Any] | None = None  # set while idle
         self.job: AnyJob | None = None
@@ -331,6 +251,210 @@ class _Worker:
         self.started = False  # its coroutine has begun (so its ``finally`` will run)
         self.killed = False  # it ended by an exception (cancelled from outside), not by choice
         self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """The worker's task: take jobs and run them until the pool closes, resizes or idles it
+        out (elastic), or the task is cancelled from outside."""
+        pool = self.pool
+        # The task as seen from inside: with an eager task factory this runs before
+        # create_task() has returned, and a job that cancels itself at once must find it.
+        me = self.task = asyncio.current_task()
+        assert me is not None
+        self.started = True
+        logger.debug("%s: worker %d started", pool._label(), self.ident)
+        jobs = pool._jobs
+        items = jobs.items
+        # Module constants as locals: cheaper to read on the per-job path.
+        queued, running, done = QUEUED, RUNNING, DONE
+        monotonic, coroutine, job_class = _monotonic, _CoroutineType, Job
+        set_result = _future_set_result
+        try:
+            while True:
+                if self.retiring:
+                    return  # resize() lowered the target while this worker was idle
+                if items:  # a job is waiting: the hot path
+                    job = items.popleft()
+                    if jobs.putters:
+                        jobs.admit()
+                else:
+                    if jobs.closed:
+                        return  # closed and drained
+                    idle_for = (
+                        pool._idle_timeout
+                        if pool._elastic and pool._live > pool._min_workers
+                        else math.inf
+                    )
+                    if (
+                        not await jobs.wait_for_job(self, idle_for)
+                        and not items  # a job may have come as the idle timer fired
+                        and pool._live > pool._min_workers
+                    ):
+                        return  # idle for too long (elastic), and not needed to stay
+                    continue
+                if job._phase != queued:
+                    jobs.dead -= 1
+                    continue  # cancelled while queued: already counted
+                job._phase = running
+                self.job = job
+                pool._started += 1
+                t0 = monotonic()
+                pool._wait_total += t0 - job._queued_at
+                try:
+                    if pool._inline:
+                        kwargs = job._kwargs
+                        failed: Exception | None = None
+                        try:
+                            result = (
+                                job._fn(*job._args)
+                                if kwargs is None
+                                else job._fn(*job._args, **kwargs)
+                            )
+                            if result.__class__ is coroutine or hasattr(result, "__await__"):
+                                result = await result
+                        except Exception as exc:
+                            if pool._retry is None:
+                                raise
+                            failed = exc  # retried outside this block: no chaining to it
+                        if failed is not None:
+                            result = await self._retries(job, failed, t0)
+                    else:
+                        result = await self._attempts(job, t0)
+                except BaseException as exc:
+                    phase = job._phase
+                    if phase == done:
+                        raise  # let go with its closed loop (_abandon): nothing left to count
+                    self._end(job, t0)
+                    is_cancel = isinstance(exc, asyncio.CancelledError)
+                    if phase == CANCELLING:
+                        # The job was cancelled: that is its outcome, whatever it raised.
+                        pool._cancelled_running += 1
+                        job._drop()
+                        if me.uncancel() > 0:
+                            raise  # somebody cancelled the worker too
+                        if not is_cancel:
+                            await _take_pending_cancel(me)
+                    elif is_cancel:
+                        # The job's own code raised CancelledError (it awaited something that
+                        # was cancelled): that ends the job, not the worker, unless the worker
+                        # itself is being cancelled.
+                        pool._cancelled_running += 1
+                        job._drop()
+                        if me.cancelling():
+                            raise
+                    elif exc.__class__ is _TimedOut:
+                        pool._timed_out += 1
+                        job._reject(TimeoutError(str(exc)))
+                    else:
+                        pool._failed += 1
+                        job._reject(exc)
+                        if pool._first_failure(exc):
+                            if job.__class__ is job_class:
+                                job.exception()  # async with raises it: it is not lost
+                            pool._fail_everything()
+                    if not is_cancel and not isinstance(exc, Exception):
+                        raise  # KeyboardInterrupt, SystemExit: not the job's business to absorb
+                else:
+                    phase = job._phase
+                    job._phase = done  # _end() inlined: the hot path
+                    job._args = ()  # a kept handle must not pin its arguments
+                    job._kwargs = None
+                    self.job = None
+                    pool._run_total += monotonic() - t0
+                    if phase != running:
+                        if phase == done:
+                            return  # let go with its closed loop (_abandon)
+                        # Cancelling: it finished anyway; the cancellation wins.
+                        pool._cancelled_running += 1
+                        job._drop()
+                        if me.uncancel() > 0:
+                            raise asyncio.CancelledError
+                        await _take_pending_cancel(me)
+                    else:
+                        pool._succeeded += 1
+                        if job.__class__ is job_class:  # Job._resolve() inlined; a running
+                            set_result(job, result)  # Job is only resolved here (or cancelling)
+                        else:
+                            job._resolve(result)
+                if pool._shrinking and pool._live - pool._retiring > pool._target:
+                    return  # resize() lowered the target
+        except BaseException:
+            self.killed = True
+            raise
+        finally:
+            pool._gone(self)
+
+    def _end(self, job: AnyJob, t0: float) -> None:
+        job._phase = DONE
+        job._args = ()  # a kept handle must not pin its arguments
+        job._kwargs = None
+        self.job = None
+        self.pool._run_total += _monotonic() - t0
+
+    async def _attempts(self, job: AnyJob, started: float) -> Any:
+        """Run ``job`` through the limit, the timeout and the retry policy (the slow path);
+        ``started`` is when its first attempt began."""
+        if self.pool._retry is None:
+            return await self._attempt(job)
+        failed: Exception | None = None
+        if self.pool._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
+            try:
+                return await self._attempt(job)
+            except Exception as exc:
+                failed = exc  # retried outside this block: no chaining to it
+        return await self._retries(job, failed, started)
+
+    async def _retries(self, job: AnyJob, replay: Exception | None, started: float) -> Any:
+        """The attempts under tenacity; ``replay`` is the first attempt's error if that attempt
+        was made without it (tenacity is then shown it as its own first attempt's)."""
+        pool = self.pool
+        policy = pool._retry
+        assert policy is not None
+        first = True
+        result = None
+        async for attempt in async_retrying(policy):
+            if not first:
+                if job._phase == CANCELLING:
+                    # Cancelled, and the function turned that into an error: never retried.
+                    raise asyncio.CancelledError
+                pool._retried += 1
+            first = False
+            with attempt:
+                if replay is not None:
+                    error, replay = replay, None
+                    show_as_first(attempt, error, started)
+                result = await self._attempt(job)
+            keep_result(attempt, result)
+        return result
+
+    async def _attempt(self, job: AnyJob) -> Any:
+        pool = self.pool
+        limit = pool._limit
+        key = None
+        if limit is not None:
+            key = pool._key(job) if pool._key is not None else None
+            await limit.acquire(1, key=key)
+        try:
+            kwargs = job._kwargs
+            if pool._timeout is None:
+                result = job._fn(*job._args) if kwargs is None else job._fn(*job._args, **kwargs)
+                if result.__class__ is _CoroutineType or hasattr(result, "__await__"):
+                    result = await result
+                return result
+            try:
+                async with asyncio.timeout(pool._timeout) as scope:
+                    result = (
+                        job._fn(*job._args) if kwargs is None else job._fn(*job._args, **kwargs)
+                    )
+                    if result.__class__ is _CoroutineType or hasattr(result, "__await__"):
+                        result = await result
+                    return result
+            except TimeoutError as exc:
+                if scope.expired():
+                    raise _TimedOut(pool._timed_out_message(job._fn)) from exc
+                raise
+        finally:
+            if limit is not None:
+                limit.release(1, key=key)
 
 
 class _TimedOut(TimeoutError):
@@ -400,17 +524,6 @@ class _JobQueue:
         if self.idle:
             self.wake_worker()
 
-    def take(self) -> AnyJob | None:
-        items = self.items
-        if not items:
-            return None
-        job = items.popleft()
-        if job._phase != _QUEUED:
-            self.dead -= 1
-        if self.putters:
-            self.admit()
-        return job
-
     def admit(self) -> None:
         """Keep freed room for blocked submitters, first come first served."""
         putters = self.putters
@@ -469,19 +582,6 @@ def _false() -> bool:
     return False
 
 
-def _settle_future(job: Job[Any], result: cf.Future[Any]) -> None:
-    """Copy a finished job's outcome to the ``concurrent.futures.Future`` of its thread."""
-    try:
-        if job.cancelled():
-            result.cancel()
-        elif (exc := job.exception()) is not None:
-            result.set_exception(exc)
-        else:
-            result.set_result(job.result())
-    except cf.InvalidStateError:
-        pass  # its caller cancelled the future meanwhile
-
-
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -494,62 +594,6 @@ def _quietly(resolve: Callable[[], object]) -> None:
         resolve()
     except RuntimeError:
         pass
-
-
-_NOTHING = "nothing was submitted"
-
-
-class _FromThread:
-    """One ``submit_blocking()`` call: the job it asks for, and what its thread waits on."""
-
-    __slots__ = ("accepted", "args", "fn", "kwargs", "result", "task", "timeout")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.timeout = timeout
-        # Resolved on the loop: None once the job is in the queue, else why it is not.
-        self.accepted: cf.Future[None] = cf.Future()
-        self.result: cf.Future[Any] = cf.Future()  # the job's outcome, for the caller
-        self.task: asyncio.Task[None] | None = None  # on the loop, while waiting for room
-
-    def refuse(self, exc: BaseException) -> None:
-        try:
-            self.accepted.set_exception(exc)
-        except cf.InvalidStateError:
-            pass  # already decided
-
-
-class _Ticket:
-    """What ``submit_blocking()`` schedules on the loop (``call_soon_threadsafe``): calling it
-    runs ``act(req)`` there.  A loop closed before it got to its callbacks drops them unrun,
-    which frees the ticket (the loop holds the only reference): then it refuses the request,
-    so the thread that waits for the loop's verdict is never left waiting for nobody."""
-
-    __slots__ = ("act", "closed", "req")
-
-    def __init__(
-        self, act: Callable[[_FromThread], None], req: _FromThread, closed: BaseException
-    ) -> None:
-        self.act: Callable[[_FromThread], None] | None = act
-        self.req = req
-        self.closed = closed
-
-    def __call__(self) -> None:
-        act, self.act = self.act, None
-        if act is not None:
-            act(self.req)
-
-    def __del__(self) -> None:
-        if self.act is not None:
-            self.req.refuse(self.closed)
 
 
 async def _take_pending_cancel(me: asyncio.Task[Any]) -> None:
@@ -567,26 +611,16 @@ async def _take_pending_cancel(me: asyncio.Task[Any]) -> None:
             raise  # somebody cancelled the worker meanwhile
 
 
-Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
-
-
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
-
-
 @final
-class WorkerPool:
+class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
     """A pool of long-lived asyncio workers: ``async with WorkerPool(workers=8) as pool:``.
 
     Options (keyword-only): ``workers`` (how many run jobs at once; in elastic mode the most),
     ``queue_size`` (jobs waiting for a worker before ``submit`` blocks; default ``workers``;
     ``math.inf`` for no bound), ``name``, ``limit`` (a :class:`CapacityLimiter`,
-    :class:`TokenBucket`, :class:`Limits` or :class:`PerKey` acquired for every attempt of every
-    job, with ``key`` a function of the :class:`Job` giving the key for per-key limits),
+    :class:`TokenBucket`, :class:`Limits`, :class:`PerKey` or ``aiolimiter.AsyncLimiter``
+    acquired for every attempt of every job, with ``key`` a function of the :class:`Job` giving
+    the key for per-key limits),
     ``timeout`` (seconds per attempt), ``retry`` (a :class:`RetryPolicy` or a
     ``tenacity.AsyncRetrying``), ``fail_fast`` (the first failure cancels everything else, like
     Go's errgroup, and ``async with`` raises it), and ``min_workers``/``idle_timeout`` for an
@@ -616,119 +650,33 @@ class WorkerPool:
     """
 
     __slots__ = (
-        "__weakref__",
-        "_cancelled_queued",
-        "_cancelled_running",
-        "_elastic",
-        "_fail_fast",
-        "_failed",
-        "_first_error",
-        "_gate",
-        "_handed",
-        "_handed_back",
-        "_idle_timeout",
+        "_door",
         "_inline",
         "_jobs",
-        "_key",
-        "_limit",
-        "_linked",
-        "_live",
         "_loop",
         "_loop_running",
         "_mark",
-        "_min_workers",
-        "_name",
-        "_next_id",
-        "_queue_size",
         "_ready",
-        "_rejected",
-        "_requests",
-        "_requests_lock",
-        "_retiring",
-        "_retried",
-        "_retry",
-        "_retry_fast",
-        "_run_total",
         "_shrinking",
         "_stalled",
-        "_started",
-        "_state",
-        "_submitted",
-        "_succeeded",
-        "_target",
-        "_timed_out",
-        "_timeout",
-        "_wait_total",
         "_workers",
         "_workers_gone",
     )
 
-    def __init__(
-        self,
-        *,
-        workers: int = 8,
-        queue_size: int | float | None = None,
-        name: str | None = None,
-        limit: Limit | None = None,
-        key: Callable[[Any], Hashable] | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | tenacity.AsyncRetrying | None = None,
-        fail_fast: bool = False,
-        min_workers: int | None = None,
-        idle_timeout: float = 60.0,
-    ) -> None:
-        self._target = _check_count(workers, "workers", 1)
-        if queue_size is None:
-            queue_size = workers
-        elif queue_size != math.inf:
-            _check_count(queue_size, "queue_size", 0)
-        self._queue_size = queue_size
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r}")
-        self._name = name
-        if limit is not None and not isinstance(
-            limit, (CapacityLimiter, TokenBucket, Limits, PerKey)
-        ):
-            raise TypeError(
-                f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey, got {limit!r}"
-            )
-        with unregistered():  # the user's limit is registered; this wrapper is ours
-            self._limit: Limits | None = None if limit is None else Limits(limit)
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a function of the job, got {key!r}")
-        if key is not None and self._limit is None:
-            raise ValueError(
-                f"key= needs limit=: key gives each job's key for a per-key limit, and no limit "
-                f"was given (got key={key!r}, limit=None); pass limit=PerKey(...), or drop key="
-            )
-        if self._limit is not None and self._limit._keyed and key is None:
-            raise ValueError("limit has per-key parts: pass key=, a function of the job")
-        self._key = key
-        self._timeout = check_timeout(timeout, "timeout")
-        if self._timeout == 0:
-            raise ValueError("timeout must be > 0 seconds or None, got 0")
-        check_policy(retry, tenacity.AsyncRetrying)
-        self._retry = retry
-        self._retry_fast = first_attempt_is_free(retry)
-        if not isinstance(fail_fast, bool):
-            raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
-        self._fail_fast = fail_fast
-        self._elastic = min_workers is not None
-        self._min_workers = (
-            0 if min_workers is None else _check_count(min_workers, "min_workers", 0)
-        )
-        if self._min_workers > self._target:
-            raise ValueError(f"min_workers ({min_workers}) must not exceed workers ({workers})")
-        it = check_timeout(idle_timeout, "idle_timeout")
-        self._idle_timeout = math.inf if it is None else it
-        # No limit, no timeout, and no tenacity before a first attempt fails: _work() calls the
-        # job's function itself (the hot path), and hands a failure to _retries() if retrying.
+    _MAP_CANCELLED: ClassVar[tuple[type[BaseException], ...]] = (asyncio.CancelledError,)
+    _MAP_STOPPED: ClassVar[str] = "{pool} was shut down with cancel=True while map() was running"
+    _RETRYING = tenacity.AsyncRetrying
+
+    def _setup(self) -> None:
+        # No limit, no timeout, and no tenacity before a first attempt fails: _Worker.run()
+        # calls the job's function itself (the hot path), and hands a failure to _retries() if
+        # retrying.
         self._inline = (
             self._limit is None
             and self._timeout is None
             and (self._retry is None or self._retry_fast)
         )
-        self._jobs = _JobQueue(queue_size)
+        self._jobs = _JobQueue(self._queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mark: object = None  # _loop_mark() where the pool is bound (see the module)
         self._loop_running: Callable[[], bool] = _false  # its is_running (3.11's check)
@@ -736,95 +684,11 @@ class WorkerPool:
         # the pool has no worker, or lost one to an outside cancellation.
         self._ready = False
         self._stalled = False  # workers were cancelled from outside (their loop is ending?)
-        # submit_blocking() calls without a verdict yet.  Once the pool stops taking jobs from
-        # threads (shutdown, its workers cancelled from outside, its loop gone), _gate says why
-        # and every call, waiting or new, is refused at once, under this lock.
-        self._requests_lock = threading.Lock()
-        self._requests: set[_FromThread] = set()
-        self._gate: Callable[[], BaseException] | None = None
-        # Jobs from submit_blocking() not yet settled, with the future their thread holds: a
-        # job's done-callbacks cannot run once its loop is closed, so _abandon() settles these.
-        self._linked: dict[Job[Any], cf.Future[Any]] = {}
-        self._state = _NEW
+        self._door = ThreadDoor(self)  # how other threads submit (submit_blocking)
         self._workers: dict[int, _Worker] = {}
         self._workers_gone: asyncio.Future[None] | None = None
-        self._next_id = 0
-        self._live = 0
         self._shrinking = False  # set by resize() while there are more workers than wanted
-        self._retiring = 0  # workers told to exit by resize() that have not exited yet
-        self._handed: list[UnstartedJob] = []
-        self._first_error: BaseException | None = None
-        self._submitted = self._started = self._succeeded = self._failed = 0
-        # Only totals that never go down are kept; queued and running are derived from them, so
-        # the accounting identity holds by construction (and the per-job path updates less).
-        self._cancelled_queued = self._cancelled_running = 0
-        self._timed_out = self._rejected = self._retried = self._handed_back = 0
-        self._wait_total = self._run_total = 0.0
         register(self, "pool")
-
-    # ----------------------------------------------------------------- introspection
-
-    @property
-    def name(self) -> str | None:
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        """Whether the pool has stopped accepting jobs."""
-        return self._state >= _CLOSING
-
-    @property
-    def handed_back(self) -> list[UnstartedJob]:
-        """The jobs handed back by a cancelling shutdown (empty otherwise)."""
-        return list(self._handed)
-
-    @property
-    def _queued(self) -> int:
-        return self._submitted - self._started - self._cancelled_queued - self._handed_back
-
-    @property
-    def _running(self) -> int:
-        return (
-            self._started
-            - self._succeeded
-            - self._failed
-            - self._cancelled_running
-            - self._timed_out
-        )
-
-    def statistics(self) -> PoolStatistics:
-        running = self._running
-        return PoolStatistics(
-            name=self._name,
-            workers=self._live,
-            busy=running,
-            idle=self._live - running,
-            target_workers=self._target,
-            queued=self._queued,
-            running=running,
-            submitted=self._submitted,
-            started=self._started,
-            succeeded=self._succeeded,
-            failed=self._failed,
-            cancelled=self._cancelled_queued + self._cancelled_running,
-            timed_out=self._timed_out,
-            rejected=self._rejected,
-            retried=self._retried,
-            handed_back=self._handed_back,
-            queue_wait_total=self._wait_total,
-            run_time_total=self._run_total,
-            closed=self._state >= _CLOSING,
-        )
-
-    def __repr__(self) -> str:
-        name = f" {self._name!r}" if self._name is not None else ""
-        return (
-            f"<WorkerPool{name} workers={self._live}/{self._target} busy={self._running} "
-            f"queued={self._queued} closed={self._state >= _CLOSING}>"
-        )
-
-    def _label(self) -> str:
-        return "pool" if self._name is None else f"pool {self._name!r}"
 
     # ----------------------------------------------------------------- workers
 
@@ -844,16 +708,16 @@ class WorkerPool:
                 f"(from another thread, submit with submit_blocking())"
             ) from None
         state = self._state
-        if state == _NEW:
+        if state == NEW:
             self._bind(loop)
-            self._state = _OPEN
-        elif state != _OPEN:
+            self._state = OPEN
+        elif state != OPEN:
             raise self._closed_error()
         elif loop is not self._loop:
             self._move_to(loop)
         if self._stalled:
             self._stalled = False
-            self._open_gate()
+            self._door.open()
         want = self._min_workers if self._elastic else self._target
         while self._live - self._retiring < want:
             self._spawn()
@@ -884,8 +748,8 @@ class WorkerPool:
                 )
         self._abandon()
         self._bind(loop)
-        if self._state == _OPEN:
-            self._open_gate()
+        if self._state == OPEN:
+            self._door.open()
         logger.debug("%s: moved to a new event loop (its own had finished)", self._label())
 
     def _abandon(self) -> None:
@@ -895,8 +759,8 @@ class WorkerPool:
         for w in self._workers.values():
             job = w.job
             w.job = None
-            if job is not None and job._phase in (_RUNNING, _CANCELLING):
-                job._phase = _DONE  # the worker, should its coroutine ever be closed, sees this
+            if job is not None and job._phase in (RUNNING, CANCELLING):
+                job._phase = DONE  # the worker, should its coroutine ever be closed, sees this
                 self._cancelled_running += 1
                 _quietly(job._drop)
         self._workers.clear()
@@ -907,23 +771,19 @@ class WorkerPool:
         jobs.putters.clear()
         jobs.reserved = 0
         self._drain_queue(hand_back=True, why=_LOOP_GONE)
-        self._close_gate(self._moved_error)  # their turn would come on the old loop, if ever
-        linked, self._linked = self._linked, {}
-        for job, result in linked.items():  # every one is done now; their callbacks may not run
-            if job.done():
-                _settle_future(job, result)
+        self._door.let_go()
         self._workers_gone = None
 
     def _spawn(self) -> None:
         loop = self._loop
         assert loop is not None
         self._next_id += 1
-        w = _Worker(self._next_id)
+        w = _Worker(self, self._next_id)
         self._workers[w.ident] = w
         self._live += 1
         label = f"{self._label()} worker {w.ident}"
         # (With an eager task factory the worker runs up to its first wait inside create_task.)
-        w.task = loop.create_task(self._work(w), name=f"poolkit {label}")
+        w.task = loop.create_task(w.run(), name=f"poolkit {label}")
         w.task.add_done_callback(lambda _: None if w.started else self._killed_early(w))
         record_origin(w.task, label)
 
@@ -943,12 +803,12 @@ class WorkerPool:
             self._shrinking = False
         del self._workers[w.ident]
         logger.debug("%s: worker %d exited", self._label(), w.ident)
-        if w.killed and self._state == _OPEN:
+        if w.killed and self._state == OPEN:
             self._stalled = True  # the next use from the loop starts new workers
             self._ready = False
         if not self._workers:
             self._ready = False
-            if self._stalled and self._state == _OPEN:
+            if self._stalled and self._state == OPEN:
                 self._orphaned()
         jobs = self._jobs
         if jobs.items and jobs.idle:
@@ -963,220 +823,14 @@ class WorkerPool:
         now, and ``submit_blocking()`` calls waiting for room give up, while the loop still
         runs to tell their owners."""
         self._drain_queue(hand_back=True, why=_LOOP_ENDED)
-        self._close_gate(self._stalled_error)
-
-    async def _work(self, w: _Worker) -> None:
-        # The task as seen from inside: with an eager task factory this runs before
-        # create_task() has returned, and a job that cancels itself at once must find it.
-        me = w.task = asyncio.current_task()
-        assert me is not None
-        w.started = True
-        logger.debug("%s: worker %d started", self._label(), w.ident)
-        jobs = self._jobs
-        items = jobs.items
-        # Module constants as locals: cheaper to read on the per-job path.
-        queued, running, done = _QUEUED, _RUNNING, _DONE
-        monotonic, coroutine, job_class = _monotonic, _CoroutineType, Job
-        set_result = _future_set_result
-        try:
-            while True:
-                if w.retiring:
-                    return  # resize() lowered the target while this worker was idle
-                if items:  # jobs.take() inlined: the hot path
-                    job = items.popleft()
-                    if jobs.putters:
-                        jobs.admit()
-                else:
-                    if jobs.closed:
-                        return  # closed and drained
-                    idle_for = (
-                        self._idle_timeout
-                        if self._elastic and self._live > self._min_workers
-                        else math.inf
-                    )
-                    if (
-                        not await jobs.wait_for_job(w, idle_for)
-                        and not items  # a job may have come as the idle timer fired
-                        and self._live > self._min_workers
-                    ):
-                        return  # idle for too long (elastic), and not needed to stay
-                    continue
-                if job._phase != queued:
-                    jobs.dead -= 1
-                    continue  # cancelled while queued: already counted
-                job._phase = running
-                w.job = job
-                self._started += 1
-                t0 = monotonic()
-                self._wait_total += t0 - job._queued_at
-                try:
-                    if self._inline:
-                        kwargs = job._kwargs
-                        failed: Exception | None = None
-                        try:
-                            result = (
-                                job._fn(*job._args)
-                                if kwargs is None
-                                else job._fn(*job._args, **kwargs)
-                            )
-                            if result.__class__ is coroutine or hasattr(result, "__await__"):
-                                result = await result
-                        except Exception as exc:
-                            if self._retry is None:
-                                raise
-                            failed = exc  # retried outside this block: no chaining to it
-                        if failed is not None:
-                            result = await self._retries(job, failed, t0)
-                    else:
-                        result = await self._attempts(job, t0)
-                except BaseException as exc:
-                    phase = job._phase
-                    if phase == done:
-                        raise  # let go with its closed loop (_abandon): nothing left to count
-                    self._end(w, job, t0)
-                    is_cancel = isinstance(exc, asyncio.CancelledError)
-                    if phase == _CANCELLING:
-                        # The job was cancelled: that is its outcome, whatever it raised.
-                        self._cancelled_running += 1
-                        job._drop()
-                        if me.uncancel() > 0:
-                            raise  # somebody cancelled the worker too
-                        if not is_cancel:
-                            await _take_pending_cancel(me)
-                    elif is_cancel:
-                        # The job's own code raised CancelledError (it awaited something that
-                        # was cancelled): that ends the job, not the worker, unless the worker
-                        # itself is being cancelled.
-                        self._cancelled_running += 1
-                        job._drop()
-                        if me.cancelling():
-                            raise
-                    elif exc.__class__ is _TimedOut:
-                        self._timed_out += 1
-                        job._reject(TimeoutError(str(exc)))
-                    else:
-                        self._failed += 1
-                        job._reject(exc)
-                        if self._fail_fast and self._first_error is None:
-                            self._first_error = exc
-                            if job.__class__ is job_class:
-                                job.exception()  # async with raises it: it is not lost
-                            self._fail_everything()
-                    if not is_cancel and not isinstance(exc, Exception):
-                        raise  # KeyboardInterrupt, SystemExit: not the job's business to absorb
-                else:
-                    phase = job._phase
-                    job._phase = done  # _end() inlined: the hot path
-                    job._args = ()  # a kept handle must not pin its arguments
-                    job._kwargs = None
-                    w.job = None
-                    self._run_total += monotonic() - t0
-                    if phase != running:
-                        if phase == done:
-                            return  # let go with its closed loop (_abandon)
-                        # Cancelling: it finished anyway; the cancellation wins.
-                        self._cancelled_running += 1
-                        job._drop()
-                        if me.uncancel() > 0:
-                            raise asyncio.CancelledError
-                        await _take_pending_cancel(me)
-                    else:
-                        self._succeeded += 1
-                        if job.__class__ is job_class:  # Job._resolve() inlined; a running
-                            set_result(job, result)  # Job is only resolved here (or cancelling)
-                        else:
-                            job._resolve(result)
-                if self._shrinking and self._live - self._retiring > self._target:
-                    return  # resize() lowered the target
-        except BaseException:
-            w.killed = True
-            raise
-        finally:
-            self._gone(w)
-
-    def _end(self, w: _Worker, job: AnyJob, t0: float) -> None:
-        job._phase = _DONE
-        job._args = ()  # a kept handle must not pin its arguments
-        job._kwargs = None
-        w.job = None
-        self._run_total += _monotonic() - t0
-
-    async def _attempts(self, job: AnyJob, started: float) -> Any:
-        """Run ``job`` through the limit, the timeout and the retry policy (the slow path);
-        ``started`` is when its first attempt began."""
-        if self._retry is None:
-            return await self._attempt(job)
-        failed: Exception | None = None
-        if self._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
-            try:
-                return await self._attempt(job)
-            except Exception as exc:
-                failed = exc  # retried outside this block: no chaining to it
-        return await self._retries(job, failed, started)
-
-    async def _retries(self, job: AnyJob, replay: Exception | None, started: float) -> Any:
-        """The attempts under tenacity; ``replay`` is the first attempt's error if that attempt
-        was made without it (tenacity is then shown it as its own first attempt's)."""
-        policy = self._retry
-        assert policy is not None
-        first = True
-        result = None
-        async for attempt in async_retrying(policy):
-            if not first:
-                if job._phase == _CANCELLING:
-                    # Cancelled, and the function turned that into an error: never retried.
-                    raise asyncio.CancelledError
-                self._retried += 1
-            first = False
-            with attempt:
-                if replay is not None:  # tenacity is shown the first attempt's error as its own
-                    attempt.retry_state.start_time = started  # delays count from the first
-                    error, replay = replay, None
-                    raise error
-                result = await self._attempt(job)
-            outcome = attempt.retry_state.outcome
-            if outcome is not None and not outcome.failed:
-                attempt.retry_state.set_result(result)  # the policy may retry on results too
-        return result
-
-    async def _attempt(self, job: AnyJob) -> Any:
-        limit = self._limit
-        key = None
-        if limit is not None:
-            key = self._key(job) if self._key is not None else None
-            await limit.acquire(1, key=key)
-        try:
-            kwargs = job._kwargs
-            if self._timeout is None:
-                result = job._fn(*job._args) if kwargs is None else job._fn(*job._args, **kwargs)
-                if result.__class__ is _CoroutineType or hasattr(result, "__await__"):
-                    result = await result
-                return result
-            try:
-                async with asyncio.timeout(self._timeout) as scope:
-                    result = (
-                        job._fn(*job._args) if kwargs is None else job._fn(*job._args, **kwargs)
-                    )
-                    if result.__class__ is _CoroutineType or hasattr(result, "__await__"):
-                        result = await result
-                    return result
-            except TimeoutError as exc:
-                if scope.expired():
-                    raise _TimedOut(
-                        f"job {_fn_name(job._fn)} ran past the timeout of {self._timeout} s "
-                        f"set on the {self._label()}"
-                    ) from exc
-                raise
-        finally:
-            if limit is not None:
-                limit.release(1, key=key)
+        self._door.close(self._door.stalled_error)
 
     def _fail_everything(self) -> None:
         """fail_fast: the first failure cancels every queued and running job; no more submits."""
-        if self._state == _OPEN:
-            self._state = _CLOSING
+        if self._state == OPEN:
+            self._state = CLOSING
         self._ready = False
-        self._close_gate(self._closed_error)
+        self._door.close(self._closed_error)
         self._jobs.close(self._closed_error)
         self._drain_queue(hand_back=False)
         self._cancel_running()
@@ -1195,22 +849,14 @@ class WorkerPool:
         items = self._jobs.items
         while items:
             job = items.popleft()
-            if job._phase != _QUEUED:
+            if job._phase != QUEUED:
                 self._jobs.dead -= 1
                 continue
-            job._phase = _DONE
+            job._phase = DONE
             if hand_back:
-                self._handed_back += 1
                 kwargs = {} if job._kwargs is None else dict(job._kwargs)
                 handle = job if isinstance(job, Job) else None
-                self._handed.append(UnstartedJob(job._fn, job._args, kwargs, handle))
-                message = (
-                    f"{self._label()} was shut down (cancelling, or a drain that ran out of "
-                    f"time) before this job started; it is in the list shutdown() "
-                    f"returned and in pool.handed_back"
-                    if why is None
-                    else why.format(pool=self._label())
-                )
+                message = self._hand_back(job._fn, job._args, kwargs, handle, why)
                 try:
                     job._reject(JobHandedBack(message))
                 except RuntimeError:
@@ -1224,7 +870,7 @@ class WorkerPool:
     def _cancel_running(self) -> None:
         for w in list(self._workers.values()):
             job = w.job
-            if job is not None and job._phase == _RUNNING:
+            if job is not None and job._phase == RUNNING:
                 job.cancel()
 
     def _cancel_run(self, job: AnyJob, msg: Any) -> None:
@@ -1250,14 +896,10 @@ class WorkerPool:
             TypeError, ValueError: For a size that is not an int, or too small.
             PoolClosed: Once the pool is shutting down.
         """
-        _check_count(workers, "workers", 1)
-        if workers < self._min_workers:
-            raise ValueError(
-                f"workers ({workers}) must not be below min_workers ({self._min_workers})"
-            )
-        if self._state >= _CLOSING:
-            raise PoolClosed(f"{self._label()} is shut down; resize({workers}) cannot change it")
-        if self._state != _OPEN:
+        self._check_resize(workers)
+        if self._state >= CLOSING:
+            raise self._resize_closed(workers)
+        if self._state != OPEN:
             self._target = workers
             return
         self._start()  # on the pool's loop (or its successor), and with its workers
@@ -1289,6 +931,8 @@ class WorkerPool:
     def _make(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Job[Any]:
+        """A new job's handle, once the pool is started here (the way in of every submit).
+        Its loop check: open, with workers, and on the pool's loop (see "Event loops")."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         if not self._ready or _loop_mark() != self._mark or (_ON_311 and not self._loop_running()):
@@ -1297,7 +941,7 @@ class WorkerPool:
         job._fn = fn
         job._args = args
         job._kwargs = kwargs or None
-        job._phase = _QUEUED
+        job._phase = QUEUED
         job._pool = self
         job._queued_at = _monotonic()
         return job
@@ -1334,19 +978,8 @@ class WorkerPool:
             PoolClosed: If the pool is shutting down (also for a submitter that was waiting).
             RuntimeError: If the pool belongs to another event loop that is still alive.
         """
-        # _make() and _accepted() inlined: this is the per-job path.  Its loop check: open, with
-        # workers, and on the pool's loop (see "Event loops" in the module docstring).
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        if not self._ready or _loop_mark() != self._mark or (_ON_311 and not self._loop_running()):
-            self._start()
-        job: Job[Any] = Job(loop=self._loop)
-        job._fn = fn
-        job._args = args
-        job._kwargs = kwargs or None
-        job._phase = _QUEUED
-        job._pool = self
-        job._queued_at = _monotonic()
+        job = self._make(fn, args, kwargs)
+        # _JobQueue.offer() and _accepted() inlined: this is the per-job path.
         jobs = self._jobs
         items = jobs.items
         if not jobs.putters and len(items) - jobs.dead + jobs.reserved < jobs.size + len(jobs.idle):
@@ -1380,16 +1013,10 @@ class WorkerPool:
         job = self._make(fn, args, kwargs)
         if not self._jobs.offer(job):
             self._rejected += 1
-            job._phase = _DONE
-            raise QueueFull(
-                f"the queue of {self._label()} is full ({self._queue_size} job"
-                f"{'' if self._queue_size == 1 else 's'} waiting)"
-            )
+            job._phase = DONE
+            raise self._queue_full()
         self._accepted()
         return job
-
-    def _closed_error(self) -> PoolClosed:
-        return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
 
     # ----------------------------------------------------------------- from other threads
 
@@ -1430,191 +1057,7 @@ class WorkerPool:
                 (it has no loop yet), or its loop is not running; or if its workers were
                 cancelled from outside, as when its loop ends.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {fn!r}")
-        timeout = check_timeout(timeout)
-        loop = self._loop
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None:
-            if running is loop:
-                raise RuntimeError(
-                    f"submit_blocking() was called on the event loop of {self._label()}: waiting "
-                    f"there for room that only this loop can make would deadlock; use "
-                    f"`await pool.submit(...)` or pool.submit_nowait(...) on the loop"
-                )
-            raise RuntimeError(
-                "submit_blocking() would block the event loop running in this thread; call it "
-                "through asyncio.to_thread(), or use "
-                "asyncio.run_coroutine_threadsafe(pool.submit(...), <the pool's loop>)"
-            )
-        if self._state >= _CLOSING:
-            raise self._closed_error()
-        if self._state == _NEW or loop is None:
-            raise RuntimeError(
-                f"{self._label()} has not started, so it has no event loop to run jobs on; start "
-                f"it on its loop first (`async with pool:`, or a first `await pool.submit(...)`)"
-            )
-        if loop.is_closed() or not loop.is_running():
-            raise RuntimeError(
-                f"the event loop of {self._label()} is "
-                f"{'closed' if loop.is_closed() else 'not running'}; {_NOTHING}"
-            )
-        req = _FromThread(fn, args, kwargs, timeout)
-        with self._requests_lock:
-            gate = self._gate
-            if gate is None:
-                self._requests.add(req)
-        if gate is not None:
-            raise gate()
-        try:
-            self._schedule(loop, self._accept_from_thread, req)
-            accepted = req.accepted
-            try:
-                done, _ = cf.wait([accepted], timeout)
-            except BaseException:  # KeyboardInterrupt, say: ask the loop to let it go; leave
-                self._schedule(loop, self._withdraw_from_thread, req)
-                raise
-            if not done:
-                self._schedule(loop, self._withdraw_from_thread, req)
-            accepted.result()  # the loop's verdict: None, or why nothing was submitted
-        finally:
-            with self._requests_lock:
-                self._requests.discard(req)
-        return req.result
-
-    def _schedule(
-        self, loop: asyncio.AbstractEventLoop, act: Callable[[_FromThread], None], req: _FromThread
-    ) -> None:
-        """From the calling thread: run ``act(req)`` on the loop.  If the loop is closed, or
-        closes before it gets there, the request is refused (see :class:`_Ticket`)."""
-        ticket = _Ticket(act, req, self._loop_closed_error())
-        try:
-            loop.call_soon_threadsafe(ticket)
-        except RuntimeError:  # closed already; the ticket is dropped here, refusing it
-            pass
-        del ticket  # the loop holds the only reference now
-
-    def _loop_closed_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"the event loop of {self._label()} was closed before it took the job; {_NOTHING}"
-        )
-
-    def _moved_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"{self._label()} moved to a new event loop before its old one took the job; {_NOTHING}"
-        )
-
-    def _stalled_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"the workers of {self._label()} were cancelled from outside (its event loop is "
-            f"ending?); {_NOTHING}"
-        )
-
-    def _close_gate(self, error: Callable[[], BaseException]) -> None:
-        """On the loop: refuse every ``submit_blocking()`` call without a verdict, and those to
-        come, with ``error()``; a call waiting for room stops waiting (it has taken nothing)."""
-        with self._requests_lock:
-            self._gate = error
-            pending = list(self._requests)
-        for req in pending:
-            if req.accepted.done():
-                continue
-            # Refused here, not by its task: a task cancelled before its first step never runs
-            # its coroutine at all.  A cancelled wait for room has taken nothing.
-            req.refuse(error())
-            if req.task is not None:
-                req.task.cancel()
-
-    def _open_gate(self) -> None:
-        with self._requests_lock:
-            self._gate = None
-
-    def _accept_from_thread(self, req: _FromThread) -> None:
-        """On the loop: queue a ``submit_blocking()`` job now, or start waiting for room."""
-        if req.accepted.done():
-            return  # refused meanwhile (the gate closed)
-        try:
-            if self._stalled:
-                raise self._stalled_error()
-            job = self._make(req.fn, req.args, req.kwargs)
-        except BaseException as exc:  # PoolClosed, or the pool is on another loop now
-            req.refuse(exc)
-            return
-        if self._jobs.offer(job):
-            self._accepted()
-            self._link(job, req)
-            return
-        if req.timeout == 0:
-            job._phase = _DONE  # never queued, never counted
-            req.refuse(TimeoutError(f"the queue of {self._label()} is full; {_NOTHING}"))
-            return
-        loop = self._loop
-        assert loop is not None
-        label = f"{self._label()} submit_blocking"
-        task = loop.create_task(self._put_from_thread(req, job), name=f"poolkit {label}")
-        record_origin(task, label)
-        if not task.done():  # (an eager task factory may have finished it already)
-            req.task = task
-
-    async def _put_from_thread(self, req: _FromThread, job: Job[Any]) -> None:
-        """On the loop: wait for room for a ``submit_blocking()`` job, as ``submit`` does."""
-        try:
-            await self._put(job)
-        except BaseException as exc:
-            job._phase = _DONE  # never queued, never counted
-            if isinstance(exc, asyncio.CancelledError):
-                req.refuse(  # unless whoever cancelled it refused it first, with its reason
-                    RuntimeError(
-                        f"the event loop of {self._label()} cancelled the wait for room in its "
-                        f"queue (the loop is ending?); {_NOTHING}"
-                    )
-                )
-                raise
-            req.refuse(exc)  # PoolClosed: told to the thread; the task itself ends quietly
-            return
-        finally:
-            req.task = None
-        self._accepted()
-        self._link(job, req)
-
-    def _withdraw_from_thread(self, req: _FromThread) -> None:
-        """On the loop: the thread's ``timeout`` passed (or it was interrupted)."""
-        if req.accepted.done():
-            return  # the verdict came first: the job is in, or was refused
-        req.refuse(
-            TimeoutError(
-                f"no room in the queue of {self._label()} within {req.timeout} s; {_NOTHING}"
-            )
-        )
-        if req.task is not None:
-            req.task.cancel()  # a cancelled wait for room has taken nothing
-
-    def _link(self, job: Job[Any], req: _FromThread) -> None:
-        """On the loop, once ``job`` is in: its outcome reaches ``req.result``, and cancelling
-        ``req.result`` cancels the job."""
-        result = req.result
-        loop = self._loop
-        assert loop is not None
-        linked = self._linked
-        linked[job] = result
-
-        def settle(j: Job[Any]) -> None:
-            if linked.pop(j, None) is not None:
-                _settle_future(j, result)
-
-        def withdraw(f: cf.Future[Any]) -> None:
-            if f.cancelled():
-                try:
-                    loop.call_soon_threadsafe(job.cancel)
-                except RuntimeError:
-                    pass  # the loop is closed: the job went with it
-
-        job.add_done_callback(settle)
-        result.add_done_callback(withdraw)
-        req.accepted.set_result(None)
+        return self._door.submit(fn, args, kwargs, timeout)
 
     # ----------------------------------------------------------------- map
 
@@ -1642,135 +1085,7 @@ class WorkerPool:
             raise TypeError(f"fn must be callable, got {fn!r}")
         if not hasattr(iterable, "__aiter__") and not hasattr(iterable, "__iter__"):
             raise TypeError(f"map() needs an iterable or an async iterable, got {iterable!r}")
-        return self._map(fn, iterable, ordered, outcomes)
-
-    def _window(self) -> int:
-        q = self._queue_size
-        return self._target + (self._target if q == math.inf else int(q))
-
-    async def _map(
-        self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        ordered: bool,
-        outcomes: bool,
-    ) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        if self._state == _OPEN:
-            self._start()  # on this loop (or moved to it), with workers; per item, _ready says
-        window = self._window()
-        feed = _Feed(ordered)
-        pending = feed.pending
-        finished = feed.finished
-        inflight: set[_MapItem] = set()  # unordered: submitted, not yet yielded
-        outstanding = 0  # submitted and not yet yielded
-        fed_all = False
-        feed_error: BaseException | None = None
-        feeder_wake: asyncio.Future[None] | None = None
-
-        def wake_consumer() -> None:
-            wake = feed.wake
-            if wake is not None and not wake.done():
-                wake.set_result(None)
-
-        async def feeder() -> None:
-            nonlocal outstanding, fed_all, feed_error, feeder_wake
-            try:
-                source: Any
-                if isinstance(iterable, AsyncIterable):
-                    source = iterable.__aiter__()
-                    is_async = True
-                else:
-                    source = iter(iterable)
-                    is_async = False
-                jobs = self._jobs
-                while True:
-                    while outstanding >= window:
-                        feeder_wake = loop.create_future()
-                        await feeder_wake
-                    try:
-                        item = await source.__anext__() if is_async else next(source)
-                    except (StopAsyncIteration, StopIteration):
-                        return
-                    if not self._ready:
-                        self._start()  # raises PoolClosed once the pool is shutting down
-                    job = _MapItem(self, fn, item, feed)
-                    if not jobs.offer(job):
-                        await self._put(job)
-                    self._submitted += 1  # _accepted() inlined
-                    if self._elastic:
-                        self._accepted_elastic()
-                    outstanding += 1
-                    if ordered:
-                        pending.append(job)
-                        if len(pending) == 1:
-                            wake_consumer()
-                    else:
-                        inflight.add(job)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                feed_error = exc
-            finally:
-                fed_all = True
-                wake_consumer()
-
-        feeding = loop.create_task(feeder(), name=f"poolkit {self._label()} map feeder")
-        record_origin(feeding, f"{self._label()} map feeder")
-        try:
-            while True:
-                if ordered:
-                    if pending and pending[0].finished:
-                        job = pending.popleft()
-                    elif pending or not fed_all:
-                        feed.wake = loop.create_future()
-                        await feed.wake
-                        continue
-                    else:
-                        break
-                elif finished:
-                    job = finished.popleft()
-                    inflight.discard(job)
-                elif inflight or not fed_all:
-                    feed.wake = loop.create_future()
-                    await feed.wake
-                    continue
-                else:
-                    break
-                outstanding -= 1
-                if feeder_wake is not None and not feeder_wake.done():
-                    feeder_wake.set_result(None)
-                error = job.error
-                if error is None:
-                    yield Outcome(job.item, job.value, None) if outcomes else job.value
-                elif outcomes:
-                    yield Outcome(job.item, None, error)
-                else:
-                    raise self._map_error(error)
-            if feed_error is not None:
-                raise self._map_error(feed_error)
-        finally:
-            feeding.cancel()
-            for job in pending:
-                job.cancel()
-            for job in inflight:
-                job.cancel()
-            pending.clear()
-            inflight.clear()
-            await asyncio.wait([feeding])  # no task outlives the iterator
-
-    def _map_error(self, error: BaseException) -> BaseException:
-        """What map() raises for a job's error: a job the *pool* stopped says why it stopped."""
-        if isinstance(error, (asyncio.CancelledError, PoolClosed, JobHandedBack)):
-            if self._first_error is not None:
-                return self._first_error  # fail_fast stopped it: raise the failure itself
-            if isinstance(error, asyncio.CancelledError):
-                closed = PoolClosed(
-                    f"{self._label()} was shut down with cancel=True while map() was running"
-                )
-                closed.__cause__ = error
-                return closed
-        return error
+        return map_async(self, fn, iterable, ordered, outcomes)
 
     # ----------------------------------------------------------------- shutting down
 
@@ -1801,23 +1116,22 @@ class WorkerPool:
         """
         timeout = check_timeout(timeout)
         self._ready = False
-        if self._state == _NEW:
-            self._state = _CLOSED
+        if self._state == NEW:
+            self._state = CLOSED
             self._jobs.close(self._closed_error)
             return []
-        if self._state != _CLOSED:
+        if self._state != CLOSED:
             loop = asyncio.get_running_loop()
             if loop is not self._loop:
                 self._move_to(loop)  # its own loop has finished (else RuntimeError)
-        if self._state == _OPEN:
-            self._state = _CLOSING
-        self._close_gate(self._closed_error)  # submit_blocking() calls: waiting, or to come
+        if self._state == OPEN:
+            self._state = CLOSING
+        self._door.close(self._closed_error)  # submit_blocking() calls: waiting, or to come
         self._jobs.close(self._closed_error)  # fails blocked submitters
         if cancel:
             self._stop_jobs()
         try:
-            with self._requests_lock:
-                waiting = [req.task for req in self._requests if req.task is not None]
+            waiting = self._door.waiting()
             if waiting:  # they end at once, refused; no task of the pool outlives it
                 await asyncio.wait(waiting)
             done = await self._wait_for_workers(timeout)
@@ -1836,7 +1150,7 @@ class WorkerPool:
                 f"{self._label()}: {len(self._workers)} worker(s) still running {timeout} s "
                 f"after their jobs were cancelled; these jobs ignore cancellation: {stuck!r}"
             )
-        self._state = _CLOSED
+        self._state = CLOSED
         return list(self._handed)
 
     def _stop_jobs(self) -> None:

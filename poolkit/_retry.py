@@ -16,11 +16,11 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import tenacity
 
-__all__ = ["RetryPolicy", "async_retrying", "sync_retrying"]
+__all__ = ["RetryPolicy", "async_retrying", "keep_result", "show_as_first", "sync_retrying"]
 
 Retrying = tenacity.Retrying | tenacity.AsyncRetrying
 
@@ -221,3 +221,20 @@ def sync_retrying(policy: RetryPolicy | tenacity.Retrying) -> tenacity.Retrying:
         kwargs["retry"] = kwargs["retry"] & _NEVER
         return tenacity.Retrying(**kwargs)
     return policy.copy(retry=policy.retry & _NEVER, reraise=True)
+
+
+# A pool that made a job's first attempt outside tenacity (see first_attempt_is_free) replays it
+# inside: its error is raised in tenacity's first attempt, as if that attempt had made it.
+def show_as_first(attempt: tenacity.AttemptManager, error: Exception, started: float) -> NoReturn:
+    """Raise, inside ``with attempt:``, the error of a first attempt made outside tenacity;
+    ``started`` is when that attempt began, so that tenacity's delays count from it."""
+    attempt.retry_state.start_time = started
+    raise error
+
+
+def keep_result(attempt: tenacity.AttemptManager, result: Any) -> None:
+    """After ``with attempt:``: give tenacity an attempt's result, so that a policy may retry on
+    results (``retry_if_result``) as well as on exceptions."""
+    outcome = attempt.retry_state.outcome
+    if outcome is not None and not outcome.failed:
+        attempt.retry_state.set_result(result)

@@ -6,8 +6,9 @@ handle ``submit`` returns is a :class:`ThreadJob`, a ``concurrent.futures.Future
 code and ``asyncio.wrap_future`` work with it; workers follow the executor protocol
 (``set_running_or_notify_cancel``), so a job cancelled while queued never runs.
 
-Counters and the accounting identity are those of ``WorkerPool`` (see ``poolkit._pool``); they
-are kept under one lock, so a snapshot taken from any thread is consistent.
+Options, counters and the accounting identity are those of ``WorkerPool`` (see ``poolkit._pool``;
+both keep them in ``poolkit._pool_core``); here they are kept under one lock, so a snapshot taken
+from any thread is consistent.
 
 Threads start as jobs need them, as in ``ThreadPoolExecutor``: a job that arrives when no idle
 thread can take it starts one, up to ``workers``; threads then stay (an elastic pool lets those
@@ -45,23 +46,21 @@ import math
 import threading
 import time
 import types
-from collections import deque
-from collections.abc import AsyncIterable, Callable, Hashable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 import tenacity
 
 from ._channel import _EMPTY, Channel
 from ._checks import check_timeout
-from ._composite import Limits, PerKey
-from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack, PoolClosed, QueueFull
-from ._jobs import Outcome, PoolStatistics, UnstartedJob
+from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack
+from ._jobs import UnstartedJob
 from ._jobs import fn_name as _fn_name
-from ._limiter import CapacityLimiter
-from ._ratelimit import TokenBucket
+from ._map import map_threads
+from ._pool_core import CLOSED, CLOSING, NEW, OPEN, PoolCore
 from ._registry import record_origin, register, unregistered
-from ._retry import RetryPolicy, check_policy, first_attempt_is_free, sync_retrying
+from ._retry import keep_result, show_as_first, sync_retrying
 from ._wait import resolve
 
 __all__ = ["ThreadJob", "ThreadPool"]
@@ -93,9 +92,6 @@ def _refuse_in_loop(what: str, instead: str) -> None:
     raise RuntimeError(
         f"ThreadPool.{what}() would block the event loop running in this thread; {instead}"
     )
-
-
-Limit = CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any]
 
 
 class ThreadJob(cf.Future[T]):
@@ -186,25 +182,224 @@ class ThreadJob(cf.Future[T]):
 
 
 class _Worker:
-    __slots__ = ("deadline", "ident", "job", "thread")
+    """One worker thread: takes jobs from the pool's channel and calls them.
 
-    def __init__(self, ident: int) -> None:
+    This is the part of a ``ThreadPool`` that is about threads: how a worker waits for a job
+    (:meth:`ThreadPool._wait_for_job`), calls it (under the pool's limit and retry policy, its
+    deadline watched by the pool's watchdog) and settles its future.  The books it keeps are
+    the pool's, under the pool's lock.
+    """
+
+    __slots__ = ("deadline", "ident", "job", "pool", "thread")
+
+    def __init__(self, pool: ThreadPool, ident: int) -> None:
+        self.pool = pool
         self.ident = ident
         self.job: ThreadJob[Any] | None = None
         self.thread: threading.Thread | None = None
         self.deadline = math.inf
 
+    def run(self) -> None:
+        """The worker's thread: take jobs and run them until the pool closes, resizes or idles
+        it out (elastic)."""
+        pool = self.pool
+        logger.debug("%s: worker %d started", pool._label(), self.ident)
+        jobs = pool._jobs
+        # A worker that decides to exit leaves the books in the same locked step (_leave), so
+        # that a submit never counts on a worker that is on its way out.
+        left = False
+        try:
+            while True:
+                with pool._lock:
+                    if pool._retiring > 0:
+                        pool._retiring -= 1
+                        left = pool._leave(self)
+                        return  # resize() lowered the target
+                    idle_for = (
+                        pool._idle_timeout
+                        if pool._elastic and pool._live > pool._min_workers
+                        else math.inf
+                    )
+                try:
+                    job = jobs._try_receive()  # a job is waiting: the per-job path
+                    if job is _EMPTY:
+                        job = pool._wait_for_job(idle_for)
+                except EndOfChannel:
+                    return
+                except TimeoutError:
+                    with pool._lock:
+                        if pool._live > pool._min_workers and pool._queued <= 0:
+                            left = pool._leave(self)
+                            return  # idle for too long (elastic), and no job is waiting
+                    continue
+                if job is _RETIRE:
+                    continue  # the retire count is checked at the top of the loop
+                self._run(job)
+        finally:
+            if not left:
+                with pool._lock:
+                    pool._leave(self)
+            logger.debug("%s: worker %d exited", pool._label(), self.ident)
+            pool._exited()
 
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return value
+    def _run(self, job: ThreadJob[Any]) -> None:
+        pool = self.pool
+        if not _cf_set_running(job):
+            return  # cancelled while queued: counted by cancel()
+        t0 = _monotonic()
+        with pool._lock:
+            if not job._counted:  # started before its submitter got to count it
+                job._counted = True
+                pool._submitted += 1
+            pool._started += 1
+            pool._busy += 1
+            pool._wait_total += t0 - job._queued_at
+            self.job = job
+            if pool._watchdog is not None:
+                pool._watchdog.watch(self, job, t0)
+        try:
+            result = self._attempts(job)
+            if hasattr(result, "__await__"):
+                self._refuse_awaitable(job, result)
+        except BaseException as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        with pool._lock:
+            pool._busy -= 1
+            self.job = None
+            self.deadline = math.inf
+            job._args = ()  # a kept handle must not pin its arguments
+            job._kwargs = {}
+            pool._run_total += _monotonic() - t0
+            if job._expired:
+                return  # timed out already (counted by the watchdog); the result is dropped
+            if error is None:
+                pool._succeeded += 1
+            else:
+                pool._failed += 1
+                fail_everything = pool._first_failure(error)
+        if error is None:
+            _cf_set_result(job, result)
+        else:
+            _cf_set_exception(job, error)
+            if fail_everything:
+                job.exception()  # the with-block raises it: it is not lost
+                pool._fail_everything()
+            if not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt, SystemExit: not the job's business to absorb
+
+    @staticmethod
+    def _refuse_awaitable(job: ThreadJob[Any], result: Any) -> None:
+        if result.__class__ is _CoroutineType:
+            result.close()  # never awaited, on purpose: no "never awaited" warning later
+        raise TypeError(
+            f"job {_fn_name(job._fn)} returned {result!r}, an awaitable: a ThreadPool calls "
+            f"plain functions on its threads and has no event loop to await it. Submit async "
+            f"functions to a poolkit.WorkerPool, or run them inside the job with asyncio.run()"
+        )
+
+    def _attempts(self, job: ThreadJob[Any]) -> Any:
+        pool = self.pool
+        if pool._retry is None:
+            return self._attempt(job)
+        replay: Exception | None = None
+        started = 0.0
+        if pool._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
+            started = _monotonic()
+            try:
+                return self._attempt(job)
+            except Exception as exc:
+                replay = exc
+        first = True
+        result = None
+        for attempt in sync_retrying(pool._retry):
+            if not first:
+                if job._expired or job.done():  # timed out: no more attempts
+                    raise TimeoutError("timed out")
+                with pool._lock:
+                    pool._retried += 1
+            first = False
+            with attempt:
+                if replay is not None:
+                    error, replay = replay, None
+                    show_as_first(attempt, error, started)
+                result = self._attempt(job)
+            keep_result(attempt, result)
+        return result
+
+    def _attempt(self, job: ThreadJob[Any]) -> Any:
+        pool = self.pool
+        limit = pool._limit
+        key = None
+        if limit is not None:
+            key = pool._key(job) if pool._key is not None else None
+            limit.acquire_blocking(1, key=key)
+        try:
+            return job._fn(*job._args, **job._kwargs)
+        finally:
+            if limit is not None:
+                limit.release(1, key=key)
+
+
+class _Watchdog:
+    """Fails the jobs of a ``ThreadPool`` that run past its ``timeout``, from a thread of its own
+    (their calls go on in their threads: see the module docstring).  It shares the pool's lock:
+    a job's deadline is set, and its expiry decided, in the same locked steps as the books."""
+
+    __slots__ = ("deadlines", "pool", "thread", "timeout", "wake")
+
+    def __init__(self, pool: ThreadPool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.deadlines: list[tuple[float, int, _Worker, ThreadJob[Any]]] = []  # a heap
+        self.wake = threading.Condition(pool._lock)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:  # lock held
+        if self.thread is None:
+            label = f"{self.pool._label()} watchdog"
+            self.thread = threading.Thread(target=self.run, name=f"poolkit {label}", daemon=True)
+            record_origin(self.thread, label)
+            self.thread.start()
+
+    def watch(self, w: _Worker, job: ThreadJob[Any], started: float) -> None:
+        """``w`` began ``job`` at ``started`` (lock held): it expires ``timeout`` s later."""
+        w.deadline = started + self.timeout
+        heapq.heappush(self.deadlines, (w.deadline, id(job), w, job))
+        self.wake.notify()
+
+    def run(self) -> None:
+        """Fail jobs that run past their deadline, until the pool is closed and its workers gone."""
+        pool = self.pool
+        while True:
+            expired: list[ThreadJob[Any]] = []
+            with pool._lock:
+                now = _monotonic()
+                heap = self.deadlines
+                while heap and (heap[0][2].job is not heap[0][3] or heap[0][0] <= now):
+                    deadline, _, w, job = heapq.heappop(heap)
+                    if w.job is job and deadline <= now and not job._expired:
+                        job._expired = True  # decided here, under the lock: the worker defers
+                        pool._timed_out += 1
+                        expired.append(job)
+                if not expired:
+                    if pool._state >= CLOSED and not pool._workers:
+                        return
+                    self.wake.wait(None if not heap else max(0.0, heap[0][0] - now))
+            for job in expired:  # resolved outside the lock: callbacks may call back into us
+                _cf_set_exception(
+                    job,
+                    TimeoutError(
+                        pool._timed_out_message(
+                            job._fn, " (its thread goes on until the call returns)"
+                        )
+                    ),
+                )
 
 
 @final
-class ThreadPool:
+class ThreadPool(PoolCore[tenacity.Retrying]):
     """A pool of worker threads: ``with ThreadPool(workers=8) as pool:``.
 
     The options are ``WorkerPool``'s (keyword-only): ``workers``, ``queue_size`` (default
@@ -231,115 +426,29 @@ class ThreadPool:
     """
 
     __slots__ = (
-        "__weakref__",
         "_busy",
-        "_cancelled_queued",
-        "_cancelled_running",
-        "_deadlines",
-        "_elastic",
         "_exiting",
-        "_fail_fast",
-        "_failed",
-        "_first_error",
         "_gone_waiters",
-        "_handed",
-        "_handed_back",
-        "_idle_timeout",
         "_jobs",
-        "_key",
-        "_limit",
-        "_live",
-        "_lock",
-        "_min_workers",
-        "_name",
-        "_next_id",
         "_prune_at",
-        "_queue_size",
-        "_rejected",
-        "_retire",
-        "_retried",
-        "_retry",
-        "_retry_fast",
-        "_run_total",
-        "_started",
-        "_state",
-        "_submitted",
-        "_succeeded",
-        "_target",
         "_threads",
-        "_timed_out",
-        "_timeout",
-        "_wait_total",
         "_watchdog",
-        "_watchdog_wake",
         "_workers",
         "_workers_gone",
     )
 
-    def __init__(
-        self,
-        *,
-        workers: int = 8,
-        queue_size: int | float | None = None,
-        name: str | None = None,
-        limit: Limit | None = None,
-        key: Callable[[Any], Hashable] | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | tenacity.Retrying | None = None,
-        fail_fast: bool = False,
-        min_workers: int | None = None,
-        idle_timeout: float = 60.0,
-    ) -> None:
-        self._target = _check_count(workers, "workers", 1)
-        if queue_size is None:
-            queue_size = workers
-        elif queue_size != math.inf:
-            _check_count(queue_size, "queue_size", 0)
-        self._queue_size = queue_size
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, got {name!r}")
-        self._name = name
-        if limit is not None and not isinstance(
-            limit, (CapacityLimiter, TokenBucket, Limits, PerKey)
-        ):
-            raise TypeError(
-                f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey, got {limit!r}"
-            )
-        with unregistered():  # the user's limit is registered; this wrapper is ours
-            self._limit: Limits | None = None if limit is None else Limits(limit)
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a function of the job, got {key!r}")
-        if key is not None and self._limit is None:
-            raise ValueError(
-                f"key= needs limit=: key gives each job's key for a per-key limit, and no limit "
-                f"was given (got key={key!r}, limit=None); pass limit=PerKey(...), or drop key="
-            )
-        if self._limit is not None and self._limit._keyed and key is None:
-            raise ValueError("limit has per-key parts: pass key=, a function of the job")
-        self._key = key
-        self._timeout = check_timeout(timeout, "timeout")
-        if self._timeout == 0:
-            raise ValueError("timeout must be > 0 seconds or None, got 0")
-        check_policy(retry, tenacity.Retrying)
-        self._retry = retry
-        self._retry_fast = first_attempt_is_free(retry)
-        if not isinstance(fail_fast, bool):
-            raise TypeError(f"fail_fast must be a bool, got {fail_fast!r}")
-        self._fail_fast = fail_fast
-        self._elastic = min_workers is not None
-        self._min_workers = (
-            0 if min_workers is None else _check_count(min_workers, "min_workers", 0)
-        )
-        if self._min_workers > self._target:
-            raise ValueError(f"min_workers ({min_workers}) must not exceed workers ({workers})")
-        it = check_timeout(idle_timeout, "idle_timeout")
-        self._idle_timeout = None if it is None else it
+    _MAP_CANCELLED: ClassVar[tuple[type[BaseException], ...]] = (cf.CancelledError,)
+    _RETRYING = tenacity.Retrying
+    _THREADS = True
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
         # Channel capacity counts idle workers as room only through its rendezvous; sentinels
         # from resize() need a slot too, so the channel is unbounded and the pool bounds it.
         with unregistered():  # reported as part of the pool, not as a channel of its own
-            self._jobs: Channel[Any] = Channel(queue_size, name=f"{name or 'pool'} jobs")
-        self._lock = threading.Lock()
-        self._state = 0  # 0 new, 1 open, 2 closing, 3 closed
+            self._jobs: Channel[Any] = Channel(
+                self._queue_size, name=f"{self._name or 'pool'} jobs"
+            )
         self._workers: dict[int, _Worker] = {}
         self._threads: list[threading.Thread] = []  # every worker thread not yet joined
         self._prune_at = 64  # _threads is pruned of finished threads when it grows this long
@@ -349,97 +458,31 @@ class ThreadPool:
         self._workers_gone.set()
         self._exiting = 0  # workers off the books, still running their last line
         self._gone_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._next_id = 0
-        self._live = 0
-        self._busy = 0
-        self._retire = 0
-        self._handed: list[UnstartedJob] = []
-        self._first_error: BaseException | None = None
-        self._deadlines: list[tuple[float, int, _Worker, ThreadJob[Any]]] = []
-        self._watchdog: threading.Thread | None = None
-        self._watchdog_wake = threading.Condition(self._lock)
-        self._submitted = self._started = self._succeeded = self._failed = 0
-        self._cancelled_queued = self._cancelled_running = 0
-        self._timed_out = self._rejected = self._retried = self._handed_back = 0
-        self._wait_total = self._run_total = 0.0
+        self._busy = 0  # workers in a call: timed-out calls too, which still hold their thread
+        self._watchdog = None if self._timeout is None else _Watchdog(self, self._timeout)
         register(self, "thread_pool")
 
-    # ----------------------------------------------------------------- introspection
-
-    @property
-    def name(self) -> str | None:
-        return self._name
-
-    @property
-    def closed(self) -> bool:
-        return self._state >= 2
-
-    @property
-    def handed_back(self) -> list[UnstartedJob]:
-        with self._lock:
-            return list(self._handed)
-
-    def _finished(self) -> int:
-        return self._succeeded + self._failed + self._cancelled_running + self._timed_out
-
-    def statistics(self) -> PoolStatistics:
-        with self._lock:
-            return PoolStatistics(
-                name=self._name,
-                workers=self._live,
-                busy=self._busy,
-                idle=self._live - self._busy,
-                target_workers=self._target,
-                queued=self._queued(),
-                running=self._started - self._finished(),
-                submitted=self._submitted,
-                started=self._started,
-                succeeded=self._succeeded,
-                failed=self._failed,
-                cancelled=self._cancelled_queued + self._cancelled_running,
-                timed_out=self._timed_out,
-                rejected=self._rejected,
-                retried=self._retried,
-                handed_back=self._handed_back,
-                queue_wait_total=self._wait_total,
-                run_time_total=self._run_total,
-                closed=self._state >= 2,
-            )
-
-    def __repr__(self) -> str:
-        s = self.statistics()
-        name = f" {s.name!r}" if s.name is not None else ""
-        return (
-            f"<ThreadPool{name} workers={s.workers}/{s.target_workers} busy={s.busy} "
-            f"queued={s.queued} closed={s.closed}>"
-        )
-
-    def _label(self) -> str:
-        return "pool" if self._name is None else f"pool {self._name!r}"
-
-    def _closed_error(self) -> PoolClosed:
-        return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
+    def _busy_now(self) -> int:  # lock held
+        return self._busy
 
     # ----------------------------------------------------------------- workers
 
     def _start(self) -> None:
         with self._lock:
-            if self._state == 0:
-                self._state = 1
+            if self._state == NEW:
+                self._state = OPEN
                 for _ in range(self._min_workers):  # the rest start as jobs need them
                     self._spawn()
-            elif self._state != 1:
+            elif self._state != OPEN:
                 raise self._closed_error()
 
     def _spawn(self) -> None:  # lock held
         self._next_id += 1
-        w = _Worker(self._next_id)
+        w = _Worker(self, self._next_id)
         self._workers[w.ident] = w
         self._live += 1
         self._workers_gone.clear()
-        w.thread = threading.Thread(
-            target=self._work, args=(w,), name=f"poolkit {self._label()} worker {w.ident}"
-        )
+        w.thread = threading.Thread(target=w.run, name=f"poolkit {self._label()} worker {w.ident}")
         threads = self._threads
         if len(threads) >= self._prune_at:  # amortised O(1): a scan only once it has doubled
             threads[:] = [t for t in threads if t.is_alive()]
@@ -447,54 +490,10 @@ class ThreadPool:
         threads.append(w.thread)
         record_origin(w.thread, f"{self._label()} worker {w.ident}")
         w.thread.start()
-        if self._timeout is not None and self._watchdog is None:
-            self._watchdog = threading.Thread(
-                target=self._watch, name=f"poolkit {self._label()} watchdog", daemon=True
-            )
-            record_origin(self._watchdog, f"{self._label()} watchdog")
+        if self._watchdog is not None:
             self._watchdog.start()
 
-    def _work(self, w: _Worker) -> None:
-        logger.debug("%s: worker %d started", self._label(), w.ident)
-        jobs = self._jobs
-        # A worker that decides to exit leaves the books in the same locked step (_leave), so
-        # that a submit never counts on a worker that is on its way out.
-        left = False
-        try:
-            while True:
-                with self._lock:
-                    if self._retire > 0:
-                        self._retire -= 1
-                        left = self._leave(w)
-                        return  # resize() lowered the target
-                    idle_for = (
-                        self._idle_timeout
-                        if self._elastic and self._live > self._min_workers
-                        else None
-                    )
-                try:
-                    job = jobs._try_receive()  # a job is waiting: the per-job path
-                    if job is _EMPTY:
-                        job = self._wait_for_job(idle_for)
-                except EndOfChannel:
-                    return
-                except TimeoutError:
-                    with self._lock:
-                        if self._live > self._min_workers and self._queued() <= 0:
-                            left = self._leave(w)
-                            return  # idle for too long (elastic), and no job is waiting
-                    continue
-                if job is _RETIRE:
-                    continue  # the retire count is checked at the top of the loop
-                self._run(w, job)
-        finally:
-            if not left:
-                with self._lock:
-                    self._leave(w)
-            logger.debug("%s: worker %d exited", self._label(), w.ident)
-            self._exited()
-
-    def _wait_for_job(self, idle_for: float | None) -> Any:
+    def _wait_for_job(self, idle_for: float) -> Any:
         """Where an idle worker thread sleeps until a job comes (dumps show this frame as the
         worker's idle state).  Raises ``TimeoutError`` after ``idle_for`` seconds and
         :class:`~poolkit.EndOfChannel` once the pool is shut down and drained."""
@@ -514,7 +513,8 @@ class ThreadPool:
             if self._workers or self._exiting:
                 return
             self._workers_gone.set()
-            self._watchdog_wake.notify_all()
+            if self._watchdog is not None:
+                self._watchdog.wake.notify_all()
             waiters, self._gone_waiters = self._gone_waiters, []
         for loop, fut in waiters:  # outside the lock: nothing foreign runs under it
             try:
@@ -522,143 +522,10 @@ class ThreadPool:
             except RuntimeError:
                 pass  # that loop is closed: nobody waits there any more
 
-    def _queued(self) -> int:  # lock held
-        return self._submitted - self._started - self._cancelled_queued - self._handed_back
-
-    def _run(self, w: _Worker, job: ThreadJob[Any]) -> None:
-        if not _cf_set_running(job):
-            return  # cancelled while queued: counted by cancel()
-        t0 = _monotonic()
-        with self._lock:
-            if not job._counted:  # started before its submitter got to count it
-                job._counted = True
-                self._submitted += 1
-            self._started += 1
-            self._busy += 1
-            self._wait_total += t0 - job._queued_at
-            w.job = job
-            if self._timeout is not None:
-                w.deadline = t0 + self._timeout
-                heapq.heappush(self._deadlines, (w.deadline, id(job), w, job))
-                self._watchdog_wake.notify()
-        try:
-            result = self._attempts(job)
-            if hasattr(result, "__await__"):
-                self._refuse_awaitable(job, result)
-        except BaseException as exc:
-            error: BaseException | None = exc
-        else:
-            error = None
-        with self._lock:
-            self._busy -= 1
-            w.job = None
-            w.deadline = math.inf
-            job._args = ()  # a kept handle must not pin its arguments
-            job._kwargs = {}
-            self._run_total += _monotonic() - t0
-            if job._expired:
-                return  # timed out already (counted by the watchdog); the result is dropped
-            if error is None:
-                self._succeeded += 1
-            else:
-                self._failed += 1
-                if self._fail_fast and self._first_error is None:
-                    self._first_error = error
-                    fail_everything = True
-                else:
-                    fail_everything = False
-        if error is None:
-            _cf_set_result(job, result)
-        else:
-            _cf_set_exception(job, error)
-            if fail_everything:
-                job.exception()  # the with-block raises it: it is not lost
-                self._fail_everything()
-            if not isinstance(error, Exception):
-                raise error  # KeyboardInterrupt, SystemExit: not the job's business to absorb
-
-    def _refuse_awaitable(self, job: ThreadJob[Any], result: Any) -> None:
-        if result.__class__ is _CoroutineType:
-            result.close()  # never awaited, on purpose: no "never awaited" warning later
-        raise TypeError(
-            f"job {_fn_name(job._fn)} returned {result!r}, an awaitable: a ThreadPool calls "
-            f"plain functions on its threads and has no event loop to await it. Submit async "
-            f"functions to a poolkit.WorkerPool, or run them inside the job with asyncio.run()"
-        )
-
-    def _attempts(self, job: ThreadJob[Any]) -> Any:
-        if self._retry is None:
-            return self._attempt(job)
-        replay: Exception | None = None
-        started = 0.0
-        if self._retry_fast:  # the first attempt without tenacity (see first_attempt_is_free)
-            started = _monotonic()
-            try:
-                return self._attempt(job)
-            except Exception as exc:
-                replay = exc
-        first = True
-        result = None
-        for attempt in sync_retrying(self._retry):
-            if not first:
-                if job._expired or job.done():  # timed out: no more attempts
-                    raise TimeoutError("timed out")
-                with self._lock:
-                    self._retried += 1
-            first = False
-            with attempt:
-                if replay is not None:  # tenacity is shown the first attempt's error as its own
-                    attempt.retry_state.start_time = started  # delays count from the first
-                    error, replay = replay, None
-                    raise error
-                result = self._attempt(job)
-            outcome = attempt.retry_state.outcome
-            if outcome is not None and not outcome.failed:
-                attempt.retry_state.set_result(result)  # the policy may retry on results too
-        return result
-
-    def _attempt(self, job: ThreadJob[Any]) -> Any:
-        limit = self._limit
-        key = None
-        if limit is not None:
-            key = self._key(job) if self._key is not None else None
-            limit.acquire_blocking(1, key=key)
-        try:
-            return job._fn(*job._args, **job._kwargs)
-        finally:
-            if limit is not None:
-                limit.release(1, key=key)
-
-    def _watch(self) -> None:
-        """Fail jobs that run past their deadline (their threads go on: see the module)."""
-        while True:
-            expired: list[ThreadJob[Any]] = []
-            with self._lock:
-                now = _monotonic()
-                heap = self._deadlines
-                while heap and (heap[0][2].job is not heap[0][3] or heap[0][0] <= now):
-                    deadline, _, w, job = heapq.heappop(heap)
-                    if w.job is job and deadline <= now and not job._expired:
-                        job._expired = True  # decided here, under the lock: the worker defers
-                        self._timed_out += 1
-                        expired.append(job)
-                if not expired:
-                    if self._state >= 3 and not self._workers:
-                        return
-                    self._watchdog_wake.wait(None if not heap else max(0.0, heap[0][0] - now))
-            for job in expired:  # resolved outside the lock: callbacks may call back into us
-                _cf_set_exception(
-                    job,
-                    TimeoutError(
-                        f"job {_fn_name(job._fn)} ran past the timeout of {self._timeout} s set "
-                        f"on the {self._label()} (its thread goes on until the call returns)"
-                    ),
-                )
-
     def _fail_everything(self) -> None:
         with self._lock:
-            if self._state == 1:
-                self._state = 2
+            if self._state == OPEN:
+                self._state = CLOSING
         self._jobs.close()
         self._drain_queue(hand_back=False)
 
@@ -678,19 +545,11 @@ class ThreadPool:
                     self._submitted += 1
                 job._fate = _HANDED_BACK if hand_back else _POOL_CANCELLED
                 if hand_back:
-                    self._handed_back += 1
-                    self._handed.append(UnstartedJob(job._fn, job._args, dict(job._kwargs), job))
+                    message = self._hand_back(job._fn, job._args, dict(job._kwargs), job)
                 else:
                     self._cancelled_queued += 1
             if hand_back:
-                _cf_set_exception(
-                    job,
-                    JobHandedBack(
-                        f"{self._label()} was shut down (cancelling, or a drain that ran out of "
-                        f"time) before this job started; it is in the list shutdown() "
-                        f"returned and in pool.handed_back"
-                    ),
-                )
+                _cf_set_exception(job, JobHandedBack(message))  # outside the lock
             else:
                 cf.Future.cancel(job)
 
@@ -708,28 +567,22 @@ class ThreadPool:
             TypeError, ValueError: For a size that is not an int, or too small.
             PoolClosed: Once the pool is shutting down.
         """
-        _check_count(workers, "workers", 1)
-        if workers < self._min_workers:
-            raise ValueError(
-                f"workers ({workers}) must not be below min_workers ({self._min_workers})"
-            )
+        self._check_resize(workers)
         with self._lock:
-            if self._state >= 2:
-                raise PoolClosed(
-                    f"{self._label()} is shut down; resize({workers}) cannot change it"
-                )
+            if self._state >= CLOSING:
+                raise self._resize_closed(workers)
             self._target = workers
-            if self._state != 1:
+            if self._state != OPEN:
                 return
             # Workers told to retire that have not yet done so are not counted: take them back.
-            self._retire -= min(self._retire, max(0, workers - (self._live - self._retire)))
-            live = self._live - self._retire
-            for _ in range(min(workers - live, self._queued() - max(0, live - self._busy))):
+            self._retiring -= min(self._retiring, max(0, workers - (self._live - self._retiring)))
+            live = self._live - self._retiring
+            for _ in range(min(workers - live, self._queued - max(0, live - self._busy))):
                 self._spawn()  # for jobs that wait with no idle thread to take them
-            excess = self._live - self._retire - self._target
+            excess = self._live - self._retiring - self._target
             idle = self._live - self._busy
             if excess > 0:
-                self._retire += excess
+                self._retiring += excess
         for _ in range(max(0, min(excess, idle))):
             try:
                 self._jobs.send_nowait(_RETIRE)  # wakes an idle worker to retire
@@ -742,7 +595,7 @@ class ThreadPool:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ThreadJob[Any]:
         _check_fn(fn)
-        if self._state != 1:
+        if self._state != OPEN:
             self._start()
         return ThreadJob(self, fn, args, kwargs)
 
@@ -751,11 +604,11 @@ class ThreadPool:
             if not job._counted:
                 job._counted = True
                 self._submitted += 1
-            live = self._live - self._retire
+            live = self._live - self._retiring
             if (
-                self._state == 1  # once closing, shutdown() sees to the queued jobs
+                self._state == OPEN  # once closing, shutdown() sees to the queued jobs
                 and live < self._target
-                and self._queued() > live - self._busy
+                and self._queued > live - self._busy
             ):
                 self._spawn()  # no idle thread can take it: start one (lazily, as needed)
 
@@ -795,7 +648,7 @@ class ThreadPool:
 
     def _grow(self) -> None:
         with self._lock:
-            if self._state == 1 and self._live - self._retire < self._target:
+            if self._state == OPEN and self._live - self._retiring < self._target:
                 self._spawn()
 
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
@@ -815,10 +668,7 @@ class ThreadPool:
         if not ok:
             with self._lock:
                 self._rejected += 1
-            raise QueueFull(
-                f"the queue of {self._label()} is full ({self._queue_size} job"
-                f"{'' if self._queue_size == 1 else 's'} waiting)"
-            )
+            raise self._queue_full()
         self._accepted(job)
         return job
 
@@ -845,75 +695,7 @@ class ThreadPool:
         _check_fn(fn)
         if isinstance(iterable, AsyncIterable) or not isinstance(iterable, Iterable):
             raise TypeError(f"map() needs an iterable, got {iterable!r}")
-        return self._map(fn, iterable, ordered, outcomes)
-
-    def _map(
-        self, fn: Callable[[Any], Any], iterable: Iterable[Any], ordered: bool, outcomes: bool
-    ) -> Iterator[Any]:
-        q = self._queue_size
-        window = self._target + (self._target if q == math.inf else int(q))
-        pending: deque[tuple[Any, ThreadJob[Any]]] = deque()
-        inflight: set[ThreadJob[Any]] = set()
-        items: dict[ThreadJob[Any], Any] = {}
-        source = iter(iterable)
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) + len(inflight) < window:
-                    try:
-                        item = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    try:
-                        job = self.submit(fn, item)
-                    except PoolClosed as exc:
-                        raise self._map_error(exc) from None
-                    if ordered:
-                        pending.append((item, job))
-                    else:
-                        inflight.add(job)
-                        items[job] = item
-                if ordered:
-                    if not pending:
-                        return
-                    item, job = pending.popleft()
-                    cf.wait([job])
-                else:
-                    if not inflight:
-                        return
-                    done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
-                    job = done.pop()  # type: ignore[assignment]
-                    inflight.discard(job)
-                    item = items.pop(job)
-                if job.cancelled():
-                    error: BaseException | None = cf.CancelledError(
-                        f"the job for {item!r} was cancelled"
-                    )
-                else:
-                    error = job.exception()
-                if error is None:
-                    yield Outcome(item, job.result(), None) if outcomes else job.result()
-                elif outcomes:
-                    yield Outcome(item, None, error)
-                else:
-                    raise self._map_error(error)
-        finally:
-            for _, job in pending:
-                job.cancel()
-            for job in inflight:
-                job.cancel()
-
-    def _map_error(self, error: BaseException) -> BaseException:
-        """What map() raises for a job's error: a job the *pool* stopped says why it stopped."""
-        if isinstance(error, (cf.CancelledError, PoolClosed, JobHandedBack)):
-            if self._first_error is not None:
-                return self._first_error  # fail_fast stopped it: raise the failure itself
-            if isinstance(error, cf.CancelledError):
-                closed = PoolClosed(f"{self._label()} was shut down while map() was running")
-                closed.__cause__ = error
-                return closed
-        return error
+        return map_threads(self, fn, iterable, ordered, outcomes)
 
     # ----------------------------------------------------------------- shutting down
 
@@ -1003,17 +785,17 @@ class ThreadPool:
         """Close the pool to new jobs; False if it never started (nothing to wait for)."""
         with self._lock:
             state = self._state
-            if state == 0:
-                self._state = 3
-            elif state == 1:
-                self._state = 2
+            if state == NEW:
+                self._state = CLOSED
+            elif state == OPEN:
+                self._state = CLOSING
         self._jobs.close()
-        if state == 0:
+        if state == NEW:
             return False
         with self._lock:
             # An elastic pool may have no worker left (or only retiring ones) while jobs that
             # were sent before the close still wait: one worker drains them.
-            if self._live - self._retire <= 0 and self._jobs.statistics().buffered:
+            if self._live - self._retiring <= 0 and self._jobs.statistics().buffered:
                 self._spawn()
         if cancel:
             self._drain_queue(hand_back=True)
@@ -1054,9 +836,11 @@ class ThreadPool:
     def _finish(self) -> list[UnstartedJob]:
         """Every worker has run its last line: join the threads (at once) and close the books."""
         with self._lock:
-            self._state = 3
-            self._watchdog_wake.notify_all()
-            watchdog = self._watchdog
+            self._state = CLOSED
+            watchdog = None
+            if self._watchdog is not None:
+                self._watchdog.wake.notify_all()
+                watchdog = self._watchdog.thread
             threads, self._threads = self._threads, []
         for thread in threads:  # gone from the books already; now gone for real
             thread.join()

@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from . import _introspect, _registry
+from . import _introspect, _registry, _snapshot
 
 __all__ = ["DebugServer", "serve"]
 
@@ -92,7 +92,7 @@ def _tasks(server: _Server, query: Query) -> Answer:
     if form not in ("text", "json"):
         raise _BadRequest(f"format must be text or json, got {form!r}")
     loop = server.loop
-    snap = _introspect.snapshot(loop, tasks=loop is not None)
+    snap = _snapshot.snapshot(loop, tasks=loop is not None)
     if debug == "json" or form == "json":
         return 200, _JSON, json.dumps(snap.to_json(), allow_nan=False)
     return 200, _TEXT, snap.dump(int(debug))

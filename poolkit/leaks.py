@@ -33,10 +33,10 @@ from ._introspect import Snapshot as Snapshot
 from ._introspect import TaskInfo as TaskInfo
 from ._introspect import ThreadInfo as ThreadInfo
 from ._introspect import label as label
-from ._introspect import snapshot as snapshot
 from ._introspect import track_tasks as track_tasks
 from ._noleaks import NoLeaks as NoLeaks
 from ._noleaks import no_leaks as no_leaks
+from ._snapshot import snapshot as snapshot
 from ._watchdog import Growth as Growth
 from ._watchdog import Sample as Sample
 from ._watchdog import Watchdog as Watchdog

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import poolkit
-from poolkit import _cli, _introspect, debug
+from poolkit import _cli, _snapshot, debug
 
 from .conftest import LOOP_FACTORIES
 
@@ -375,7 +375,7 @@ def test_an_error_is_a_500_and_the_server_carries_on(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(_introspect, "snapshot", broken)
+    monkeypatch.setattr(_snapshot, "snapshot", broken)
     with caplog.at_level(logging.DEBUG, logger="poolkit.debug"):
         r = fetch(bare_server, "/debug/tasks")
         assert r.status == 500
@@ -589,7 +589,7 @@ def test_cli_http_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(_introspect, "snapshot", broken)
+    monkeypatch.setattr(_snapshot, "snapshot", broken)
     with caplog.at_level(logging.CRITICAL, logger="poolkit.debug"):
         assert _cli.main(["dump", bare_server.url]) == 1
     captured = capsys.readouterr()

@@ -17,6 +17,7 @@ import poolkit
 from poolkit import JobHandedBack, WorkerPool
 
 from .conftest import LOOP_FACTORIES
+from .pool_checks import check_books
 
 KINDS = [k for k in ("asyncio", "uvloop") if k in LOOP_FACTORIES]
 eager_only = pytest.mark.skipif(
@@ -57,15 +58,6 @@ def run(kind: str, coro: Coroutine[Any, Any, Any], *, eager: bool = False) -> An
     return result
 
 
-def books(pool: WorkerPool) -> poolkit.PoolStatistics:
-    s = pool.statistics()
-    assert s.submitted == (
-        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
-    ), s
-    assert min(s.queued, s.running, s.idle) >= 0, s
-    return s
-
-
 async def double(x: int) -> int:
     await asyncio.sleep(0)
     return 2 * x
@@ -90,7 +82,7 @@ def test_a_pool_serves_one_asyncio_run_after_another(kind: str) -> None:
 
     run(kind, first())
     assert run(kind, second()) == (True, "x")
-    s = books(pool)
+    s = check_books(pool)
     assert (s.queued, s.succeeded, s.workers, s.closed) == (0, 2, 0, True)
 
 
@@ -106,7 +98,7 @@ def test_a_module_level_pool_serves_several_runs_with_map_and_nowait(kind: str) 
     for n in range(1, 5):
         assert run(kind, command(n)) == [2 * n, *(2 * i for i in range(n))]
     run(kind, pool.shutdown())
-    s = books(pool)
+    s = check_books(pool)
     assert (s.succeeded, s.workers, s.queued) == (4 + 10, 0, 0)
 
 
@@ -121,7 +113,7 @@ def test_jobs_still_queued_when_a_loop_ends_are_handed_back(kind: str) -> None:
         await asyncio.sleep(0)
 
     run(kind, walks_away())
-    s = books(pool)
+    s = check_books(pool)
     assert (s.cancelled, s.handed_back, s.queued, s.workers) == (1, 3, 0, 0)
     assert [h.job for h in pool.handed_back] == queued
     for job in queued:
@@ -133,7 +125,7 @@ def test_jobs_still_queued_when_a_loop_ends_are_handed_back(kind: str) -> None:
 
     assert run(kind, comes_back()) == 42
     run(kind, pool.shutdown())
-    assert books(pool).succeeded == 1
+    assert check_books(pool).succeeded == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -156,7 +148,7 @@ def test_an_elastic_pool_with_no_worker_left_moves_to_the_next_loop(kind: str) -
     run(kind, first())
     assert run(kind, second()) == 4
     run(kind, pool.shutdown())
-    assert books(pool).succeeded == 2
+    assert check_books(pool).succeeded == 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -171,7 +163,7 @@ def test_shutdown_from_a_later_loop_hands_back_what_the_first_left(kind: str) ->
     run(kind, walks_away())
     handed = run(kind, pool.shutdown(cancel=True))
     assert [h.args for h in handed] == [(1,)]
-    s = books(pool)
+    s = check_books(pool)
     assert (s.closed, s.workers, s.handed_back, s.cancelled) == (True, 0, 1, 1)
 
 
@@ -196,7 +188,7 @@ def test_a_loop_closed_without_cancelling_its_tasks_lets_the_pool_move(kind: str
         return result
 
     assert run(kind, later()) == 4
-    s = books(pool)
+    s = check_books(pool)
     assert (s.cancelled, s.handed_back, s.succeeded, s.workers) == (1, 1, 1, 0)
     assert handles[0].cancelled()
     with pytest.raises(JobHandedBack, match="event loop of pool finished"):
@@ -204,7 +196,7 @@ def test_a_loop_closed_without_cancelling_its_tasks_lets_the_pool_move(kind: str
     handles.clear()
     del loop
     gc.collect()  # the old worker's coroutine is closed now: it must not touch the books
-    assert books(pool) == s
+    assert check_books(pool) == s
 
 
 # ---------------------------------------------------------------- loops that are still alive
@@ -240,7 +232,7 @@ def test_a_loop_alive_in_another_thread_keeps_its_pool(kind: str) -> None:
     finally:
         stop[0]()
         thread.join(10)
-    assert books(pool).succeeded == 1
+    assert check_books(pool).succeeded == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -256,7 +248,7 @@ def test_a_stopped_loop_that_still_holds_the_workers_keeps_its_pool(kind: str) -
 
         run(kind, elsewhere())
         loop.run_until_complete(pool.shutdown())  # the pool is still that loop's, and sound
-        assert books(pool).workers == 0
+        assert check_books(pool).workers == 0
     finally:
         loop.close()
 
@@ -275,13 +267,13 @@ async def test_workers_cancelled_from_outside_come_back_on_the_same_loop() -> No
         assert task is not None
         task.cancel()
     await asyncio.gather(*[t for t in workers if t is not None], return_exceptions=True)
-    s = books(pool)
+    s = check_books(pool)
     assert (s.workers, s.cancelled, s.handed_back, s.queued) == (0, 2, 1, 0)
     assert all(job.cancelled() for job in running)
     with pytest.raises(JobHandedBack, match="cancelled from outside"):
         await queued
     assert await (await pool.submit(double, 5)) == 10  # new workers, on the same loop
-    assert books(pool).workers == 2
+    assert check_books(pool).workers == 2
     await pool.shutdown()
 
 
@@ -299,7 +291,7 @@ def test_pool_works_when_tasks_start_eagerly(kind: str) -> None:
             jobs = [await pool.submit(double, i) for i in range(5)]
             results = [await job for job in jobs]
             results += [r async for r in pool.map(double, range(3))]
-        books(pool)
+        check_books(pool)
         return results
 
     assert run(kind, main(), eager=True) == [0, 2, 4, 6, 8, 0, 2, 4]

@@ -14,6 +14,7 @@ from poolkit import JobHandedBack, PoolClosed, WorkerPool
 from poolkit.testing import VirtualTimeLoop
 
 from .conftest import LOOP_FACTORIES
+from .pool_checks import check_books
 
 KINDS = ["fast", "slow", "failing", "hanging"]
 
@@ -32,12 +33,8 @@ async def run_job(kind: str, duration: float) -> str:
 
 
 def identity(pool: WorkerPool) -> None:
-    s = pool.statistics()
-    assert s.submitted == (
-        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
-    ), s
+    s = check_books(pool)
     assert s.running <= s.target_workers or s.workers > s.target_workers, s
-    assert min(s.queued, s.running, s.idle) >= 0, s
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

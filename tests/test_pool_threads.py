@@ -20,23 +20,14 @@ import poolkit
 from poolkit import JobHandedBack, PoolClosed, WorkerPool
 
 from .conftest import LOOP_FACTORIES
+from .pool_checks import check_books
 
 KINDS = [k for k in ("asyncio", "uvloop") if k in LOOP_FACTORIES]
 
 
-def books(pool: WorkerPool) -> poolkit.PoolStatistics:
-    s = pool.statistics()
-    assert s.submitted == (
-        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
-    ), s
-    assert min(s.queued, s.running, s.idle) >= 0, s
-    return s
-
-
 def waiting(pool: WorkerPool) -> int:
     """submit_blocking() calls waiting on the loop for room in the queue."""
-    with pool._requests_lock:
-        return sum(1 for req in pool._requests if req.task is not None)
+    return len(pool._door.waiting())
 
 
 def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
@@ -125,11 +116,11 @@ def test_a_job_from_a_thread_runs_and_its_outcome_reaches_the_future(kind: str) 
         )
         assert plain.result(10) == 3
         assert lt.thread.ident in ran_on  # a plain function runs in the loop's thread
-        s = books(pool)
+        s = check_books(pool)
         assert (s.submitted, s.succeeded, s.failed) == (3, 2, 1)
     finally:
         lt.close()
-    assert books(pool).workers == 0
+    assert check_books(pool).workers == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -150,7 +141,7 @@ def test_submit_blocking_waits_for_room_then_returns(kind: str) -> None:
         blocked.start()
         wait_until(lambda: waiting(pool) == 1)  # waiting on the loop for room
         assert not got
-        assert books(pool).submitted == 2
+        assert check_books(pool).submitted == 2
         gate.set()
         blocked.join(10)
         assert [f.result(10) for f in (first, second, got[0])] == ["through", "through", 2]
@@ -170,9 +161,9 @@ def test_a_timeout_waiting_for_room_submits_nothing(kind: str) -> None:
             pool.submit_blocking(double, 1, timeout=0.05)
         with pytest.raises(TimeoutError, match="the queue of pool 'full' is full"):
             pool.submit_blocking(double, 1, timeout=0)
-        s = books(pool)
+        s = check_books(pool)
         assert (s.submitted, s.queued) == (1, 0)  # neither got in
-        assert not pool._requests
+        assert not pool._door._requests
         assert lt.loop is not None
         lt.loop.call_soon_threadsafe(gate.set)
         assert busy.result(10) is True
@@ -201,7 +192,7 @@ def test_submit_blocking_refuses_where_it_would_deadlock_or_freeze_a_loop(kind: 
         asyncio.run(on_another_loop())
         with pytest.raises(TypeError, match="fn must be callable, got 3"):
             pool.submit_blocking(3)  # type: ignore[arg-type]
-        assert books(pool).submitted == 0
+        assert check_books(pool).submitted == 0
     finally:
         lt.close()
 
@@ -221,7 +212,7 @@ def test_submit_blocking_before_start_after_shutdown_and_with_its_loop_stopped()
             pool.submit_blocking(double, 1)
     finally:
         loop.close()
-    assert books(pool).submitted == 0
+    assert check_books(pool).submitted == 0
 
 
 # ---------------------------------------------------------------- cancelling the future
@@ -248,7 +239,7 @@ def test_cancelling_the_future_cancels_the_job_queued_or_running(kind: str) -> N
         assert queued.cancel() and running.cancel()
         wait_until(lambda: pool.statistics().cancelled == 2)
         assert pool.submit_blocking(double, 4).result(10) == 8  # the worker survived
-        s = books(pool)
+        s = check_books(pool)
         assert (s.cancelled, s.started, s.succeeded) == (2, 2, 1)
         assert ran == []
     finally:
@@ -293,7 +284,7 @@ def test_shutdown_while_threads_wait_for_room(kind: str, cancel: bool) -> None:
         assert [h.job.__class__ for h in lt.handed] == [poolkit.Job]
     else:
         assert [f.result(0) for f in futures] == ["ran", "ran"]
-    s = books(pool)
+    s = check_books(pool)
     assert s.submitted == 2 and s.workers == 0
 
 
@@ -328,7 +319,7 @@ def test_the_loop_ending_under_the_pool_leaves_no_thread_waiting(kind: str) -> N
     assert running.cancelled()
     with pytest.raises(JobHandedBack, match="cancelled from outside"):
         queued.result(0)
-    s = books(pool)
+    s = check_books(pool)
     assert (s.submitted, s.cancelled, s.handed_back, s.queued, s.workers) == (2, 1, 1, 0, 0)
     with pytest.raises(RuntimeError, match="is closed; nothing was submitted"):
         pool.submit_blocking(double, 3)
@@ -400,7 +391,7 @@ def test_threads_submitting_through_a_random_shutdown_lose_nothing(seed: int) ->
         feeding.result(10)
     except cf.CancelledError:
         pass  # still sleeping between submits when the loop ended
-    s = books(pool)
+    s = check_books(pool)
     from_loop = s.submitted - len(futures)
     assert 0 <= from_loop <= 20
     assert s.workers == 0 and s.queued == 0 and s.running == 0
@@ -458,7 +449,7 @@ def test_a_loop_closed_before_it_got_to_the_request_refuses_it(kind: str) -> Non
 
     thread = threading.Thread(target=submitter)
     thread.start()
-    wait_until(lambda: len(pool._requests) == 1)
+    wait_until(lambda: len(pool._door._requests) == 1)
     release.set()
     owner.join(10)
     thread.join(10)
@@ -473,12 +464,12 @@ def test_a_loop_closed_before_it_got_to_the_request_refuses_it(kind: str) -> Non
         assert str(got) == (
             "the event loop of pool was closed before it took the job; nothing was submitted"
         )
-        assert handed == [] and books(pool).submitted == 0
+        assert handed == [] and check_books(pool).submitted == 0
     else:  # uvloop runs callbacks that arrive during an iteration: the job got in first
         with pytest.raises(JobHandedBack, match="the pool moved to a new loop"):
             got.result(0)
-        assert len(handed) == 1 and books(pool).handed_back == 1
-    assert books(pool).workers == 0
+        assert len(handed) == 1 and check_books(pool).handed_back == 1
+    assert check_books(pool).workers == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -488,7 +479,7 @@ def test_a_wait_for_room_stopped_before_its_first_step_still_answers_its_thread(
     """A shutdown that comes between the loop starting a wait for room and that wait's first
     step cancels a task whose coroutine then never runs at all: its thread must be answered
     by the shutdown itself (it used to wait forever)."""
-    from poolkit._pool import _FromThread
+    from poolkit._bridge import _FromThread
 
     pool = WorkerPool(workers=1, queue_size=0)
     lt = LoopThread(kind, pool)
@@ -499,19 +490,19 @@ def test_a_wait_for_room_stopped_before_its_first_step_still_answers_its_thread(
 
         async def race() -> None:
             req = _FromThread(double, (1,), {}, None)
-            pool._requests.add(req)
-            pool._accept_from_thread(req)  # no room: a task will wait for it...
+            pool._door._requests.add(req)
+            pool._door._accept(req)  # no room: a task will wait for it...
             assert req.task is not None and not req.accepted.done()
-            pool._close_gate(pool._closed_error)  # ...stopped before it ever ran
+            pool._door.close(pool._closed_error)  # ...stopped before it ever ran
             assert req.accepted.done()
             with pytest.raises(PoolClosed):
                 req.accepted.result(0)
-            pool._requests.discard(req)
-            pool._open_gate()
+            pool._door._requests.discard(req)
+            pool._door.open()
             gate.set()
 
         lt.call(race)
         assert busy.result(10) is True
-        assert books(pool).submitted == 1
+        assert check_books(pool).submitted == 1
     finally:
         lt.close()

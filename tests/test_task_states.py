@@ -157,7 +157,7 @@ async def _task_scenes(sc: Scenes, stack: contextlib.AsyncExitStack) -> list[asy
             busy.submit_blocking(gate.wait).result(30)
 
     _thread(submit_from_thread, "submit-blocking")
-    sc.expect("poolkit._pool:WorkerPool._put_from_thread", "pool submit")
+    sc.expect("poolkit._bridge:ThreadDoor._put_from_thread", "pool submit")
     closing = poolkit.WorkerPool(workers=1, name="closing")
     await closing.submit(gate.wait)
     await asyncio.sleep(0)
@@ -168,7 +168,7 @@ async def _task_scenes(sc: Scenes, stack: contextlib.AsyncExitStack) -> list[asy
             async for _ in pool.map(lambda _: gate.wait(), range(2)):
                 pass
 
-    start(consume_map(), "poolkit._pool:WorkerPool._map", "pool map")
+    start(consume_map(), "poolkit._map:map_async", "pool map")
     thread_pool = poolkit.ThreadPool(workers=1, name="closing-async")
     released = threading.Event()
     thread_pool.submit(released.wait, 30)
@@ -374,7 +374,7 @@ async def _thread_scenes(
             "pool submit",
         )
     )
-    sc.expect("poolkit._thread_pool:ThreadPool._attempt", "running")
+    sc.expect("poolkit._thread_pool:_Worker._attempt", "running")
     closing = poolkit.ThreadPool(workers=1, name="closing-threads")
     closing.submit(release.wait, 30)
     threads.append((closing.shutdown, "poolkit._thread_pool:ThreadPool.shutdown", "pool shutdown"))
@@ -382,7 +382,7 @@ async def _thread_scenes(
         poolkit.ThreadPool(workers=1, limit=full, name="limited")
     )
     limited.submit(time.sleep, 0)
-    sc.expect("poolkit._thread_pool:ThreadPool._run", "limit wait")
+    sc.expect("poolkit._thread_pool:_Worker._run", "limit wait")
 
     # The standard library.
     cond = threading.Condition()

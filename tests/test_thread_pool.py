@@ -1,17 +1,18 @@
-"""poolkit.ThreadPool: the WorkerPool model on threads, with honest timeouts and hand-back."""
+"""poolkit.ThreadPool: the WorkerPool model on threads, with honest timeouts and hand-back.
+
+What both pools promise alike is tested on both in ``test_pool_behaviour.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import logging
 import random
 import threading
 import time
 from typing import Any
 
 import pytest
-import tenacity
 
 import poolkit
 from poolkit import (
@@ -24,15 +25,7 @@ from poolkit import (
     TokenBucket,
 )
 
-
-def check_identity(pool: ThreadPool) -> poolkit.PoolStatistics:
-    s = pool.statistics()
-    assert s.submitted == (
-        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
-    ), s
-    assert min(s.queued, s.running, s.idle, s.busy) >= 0, s
-    assert s.busy <= s.workers
-    return s
+from .pool_checks import check_books
 
 
 def wait_until(predicate: Any, limit: float = 5.0) -> None:
@@ -47,21 +40,6 @@ def double(x: int) -> int:
     return 2 * x
 
 
-def test_bad_options() -> None:
-    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
-        ThreadPool(workers=0)
-    with pytest.raises(
-        TypeError, match=r"retry must be a poolkit\.RetryPolicy or a tenacity\.Retrying"
-    ):
-        ThreadPool(retry=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="timeout must be > 0 seconds or None, got 0"):
-        ThreadPool(timeout=0)
-    with ThreadPool(workers=1) as pool, pytest.raises(TypeError, match="fn must be callable"):
-        pool.submit(5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="needs an iterable"):
-        ThreadPool().map(double, 5)  # type: ignore[arg-type]
-
-
 def test_submit_returns_concurrent_futures_that_asyncio_can_await() -> None:
     with ThreadPool(workers=2, name="t") as pool:
         job = pool.submit(double, 21)
@@ -73,7 +51,7 @@ def test_submit_returns_concurrent_futures_that_asyncio_can_await() -> None:
             return await asyncio.wrap_future(pool.submit_nowait(double, 4))
 
         assert asyncio.run(from_a_task()) == 8
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.succeeded, s.workers, s.closed) == (2, 0, True)
 
 
@@ -87,7 +65,7 @@ def test_errors_are_captured_and_workers_survive() -> None:
         for n, job in enumerate(failing):
             with pytest.raises(ValueError, match=f"bad {n}"):
                 job.result()
-    assert check_identity(pool).failed == 3
+    assert check_books(pool).failed == 3
 
 
 def test_backpressure_and_rejection() -> None:
@@ -102,11 +80,11 @@ def test_backpressure_and_rejection() -> None:
         blocked.start()
         time.sleep(0.05)
         assert blocked.is_alive(), "submit did not block on a full queue"
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.rejected, s.submitted) == (1, 2)
         gate.set()
         blocked.join()
-    assert check_identity(pool).succeeded == 3
+    assert check_books(pool).succeeded == 3
 
 
 def test_submit_refuses_to_block_an_event_loop() -> None:
@@ -131,10 +109,10 @@ def test_cancel_a_queued_job_but_not_a_running_one() -> None:
         queued = pool.submit(double, 1)
         assert queued.cancel()
         assert not running.cancel()  # a thread cannot be interrupted
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.cancelled, s.queued, s.running) == (1, 0, 1)
         gate.set()
-    assert check_identity(pool).cancelled == 1
+    assert check_books(pool).cancelled == 1
 
 
 def test_timeout_fails_the_future_but_keeps_the_cap() -> None:
@@ -152,12 +130,12 @@ def test_timeout_fails_the_future_but_keeps_the_cap() -> None:
         after = pool.submit(double, 3)
         with pytest.raises(TimeoutError, match="its thread goes on"):
             job.result(timeout=5)
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.timed_out, s.running, s.busy) == (1, 0, 1)  # the call still holds the worker
         assert not after.done()  # the cap of one call at a time held
         release.set()
         assert after.result(timeout=5) == 6
-    assert check_identity(pool).timed_out == 1
+    assert check_books(pool).timed_out == 1
     assert calls_in_progress == []
 
 
@@ -172,7 +150,7 @@ def test_retries_are_counted() -> None:
 
     with ThreadPool(workers=1, retry=RetryPolicy.attempts(5, initial=0.001, jitter=0)) as pool:
         assert pool.submit(flaky).result(timeout=5) == "ok"
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.retried, s.succeeded, len(attempts)) == (2, 1, 3)
 
 
@@ -227,7 +205,7 @@ def test_map_streams_lazily_in_order_or_not_and_reports_outcomes() -> None:
         assert [o.ok for o in outcomes] == [True, True, True, False, True, True]
         with pytest.raises(KeyError):
             list(pool.map(picky, range(6)))
-    check_identity(pool)
+    check_books(pool)
 
 
 def test_shutdown_drains_or_hands_back() -> None:
@@ -247,7 +225,7 @@ def test_shutdown_drains_or_hands_back() -> None:
         ):
             job.result()
     assert running.result() is True  # the running call finished: it could not be interrupted
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.handed_back, s.succeeded, s.workers) == (4, 1, 0)
     with pytest.raises(PoolClosed):
         pool.submit(double, 1)
@@ -269,7 +247,7 @@ def test_shutdown_deadline_with_a_call_that_will_not_return_in_time() -> None:
     assert isinstance(queued.exception(), JobHandedBack)
     release.set()
     pool.shutdown()  # now it can finish
-    assert check_identity(pool).workers == 0
+    assert check_books(pool).workers == 0
 
 
 def test_with_block_error_takes_the_cancel_path_and_fail_fast_raises_first_error() -> None:
@@ -285,7 +263,7 @@ def test_with_block_error_takes_the_cancel_path_and_fail_fast_raises_first_error
 
     with pytest.raises(RuntimeError, match="body failed"):
         failing_body()
-    assert check_identity(pool).handed_back == 1
+    assert check_books(pool).handed_back == 1
 
     def boom() -> None:
         raise KeyError("first")
@@ -301,7 +279,7 @@ def test_with_block_error_takes_the_cancel_path_and_fail_fast_raises_first_error
 
     with pytest.raises(KeyError, match="first"):
         fail_fast_body()
-    assert check_identity(fast).failed == 1
+    assert check_books(fast).failed == 1
 
 
 def test_resize_and_elastic_workers() -> None:
@@ -325,21 +303,6 @@ def test_resize_and_elastic_workers() -> None:
         for j in jobs:
             j.result(timeout=5)
         wait_until(lambda: elastic.statistics().workers == 1)
-
-
-def test_worker_start_and_exit_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    gate = threading.Event()
-    with (
-        caplog.at_level(logging.DEBUG, logger="poolkit.pool"),
-        ThreadPool(workers=2, name="tl") as pool,
-    ):
-        jobs = [pool.submit(gate.wait, 5) for _ in range(2)]  # two at once: two threads
-        wait_until(lambda: pool.statistics().busy == 2)
-        gate.set()
-        assert [job.result(5) for job in jobs] == [True, True]
-    messages = [r.getMessage() for r in caplog.records if r.name == "poolkit.pool"]
-    assert "pool 'tl': worker 1 started" in messages
-    assert "pool 'tl': worker 2 exited" in messages
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -379,7 +342,7 @@ def test_random_load_from_threads_keeps_the_books(seed: int) -> None:
                 handles.append(h)
             if r.random() < 0.2:
                 h.cancel()
-            check_identity(pool)
+            check_books(pool)
 
     threads = [threading.Thread(target=submitter, args=(k,)) for k in range(3)]
     for t in threads:
@@ -388,7 +351,7 @@ def test_random_load_from_threads_keeps_the_books(seed: int) -> None:
     handed = pool.shutdown(cancel=rng.random() < 0.5)
     for t in threads:
         t.join()
-    s = check_identity(pool)
+    s = check_books(pool)
     assert s.workers == 0
     assert s.submitted == len(handles)
     assert all(h.done() for h in handles)
@@ -436,7 +399,7 @@ def test_random_resizes_of_a_fixed_or_elastic_pool_lose_nothing(seed: int) -> No
                 h.cancel()
             if r.random() < 0.3:
                 time.sleep(r.random() * 0.004)  # long enough, at times, for workers to idle out
-            check_identity(pool)
+            check_books(pool)
 
     def resizer() -> None:
         nonlocal most
@@ -457,7 +420,7 @@ def test_random_resizes_of_a_fixed_or_elastic_pool_lose_nothing(seed: int) -> No
     stop.set()
     sizing.join()
     assert pool.shutdown(timeout=10) == []
-    s = check_identity(pool)
+    s = check_books(pool)
     assert s.workers == 0 and s.queued == 0 and s.running == 0
     assert all(h.done() for h in handles)
     assert s.succeeded + s.cancelled == len(handles) == s.submitted
@@ -523,7 +486,7 @@ def test_elastic_worker_idling_out_as_a_job_arrives_takes_it() -> None:
     channel.go_on.set()
     assert late.result(timeout=5) == 4
     pool.shutdown()
-    assert check_identity(pool).succeeded == 2
+    assert check_books(pool).succeeded == 2
 
 
 def test_shutdown_of_an_elastic_pool_with_no_worker_left_still_runs_a_just_sent_job() -> None:
@@ -543,7 +506,7 @@ def test_shutdown_of_an_elastic_pool_with_no_worker_left_still_runs_a_just_sent_
     channel.go_on.set()
     submitter.join(5)
     assert late[0].result(timeout=0) == 6
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.submitted, s.succeeded, s.workers) == (2, 2, 0)
 
 
@@ -569,14 +532,14 @@ def test_thread_pool_resize_down_then_up_before_the_retired_workers_exit() -> No
         gate.set()
         for job in jobs:
             assert job.result(timeout=5) is True
-        assert check_identity(pool).workers == 4
+        assert check_books(pool).workers == 4
 
 
 def test_elastic_thread_pool_with_no_worker_shuts_down() -> None:
     pool = ThreadPool(workers=2, min_workers=0)
     pool.__enter__()
     assert pool.shutdown(timeout=2) == []  # used to wait forever for workers that never existed
-    assert check_identity(pool).workers == 0
+    assert check_books(pool).workers == 0
 
 
 def test_cancel_racing_a_cancelling_shutdown_is_counted_once(
@@ -607,74 +570,8 @@ def test_cancel_racing_a_cancelling_shutdown_is_counted_once(
     assert answers == [False]  # the pool had already handed it back
     assert len(handed) == 3
     assert all(isinstance(j.exception(timeout=0), JobHandedBack) for j in queued)
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.handed_back, s.cancelled, s.queued) == (3, 0, 0)
-
-
-def test_thread_pool_retry_on_a_result_retries() -> None:
-    import tenacity
-
-    calls = 0
-
-    def not_ready_twice() -> str | None:
-        nonlocal calls
-        calls += 1
-        return None if calls < 3 else "ready"
-
-    policy = RetryPolicy(
-        retry=tenacity.retry_if_result(lambda r: r is None), wait=tenacity.wait_none()
-    )
-    with ThreadPool(workers=1, retry=policy) as pool:
-        assert pool.submit(not_ready_twice).result(timeout=5) == "ready"
-        assert (calls, pool.statistics().retried) == (3, 2)
-
-
-def test_thread_pool_fail_fast_map_raises_the_failure() -> None:
-    def f(i: int) -> int:
-        if i == 1:
-            raise ValueError("the real failure")
-        time.sleep(0.05)
-        return i
-
-    def body() -> None:
-        with ThreadPool(workers=2, queue_size=0, fail_fast=True) as pool:
-            for _ in pool.map(f, range(10)):
-                pass
-
-    with pytest.raises(ValueError, match="the real failure"):
-        body()
-
-
-def test_elastic_thread_pool_with_no_workers_and_no_queue_starts_one_for_a_submit() -> None:
-    with ThreadPool(workers=2, queue_size=0, min_workers=0) as pool:
-        assert pool.statistics().workers == 0
-        done: list[int] = []
-        submitter = threading.Thread(target=lambda: done.append(pool.submit(double, 4).result(5)))
-        submitter.start()
-        submitter.join(5)
-        assert done == [8]  # used to block forever: no worker to hand the job to
-
-
-def test_a_failing_first_attempt_is_handed_to_the_policy_with_its_start_time() -> None:
-    calls: list[float] = []
-    starts: list[float] = []
-
-    def flaky() -> str:
-        calls.append(time.monotonic())
-        if len(calls) < 3:
-            raise ConnectionError("reset")
-        return "ok"
-
-    policy = poolkit.RetryPolicy(
-        stop=tenacity.stop_after_attempt(3),
-        wait=tenacity.wait_none(),
-        retry=tenacity.retry_if_exception_type(ConnectionError),
-        before_sleep=lambda state: starts.append(state.start_time),
-    )
-    with poolkit.ThreadPool(workers=1, retry=policy) as pool:
-        assert pool.submit(flaky).result(timeout=10) == "ok"
-    assert len(calls) == 3 and pool.statistics().retried == 2
-    assert len(set(starts)) == 1 and starts[0] <= calls[0]
 
 
 # ---------------------------------------------------------------- threads start as jobs need them
@@ -706,7 +603,7 @@ def test_a_pool_of_10000_workers_starts_one_thread_for_its_first_job(
         assert started == ["poolkit pool 'wide' worker 1"]
         for i in range(5):  # one after another: the idle thread takes each
             assert pool.submit(double, i).result(5) == 2 * i
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.workers, s.idle, s.target_workers, s.succeeded) == (1, 1, 10_000, 6)
         gate = threading.Event()
         jobs = [pool.submit(gate.wait, 5) for _ in range(3)]  # three at once: two more
@@ -747,23 +644,10 @@ def test_resize_up_starts_threads_only_for_jobs_that_wait() -> None:
         wait_until(lambda: pool.statistics().busy == 3)
         pool.resize(10)  # one job still waits: one more thread, not seven
         wait_until(lambda: pool.statistics().busy == 4)
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.workers, s.target_workers, s.queued) == (4, 10, 0)
         gate.set()
         assert all(job.result(5) for job in jobs)
-
-
-def test_resize_after_shutdown_raises_pool_closed() -> None:
-    pool = ThreadPool(workers=2, name="gone")
-    pool.resize(3)  # before it starts: fine
-    pool.shutdown()
-    with pytest.raises(PoolClosed, match=r"pool 'gone' is shut down; resize\(4\) cannot change"):
-        pool.resize(4)
-
-
-def test_key_without_limit_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match=r"key= needs limit=.*got key=.*, limit=None"):
-        ThreadPool(key=lambda job: job.args[0])
 
 
 # ---------------------------------------------------------------- async def code
@@ -785,7 +669,7 @@ async def test_async_with_shuts_down_while_the_loop_runs_on() -> None:
         opener = asyncio.create_task(open_gate_later())
     assert job.result(0) is True, "the loop was blocked while the pool shut down"
     await opener
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.closed, s.workers, s.succeeded) == (True, 0, 1)
 
 
@@ -803,7 +687,7 @@ async def test_plain_with_in_async_code_says_what_to_use_and_changes_nothing() -
     assert not pool.closed  # refused before it changed anything: still usable
     assert await asyncio.wrap_future(pool.submit_nowait(double, 2)) == 4
     assert await pool.shutdown_async() == []
-    assert check_identity(pool).workers == 0
+    assert check_books(pool).workers == 0
 
 
 async def test_shutdown_async_cancel_and_timeout() -> None:
@@ -820,7 +704,7 @@ async def test_shutdown_async_cancel_and_timeout() -> None:
     assert [h.job for h in handed] == queued
     assert running.result(0) is True
     assert await pool.shutdown_async() == handed  # idempotent
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.handed_back, s.succeeded, s.workers) == (3, 1, 0)
 
 
@@ -840,7 +724,7 @@ async def test_a_cancelled_shutdown_async_hands_back_and_still_waits_for_the_thr
     with pytest.raises(asyncio.CancelledError):
         await stopping
     assert running.result(0) is True
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.workers, s.handed_back, s.closed) == (0, 1, True)
 
 
@@ -885,7 +769,7 @@ def test_async_functions_are_refused_and_awaitables_fail_their_job() -> None:
             gc.collect()
         assert not [w for w in caught if "never awaited" in str(w.message)]
         assert pool.submit(double, 2).result(5) == 4
-    s = check_identity(pool)
+    s = check_books(pool)
     assert (s.failed, s.succeeded) == (2, 1)
 
 
@@ -906,13 +790,13 @@ def test_a_users_set_result_set_exception_or_set_running_is_refused() -> None:
                 job.set_running_or_notify_cancel()
         gate.set()
         assert (running.result(5), queued.result(5)) == (True, 42)
-        s = check_identity(pool)
+        s = check_books(pool)
         assert (s.workers, s.succeeded) == (1, 2)
 
 
 def test_an_idle_worker_thread_waits_in_its_own_method() -> None:
     """For task dumps: an idle thread is inside ``ThreadPool._wait_for_job``, and a running
-    call is made from ``ThreadPool._attempt`` (under ``ThreadPool._work``)."""
+    call is made from ``_Worker._attempt`` (under ``_Worker.run``)."""
     import sys
 
     def stack(thread: threading.Thread) -> list[str]:
@@ -929,13 +813,13 @@ def test_an_idle_worker_thread_waits_in_its_own_method() -> None:
         pool.submit(double, 1).result(5)
         (idle,) = [w.thread for w in pool._workers.values() if w.thread is not None]
         wait_until(lambda: "ThreadPool._wait_for_job" in stack(idle))
-        assert stack(idle).index("ThreadPool._wait_for_job") < stack(idle).index("ThreadPool._work")
+        assert stack(idle).index("ThreadPool._wait_for_job") < stack(idle).index("_Worker.run")
         job = pool.submit(gate.wait, 5)
         wait_until(lambda: pool.statistics().busy == 1)
         (busy,) = [w.thread for w in pool._workers.values() if w.job is job and w.thread]
         wait_until(lambda: "Event.wait" in stack(busy))
         names = stack(busy)
-        assert names[names.index("Event.wait") + 1] == "ThreadPool._attempt"
+        assert names[names.index("Event.wait") + 1] == "_Worker._attempt"
         assert "ThreadPool._wait_for_job" not in names
         gate.set()
         assert job.result(5) is True
