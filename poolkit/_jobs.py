@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 __all__ = ["Outcome", "PoolStatistics", "UnstartedJob"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +28,15 @@ class UnstartedJob:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome(Generic[T]):
-    """One result of ``map(..., outcomes=True)``: the input and what became of it."""
+class Outcome(Generic[T, R]):
+    """One result of ``map(..., outcomes=True)``: the input and what became of it.
 
-    item: Any
+    ``Outcome[T, R]``: ``T`` is the type of the input items, ``R`` the type of ``fn``'s result.
+    """
+
+    item: T
     """The input item."""
-    value: T | None
+    value: R | None
     """The job's result (``None`` if it failed)."""
     error: BaseException | None
     """The job's exception, or ``None`` if it succeeded."""

@@ -81,15 +81,15 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, ClassVar, TypeVar, final
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 
 import tenacity
 
 from ._bridge import ThreadDoor
 from ._checks import check_timeout
 from ._exceptions import JobHandedBack, PoolClosed
-from ._jobs import UnstartedJob
+from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
 from ._map import _MapItem, map_async
 from ._pool_core import (
@@ -109,6 +109,8 @@ from ._retry import async_retrying, keep_result, show_as_first
 __all__ = ["Job", "WorkerPool"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 logger = logging.getLogger("poolkit.pool")
 
 _CoroutineType = types.CoroutineType
@@ -956,6 +958,12 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         if self._queued > live - self._running and live < self._target:
             self._spawn()
 
+    @overload
+    async def submit(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+    @overload
+    async def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
     async def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Queue ``fn(*args, **kwargs)`` and return its :class:`Job`; wait while the queue is full.
 
@@ -1000,6 +1008,12 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
             self._spawn()
         await self._jobs.put(job, self._closed_error)
 
+    @overload
+    def submit_nowait(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+    @overload
+    def submit_nowait(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
     def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job[Any]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
         :class:`~poolkit.QueueFull` (counted as rejected).
@@ -1020,6 +1034,20 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
 
     # ----------------------------------------------------------------- from other threads
 
+    # Typed by the result only: a ParamSpec cannot have timeout= beside its keyword arguments.
+    @overload
+    def submit_blocking(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> cf.Future[R]: ...
+    @overload
+    def submit_blocking(
+        self, fn: Callable[..., R], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> cf.Future[R]: ...
     def submit_blocking(
         self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> cf.Future[Any]:
@@ -1061,6 +1089,36 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
 
     # ----------------------------------------------------------------- map
 
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: Literal[False] = False,
+    ) -> AsyncIterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], Awaitable[R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: Literal[True],
+    ) -> AsyncIterator[Outcome[T, R]]: ...
+    @overload
+    def map(  # a plain function, or outcomes= known only at run time
+        self,
+        fn: Callable[[T], Any],
+        iterable: Iterable[T] | AsyncIterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: bool = False,
+    ) -> AsyncIterator[Any]: ...
     def map(
         self,
         fn: Callable[[Any], Any],

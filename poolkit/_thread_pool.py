@@ -48,14 +48,14 @@ import time
 import types
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar, final
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 
 import tenacity
 
 from ._channel import _EMPTY, Channel
 from ._checks import check_timeout
 from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack
-from ._jobs import UnstartedJob
+from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
 from ._map import map_threads
 from ._pool_core import CLOSED, CLOSING, NEW, OPEN, PoolCore
@@ -66,6 +66,8 @@ from ._wait import resolve
 __all__ = ["ThreadJob", "ThreadPool"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 logger = logging.getLogger("poolkit.pool")
 _monotonic = time.monotonic
 
@@ -612,7 +614,7 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             ):
                 self._spawn()  # no idle thread can take it: start one (lazily, as needed)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> ThreadJob[R]:
         """Queue ``fn(*args, **kwargs)``; block this thread while the queue is full.
 
         ``fn`` is a plain (blocking) function, called on a worker thread.
@@ -651,7 +653,9 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             if self._state == OPEN and self._live - self._retiring < self._target:
                 self._spawn()
 
-    def submit_nowait(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadJob[Any]:
+    def submit_nowait(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ThreadJob[R]:
         """Queue ``fn(*args, **kwargs)`` if there is room now, else raise
         :class:`~poolkit.QueueFull` (counted as rejected).  Never blocks; any thread, event
         loops included.
@@ -674,6 +678,36 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
 
     # ----------------------------------------------------------------- map
 
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: Literal[False] = False,
+    ) -> Iterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: Literal[True],
+    ) -> Iterator[Outcome[T, R]]: ...
+    @overload
+    def map(  # outcomes= known only at run time
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        /,
+        *,
+        ordered: bool = True,
+        outcomes: bool = False,
+    ) -> Iterator[R] | Iterator[Outcome[T, R]]: ...
     def map(
         self,
         fn: Callable[[Any], Any],
