@@ -1,5 +1,5 @@
-"""``python -m poolkit``: the ``poolkit`` command (see :mod:`poolkit._cli`)."""
+"""``python -m poolkit``: the ``poolkit`` command (see :mod:`poolkit._tools._cli`)."""
 
-from ._cli import main
+from ._tools._cli import main
 
 raise SystemExit(main())

@@ -54,7 +54,8 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from . import _introspect, _registry, _snapshot
+from ._core import _registry
+from ._leaks import _introspect, _snapshot
 
 __all__ = ["DebugServer", "serve"]
 
@@ -99,13 +100,13 @@ def _tasks(server: _Server, query: Query) -> Answer:
 
 
 def _pools(server: _Server, query: Query) -> Answer:
-    from . import _metrics  # only when asked: most programs never serve it
+    from ._observe import _metrics  # only when asked: most programs never serve it
 
     return 200, _JSON, json.dumps(_metrics.objects_json(), allow_nan=False)
 
 
 def _metrics_text(server: _Server, query: Query) -> Answer:
-    from . import _metrics
+    from ._observe import _metrics
 
     return 200, _PROMETHEUS, _metrics.exposition()
 

@@ -18,28 +18,28 @@ The asyncio and threads counterpart of Go's ``goleak`` and ``/debug/pprof/gorout
 * Creation sites are kept for every task and thread poolkit starts; :func:`track_tasks` keeps
   them for all tasks of a loop, and :func:`label` tags a task or thread for dumps.
 * :func:`find_blocked` proves tasks blocked forever, using the garbage collector's view of who
-  can reach what (see :mod:`poolkit._blocked` for the method and its cost).
+  can reach what (see :mod:`poolkit._leaks._blocked` for the method and its cost).
 * :func:`no_leaks` fails a block (or a test) that leaves tasks or threads behind; the pytest
   plugin (``pytest --poolkit-leaks``, or the ``no_leaks`` marker) applies it to tests.
 * :class:`Watchdog` counts live tasks, threads and workers while a program runs and reports
   steady growth.
 """
 
-from ._blocked import find_blocked as find_blocked
-from ._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
-from ._exceptions import LeakError as LeakError
-from ._introspect import Frame as Frame
-from ._introspect import Snapshot as Snapshot
-from ._introspect import TaskInfo as TaskInfo
-from ._introspect import ThreadInfo as ThreadInfo
-from ._introspect import label as label
-from ._introspect import track_tasks as track_tasks
-from ._noleaks import NoLeaks as NoLeaks
-from ._noleaks import no_leaks as no_leaks
-from ._snapshot import snapshot as snapshot
-from ._watchdog import Growth as Growth
-from ._watchdog import Sample as Sample
-from ._watchdog import Watchdog as Watchdog
+from ._core._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
+from ._core._exceptions import LeakError as LeakError
+from ._leaks._blocked import find_blocked as find_blocked
+from ._leaks._introspect import Frame as Frame
+from ._leaks._introspect import Snapshot as Snapshot
+from ._leaks._introspect import TaskInfo as TaskInfo
+from ._leaks._introspect import ThreadInfo as ThreadInfo
+from ._leaks._introspect import label as label
+from ._leaks._introspect import track_tasks as track_tasks
+from ._leaks._noleaks import NoLeaks as NoLeaks
+from ._leaks._noleaks import no_leaks as no_leaks
+from ._leaks._snapshot import snapshot as snapshot
+from ._leaks._watchdog import Growth as Growth
+from ._leaks._watchdog import Sample as Sample
+from ._leaks._watchdog import Watchdog as Watchdog
 
 __all__ = [
     "Frame",

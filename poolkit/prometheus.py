@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - prometheus_client is in the "te
         "poolkit.prometheus needs prometheus_client: pip install 'poolkit[prometheus]'"
     ) from exc
 
-from . import _metrics
+from ._observe import _metrics
 
 __all__ = ["PoolkitCollector"]
 
@@ -53,8 +53,8 @@ class PoolkitCollector(Collector):
     ``REGISTRY.register(PoolkitCollector())`` adds poolkit's metrics to the default registry;
     any ``CollectorRegistry`` works the same.  Each scrape calls :meth:`collect`, which reads
     every live object's ``statistics()`` once.  It may run in any thread (as
-    ``prometheus_client``'s HTTP server does); see :mod:`poolkit._metrics` for how consistent
-    a reading taken off the event loop is.
+    ``prometheus_client``'s HTTP server does); see :mod:`poolkit._observe._metrics` for how
+    consistent a reading taken off the event loop is.
 
     :meth:`describe` returns the metric families without samples: the names are fixed, so a
     registry learns them (and refuses a second ``PoolkitCollector``, whose series would

@@ -28,7 +28,7 @@ from collections.abc import Generator
 
 import pytest
 
-from ._noleaks import NoLeaks
+from ._leaks._noleaks import NoLeaks
 
 __all__: list[str] = []
 

@@ -1,5 +1,6 @@
-"""aiolimiter.AsyncLimiter objects wherever poolkit takes a limit (poolkit/_aiolimiter_support.py
-and the aiolimiter parts of poolkit/_composite.py), tested with real aiolimiter objects.
+"""aiolimiter.AsyncLimiter objects wherever poolkit takes a limit
+(poolkit/_primitives/_aiolimiter_support.py and the aiolimiter parts of
+poolkit/_primitives/_composite.py), tested with real aiolimiter objects.
 
 Timing runs on virtual time.  aiolimiter re-arms its timer at ``last_check + needed / rate``,
 and where float error leaves ``needed`` a hair above zero a virtual clock never moves past it
@@ -31,9 +32,9 @@ from poolkit import (
     ThreadPool,
     TokenBucket,
     WorkerPool,
-    _metrics,
 )
-from poolkit._composite import pool_limits
+from poolkit._observe import _metrics
+from poolkit._primitives._composite import pool_limits
 from poolkit.testing import VirtualTimeLoop
 
 

@@ -41,7 +41,7 @@ from aiohttp import web
 
 import poolkit
 from poolkit import leaks
-from poolkit._blocked import analysis_unavailable
+from poolkit._leaks._blocked import analysis_unavailable
 
 pytestmark = pytest.mark.skipif(
     analysis_unavailable() is not None,

@@ -594,7 +594,7 @@ async def test_newcomer_sender_queues_behind_blocked_senders() -> None:
 def test_send_trusts_a_receiver_only_after_claiming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     # A select registration can look live and be claimed through another channel, by another
     # thread, a moment later.  Emulate the hint being stale: the send must not count on it.
-    from poolkit import _channel
+    from poolkit._primitives import _channel
 
     ch: Channel[int] = Channel(0)
     claim = _channel._SelectClaim()

@@ -17,8 +17,8 @@ import pytest
 
 import poolkit
 from poolkit import Channel, ChannelClosed, EndOfChannel, WouldBlock
-from poolkit._channel import ReceiveHandle, SendHandle
-from poolkit._exceptions import PoolkitError, ReceiversGone
+from poolkit._core._exceptions import PoolkitError, ReceiversGone
+from poolkit._primitives._channel import ReceiveHandle, SendHandle
 
 from .test_channel import wait_until
 
@@ -560,7 +560,7 @@ def test_forgotten_receive_handle_warns() -> None:
 def test_errors_say_whose_fault_it_is() -> None:
     assert issubclass(ReceiversGone, PoolkitError)
     assert not issubclass(ReceiversGone, ChannelClosed)  # not the sender's doing
-    doc = poolkit._exceptions.__doc__ or ""
+    doc = poolkit._core._exceptions.__doc__ or ""
     assert "ReceiversGone" in doc and "the other side went away" in doc
 
 

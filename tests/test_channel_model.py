@@ -30,8 +30,8 @@ from hypothesis.stateful import (
 
 import poolkit
 from poolkit import Channel, ChannelClosed, EndOfChannel, WouldBlock
-from poolkit._channel import ReceiveHandle, SendHandle
-from poolkit._exceptions import ReceiversGone
+from poolkit._core._exceptions import ReceiversGone
+from poolkit._primitives._channel import ReceiveHandle, SendHandle
 
 from .conftest import LOOP_FACTORIES
 from .test_channel_handles import join_all
@@ -273,8 +273,9 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @invariant()
     def nobody_waits_needlessly(self) -> None:
-        # The fairness invariants of poolkit/_channel.py, read off its internals (single-threaded
-        # here, so no lock is needed; asserting under it would deadlock on the repr).
+        # The fairness invariants of poolkit/_primitives/_channel.py, read off its internals
+        # (single-threaded here, so no lock is needed; asserting under it would deadlock on the
+        # repr).
         ch = self.ch
         receivers = sum(1 for w in ch._recvq if w.live())
         senders = sum(1 for w in ch._sendq if w.live())

@@ -765,7 +765,7 @@ def test_limits_try_acquire_gives_slots_back_outside_the_buckets_lock(
     original = CapacityLimiter.release
 
     def release(self: CapacityLimiter, weight: int = 1) -> None:
-        released_under_lock.append(poolkit._ratelimit.LOCK.locked())
+        released_under_lock.append(poolkit._primitives._ratelimit.LOCK.locked())
         original(self, weight)
 
     monkeypatch.setattr(CapacityLimiter, "release", release)

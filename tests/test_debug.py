@@ -1,5 +1,5 @@
 """poolkit.debug (the HTTP endpoint) over real HTTP on 127.0.0.1, and the poolkit command
-(poolkit._cli) run against it, as a subprocess and in-process."""
+(poolkit._tools._cli) run against it, as a subprocess and in-process."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 
 import poolkit
-from poolkit import _cli, _snapshot, debug
+from poolkit import debug
+from poolkit._leaks import _snapshot
+from poolkit._tools import _cli
 
 from .conftest import LOOP_FACTORIES
 
@@ -181,7 +183,7 @@ def test_tasks_grouped(server: debug.DebugServer, scene: Scene) -> None:
     assert r.content_type == "text/plain; charset=utf-8"
     assert "task profile: total 5\n" in r.body
     assert "3 @ chan receive\n" in r.body
-    assert "poolkit._channel.Channel.receive" in r.body
+    assert "poolkit._primitives._channel.Channel.receive" in r.body
     assert "2 @ pool idle\n" in r.body
     assert f"#\towner pool '{scene.pool_name}' worker\n" in r.body
     assert "thread profile: total " in r.body
@@ -727,7 +729,7 @@ def test_cli_demo_gets_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
             seen.append(argv)
             return 7
 
-    monkeypatch.setitem(sys.modules, "poolkit._demo", FakeDemo)
+    monkeypatch.setitem(sys.modules, "poolkit._tools._demo", FakeDemo)
     assert _cli.main(["demo", "--workers", "3", "-h", "extra"]) == 7
     assert _cli.main(["demo"]) == 7
     assert seen == [["--workers", "3", "-h", "extra"], []]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from poolkit import _demo
+from poolkit._tools import _demo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def test_the_demo_accounts_for_every_page_and_catches_the_leak() -> None:
     assert "pool 'crawler': workers 0 (busy 0) | queued   0 | done  40" in text
     assert "LeakError: 1 task still alive 0.2 s after the block ended" in text
     assert "1 @ chan receive, blocked forever" in text
-    assert "#\tcreated by poolkit._demo.leak\t" in text  # where the leaked task was made
+    assert "#\tcreated by poolkit._tools._demo.leak\t" in text  # where the leaked task was made
 
 
 def test_the_demo_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,6 @@
 """The CPython and asyncio internals that poolkit's leak tooling relies on, each checked.
 
-``poolkit._blocked`` and ``poolkit._introspect`` list what they lean on (their module
+``poolkit._leaks._blocked`` and ``poolkit._leaks._introspect`` list what they lean on (their module
 docstrings).  A new Python release that changes any of it should fail here, in CI, before a user
 meets a wrong answer or a crash.  Also: the interpreters where the heap analysis refuses to run
 say so clearly, and the rest of the tooling still works there.
@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 import poolkit
-from poolkit import _blocked, _introspect, leaks
+from poolkit import leaks
+from poolkit._leaks import _blocked, _introspect
 
 VERIFIED = _blocked.analysis_unavailable() is None
 needs_analysis = pytest.mark.skipif(

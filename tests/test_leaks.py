@@ -699,12 +699,12 @@ def test_generator_functions_cannot_be_decorated() -> None:
 
 
 async def test_a_clean_block_never_walks_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
-    import poolkit._noleaks
+    import poolkit._leaks._noleaks
 
     def walked(*args: object) -> set[int]:
         raise AssertionError("find_blocked ran although nothing leaked")
 
-    monkeypatch.setattr(poolkit._noleaks, "blocked_ids", walked)
+    monkeypatch.setattr(poolkit._leaks._noleaks, "blocked_ids", walked)
     async with no_leaks(timeout=0.05):
         await asyncio.create_task(asyncio.sleep(0.01))  # finished by the end: nothing to report
     with no_leaks(timeout=0.05):

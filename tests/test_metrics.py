@@ -1,4 +1,4 @@
-"""poolkit._metrics and poolkit.prometheus: live objects as Prometheus metrics and JSON.
+"""poolkit._observe._metrics and poolkit.prometheus: live objects as Prometheus metrics and JSON.
 
 Every check scrapes twice over, through ``_metrics.exposition()`` and through
 ``PoolkitCollector`` in a ``prometheus_client`` registry, parses the text back with
@@ -42,9 +42,9 @@ from poolkit import (
     TokenBucket,
     TokenBucketStatistics,
     WorkerPool,
-    _metrics,
 )
-from poolkit._registry import KINDS, label_of, live
+from poolkit._core._registry import KINDS, label_of, live
+from poolkit._observe import _metrics
 from poolkit.prometheus import PoolkitCollector
 
 Key = tuple[str, frozenset[tuple[str, str]]]

@@ -1,6 +1,6 @@
 """What both pools promise alike, tested once on each kind (``WorkerPool`` and ``ThreadPool``).
 
-They share one core (``poolkit._pool_core``): the option checks, the counters, the messages,
+They share one core (``poolkit._pools._pool_core``): the option checks, the counters, the messages,
 retry replay.  Behaviour that differs by nature (cancelling a running job, timeouts on a
 thread, event loops, threads starting as jobs need them) stays in ``test_pool.py`` and
 ``test_thread_pool.py``.

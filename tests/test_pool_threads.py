@@ -479,7 +479,7 @@ def test_a_wait_for_room_stopped_before_its_first_step_still_answers_its_thread(
     """A shutdown that comes between the loop starting a wait for room and that wait's first
     step cancels a task whose coroutine then never runs at all: its thread must be answered
     by the shutdown itself (it used to wait forever)."""
-    from poolkit._bridge import _FromThread
+    from poolkit._pools._bridge import _FromThread
 
     pool = WorkerPool(workers=1, queue_size=0)
     lt = LoopThread(kind, pool)

@@ -52,7 +52,7 @@ def test_exception_tree() -> None:
         assert issubclass(exc, poolkit.PoolkitError)
     assert issubclass(poolkit.PoolkitError, Exception)
     # the docstring draws the tree: every exception class appears in it
-    doc = importlib.import_module("poolkit._exceptions").__doc__ or ""
+    doc = importlib.import_module("poolkit._core._exceptions").__doc__ or ""
     for name in ("PoolkitError", "WouldBlock", "ChannelClosed", "EndOfChannel"):
         assert name in doc
 

@@ -497,7 +497,7 @@ def test_waiter_on_a_closed_loop_does_not_block_the_bucket() -> None:
 
 
 async def test_burst_lowered_between_check_and_queue_fails_the_acquire() -> None:
-    import poolkit._ratelimit as rl
+    import poolkit._primitives._ratelimit as rl
 
     bucket = TokenBucket(100, 10)
     assert bucket.try_acquire(10)
@@ -792,7 +792,7 @@ def test_stranded_waiters_do_not_stall_a_change(change: str) -> None:
 async def test_a_waiter_closed_while_the_lock_is_held_never_waits_for_it() -> None:
     # The garbage collector may close a waiting coroutine in a thread that holds the lock.  Its
     # clean-up used to wait 0.1 s for the lock, give up, and leave the waiter queued for good.
-    import poolkit._ratelimit as rl
+    import poolkit._primitives._ratelimit as rl
 
     bucket = TokenBucket(1, 1)
     assert bucket.try_acquire()
@@ -1209,7 +1209,7 @@ class Clock:
         self.read_under_lock = False
 
     def __call__(self) -> float:
-        if poolkit._ratelimit.LOCK.locked():
+        if poolkit._primitives._ratelimit.LOCK.locked():
             self.read_under_lock = True
         return self.t
 

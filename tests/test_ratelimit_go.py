@@ -29,7 +29,7 @@ import threading
 import pytest
 
 from poolkit import TokenBucket
-from poolkit._ratelimit import Reservation
+from poolkit._primitives._ratelimit import Reservation
 from poolkit.testing import VirtualTimeLoop
 from tests.conftest import run_on
 

@@ -1,6 +1,6 @@
 """Every state that dumps can name shows in a dump, for a task or thread really waiting there.
 
-``poolkit._introspect`` names a task's or thread's state after the function it waits in
+``poolkit._leaks._introspect`` names a task's or thread's state after the function it waits in
 (``Channel.receive`` -> ``chan receive``), keyed by code objects.  Each entry of its table is
 exercised here: a scene puts a task or a thread in that function, a snapshot is taken, and the
 dump must show the state with the function on the stack.  A function that moved, was renamed or
@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 import poolkit
-from poolkit import _introspect, leaks
-from poolkit._introspect import Info
+from poolkit import leaks
+from poolkit._leaks import _introspect
+from poolkit._leaks._introspect import Info
 
 SETTLE = 0.3  # real seconds for threads and tasks to reach their waits (a bound, not a timing)
 
@@ -85,71 +86,83 @@ async def _task_scenes(sc: Scenes, stack: contextlib.AsyncExitStack) -> list[asy
         sc.expect(where, state)
 
     ch: poolkit.Channel[int] = poolkit.Channel(0)
-    start(ch.send(1), "poolkit._channel:Channel.send", "chan send")
+    start(ch.send(1), "poolkit._primitives._channel:Channel.send", "chan send")
     empty: poolkit.Channel[int] = poolkit.Channel(0)
-    start(empty.receive(), "poolkit._channel:Channel.receive", "chan receive")
+    start(empty.receive(), "poolkit._primitives._channel:Channel.receive", "chan receive")
 
     async def drain(it: AsyncIterator[int]) -> None:
         async for _ in it:
             pass
 
-    start(drain(poolkit.Channel[int](0)), "poolkit._channel:Channel.__anext__", "chan receive")
+    start(
+        drain(poolkit.Channel[int](0)),
+        "poolkit._primitives._channel:Channel.__anext__",
+        "chan receive",
+    )
     send_handle = poolkit.Channel[int](0).send_handle()
     receive_handle = poolkit.Channel[int](0).receive_handle()
     iterated_handle = poolkit.Channel[int](0).receive_handle()
     sc.cleanups += [send_handle.close, receive_handle.close, iterated_handle.close]
-    start(send_handle.send(1), "poolkit._channel:SendHandle.send", "chan send")
-    start(receive_handle.receive(), "poolkit._channel:ReceiveHandle.receive", "chan receive")
-    start(drain(iterated_handle), "poolkit._channel:ReceiveHandle.__anext__", "chan receive")
-    start(poolkit.select(empty.receive_case()), "poolkit._channel:select", "select")
+    start(send_handle.send(1), "poolkit._primitives._channel:SendHandle.send", "chan send")
+    start(
+        receive_handle.receive(),
+        "poolkit._primitives._channel:ReceiveHandle.receive",
+        "chan receive",
+    )
+    start(
+        drain(iterated_handle),
+        "poolkit._primitives._channel:ReceiveHandle.__anext__",
+        "chan receive",
+    )
+    start(poolkit.select(empty.receive_case()), "poolkit._primitives._channel:select", "select")
 
     full = poolkit.CapacityLimiter(1)
     await full.acquire()
-    start(full.acquire(), "poolkit._limiter:CapacityLimiter.acquire", "semacquire")
+    start(full.acquire(), "poolkit._primitives._limiter:CapacityLimiter.acquire", "semacquire")
 
     async def enter(cm: Any) -> None:
         async with cm:
             pass
 
-    start(enter(full), "poolkit._limiter:CapacityLimiter.__aenter__", "semacquire")
+    start(enter(full), "poolkit._primitives._limiter:CapacityLimiter.__aenter__", "semacquire")
     bucket = poolkit.TokenBucket(0.001, 1)
     bucket.try_acquire()
     sc.cleanups.append(lambda: setattr(bucket, "rate", float("inf")))
-    start(bucket.acquire(), "poolkit._ratelimit:TokenBucket.acquire", "rate wait")
-    start(enter(bucket), "poolkit._ratelimit:TokenBucket.__aenter__", "rate wait")
+    start(bucket.acquire(), "poolkit._primitives._ratelimit:TokenBucket.acquire", "rate wait")
+    start(enter(bucket), "poolkit._primitives._ratelimit:TokenBucket.__aenter__", "rate wait")
     both = poolkit.Limits(full)
-    start(both.acquire(), "poolkit._composite:Limits.acquire", "limits wait")
+    start(both.acquire(), "poolkit._primitives._composite:Limits.acquire", "limits wait")
 
     async def hold(cm: Any) -> None:
         async with cm:
             pass
 
-    start(hold(both.hold()), "poolkit._composite:Limits.hold", "limits wait")
-    start(enter(both), "poolkit._composite:Limits.__aenter__", "limits wait")
+    start(hold(both.hold()), "poolkit._primitives._composite:Limits.hold", "limits wait")
+    start(enter(both), "poolkit._primitives._composite:Limits.__aenter__", "limits wait")
     per_key: poolkit.PerKey[str, poolkit.CapacityLimiter] = poolkit.PerKey(
         lambda: poolkit.CapacityLimiter(1)
     )
     await per_key.acquire("k")
-    start(per_key.acquire("k"), "poolkit._composite:PerKey.acquire", "limits wait")
-    start(hold(per_key.hold("k")), "poolkit._composite:PerKey.hold", "limits wait")
+    start(per_key.acquire("k"), "poolkit._primitives._composite:PerKey.acquire", "limits wait")
+    start(hold(per_key.hold("k")), "poolkit._primitives._composite:PerKey.hold", "limits wait")
 
     # Pools: an idle worker, a worker waiting on the pool's limit (a rate wait through a
     # combined limit), a submitter waiting for room, a shutdown waiting for a job, a map.
     idle = await stack.enter_async_context(poolkit.WorkerPool(workers=1, name="idle"))
     await idle.submit(asyncio.sleep, 0)
-    sc.expect("poolkit._pool:_JobQueue.wait_for_job", "pool idle")
+    sc.expect("poolkit._pools._pool:_JobQueue.wait_for_job", "pool idle")
     rated = await stack.enter_async_context(
         poolkit.WorkerPool(workers=1, limit=poolkit.Limits(bucket), name="rated")
     )
     await rated.submit(asyncio.sleep, 0)
-    sc.expect("poolkit._ratelimit:wait_async", "rate wait")
+    sc.expect("poolkit._primitives._ratelimit:wait_async", "rate wait")
     gate = asyncio.Event()
     busy = poolkit.WorkerPool(workers=1, queue_size=1, name="busy")
     stack.push_async_callback(busy.shutdown)
     await busy.submit(gate.wait)
     await asyncio.sleep(0)
     await busy.submit(gate.wait)  # fills the queue
-    start(busy.submit(gate.wait), "poolkit._pool:WorkerPool.submit", "pool submit")
+    start(busy.submit(gate.wait), "poolkit._pools._pool:WorkerPool.submit", "pool submit")
     sc.cleanups.append(gate.set)
 
     def submit_from_thread() -> None:
@@ -157,25 +170,25 @@ async def _task_scenes(sc: Scenes, stack: contextlib.AsyncExitStack) -> list[asy
             busy.submit_blocking(gate.wait).result(30)
 
     _thread(submit_from_thread, "submit-blocking")
-    sc.expect("poolkit._bridge:ThreadDoor._put_from_thread", "pool submit")
+    sc.expect("poolkit._pools._bridge:ThreadDoor._put_from_thread", "pool submit")
     closing = poolkit.WorkerPool(workers=1, name="closing")
     await closing.submit(gate.wait)
     await asyncio.sleep(0)
-    start(closing.shutdown(), "poolkit._pool:WorkerPool.shutdown", "pool shutdown")
+    start(closing.shutdown(), "poolkit._pools._pool:WorkerPool.shutdown", "pool shutdown")
 
     async def consume_map() -> None:
         async with poolkit.WorkerPool(workers=1, name="mapping") as pool:
             async for _ in pool.map(lambda _: gate.wait(), range(2)):
                 pass
 
-    start(consume_map(), "poolkit._map:map_async", "pool map")
+    start(consume_map(), "poolkit._pools._map:map_async", "pool map")
     thread_pool = poolkit.ThreadPool(workers=1, name="closing-async")
     released = threading.Event()
     thread_pool.submit(released.wait, 30)
     sc.cleanups.append(released.set)
     start(
         thread_pool.shutdown_async(),
-        "poolkit._thread_pool:ThreadPool.shutdown_async",
+        "poolkit._pools._thread_pool:ThreadPool.shutdown_async",
         "pool shutdown",
     )
 
@@ -259,9 +272,17 @@ async def _thread_scenes(
     sc.cleanups += [ch.close for ch in chans]  # one channel per scene, or they would pair up
     a, b, c, d, e, f = chans
     threads = [
-        (lambda: a.send_blocking(1), "poolkit._channel:Channel.send_blocking", "chan send"),
-        (b.receive_blocking, "poolkit._channel:Channel.receive_blocking", "chan receive"),
-        (lambda: list(c), "poolkit._channel:Channel.__iter__", "chan receive"),
+        (
+            lambda: a.send_blocking(1),
+            "poolkit._primitives._channel:Channel.send_blocking",
+            "chan send",
+        ),
+        (
+            b.receive_blocking,
+            "poolkit._primitives._channel:Channel.receive_blocking",
+            "chan receive",
+        ),
+        (lambda: list(c), "poolkit._primitives._channel:Channel.__iter__", "chan receive"),
     ]
     send_handle = d.send_handle()
     receive_handle = e.receive_handle()
@@ -270,22 +291,26 @@ async def _thread_scenes(
     threads += [
         (
             lambda: send_handle.send_blocking(1),
-            "poolkit._channel:SendHandle.send_blocking",
+            "poolkit._primitives._channel:SendHandle.send_blocking",
             "chan send",
         ),
         (
             receive_handle.receive_blocking,
-            "poolkit._channel:ReceiveHandle.receive_blocking",
+            "poolkit._primitives._channel:ReceiveHandle.receive_blocking",
             "chan receive",
         ),
-        (lambda: list(iterated_handle), "poolkit._channel:ReceiveHandle.__iter__", "chan receive"),
+        (
+            lambda: list(iterated_handle),
+            "poolkit._primitives._channel:ReceiveHandle.__iter__",
+            "chan receive",
+        ),
     ]
     empty: poolkit.Channel[int] = poolkit.Channel(0)
     sc.cleanups.append(empty.close)
     threads.append(
         (
             lambda: poolkit.select_blocking(empty.receive_case(), timeout=30),
-            "poolkit._channel:select_blocking",
+            "poolkit._primitives._channel:select_blocking",
             "select",
         )
     )
@@ -303,10 +328,10 @@ async def _thread_scenes(
     threads += [
         (
             lambda: full.acquire_blocking(timeout=30),
-            "poolkit._limiter:CapacityLimiter.acquire_blocking",
+            "poolkit._primitives._limiter:CapacityLimiter.acquire_blocking",
             "semacquire",
         ),
-        (enter(full), "poolkit._limiter:CapacityLimiter.__enter__", "semacquire"),
+        (enter(full), "poolkit._primitives._limiter:CapacityLimiter.__enter__", "semacquire"),
     ]
     bucket = poolkit.TokenBucket(0.001, 1)
     bucket.try_acquire()
@@ -314,24 +339,28 @@ async def _thread_scenes(
     threads += [
         (
             lambda: bucket.acquire_blocking(timeout=30),
-            "poolkit._ratelimit:TokenBucket.acquire_blocking",
+            "poolkit._primitives._ratelimit:TokenBucket.acquire_blocking",
             "rate wait",
         ),
-        (enter(bucket), "poolkit._ratelimit:TokenBucket.__enter__", "rate wait"),
+        (enter(bucket), "poolkit._primitives._ratelimit:TokenBucket.__enter__", "rate wait"),
     ]
     limits = poolkit.Limits(full)
     rated = poolkit.Limits(bucket)
     threads += [
         (
             lambda: limits.acquire_blocking(timeout=30),
-            "poolkit._composite:Limits.acquire_blocking",
+            "poolkit._primitives._composite:Limits.acquire_blocking",
             "limits wait",
         ),
-        (enter(limits.hold_blocking()), "poolkit._composite:Limits.hold_blocking", "limits wait"),
-        (enter(limits), "poolkit._composite:Limits.__enter__", "limits wait"),
+        (
+            enter(limits.hold_blocking()),
+            "poolkit._primitives._composite:Limits.hold_blocking",
+            "limits wait",
+        ),
+        (enter(limits), "poolkit._primitives._composite:Limits.__enter__", "limits wait"),
         (
             lambda: rated.acquire_blocking(timeout=30),
-            "poolkit._ratelimit:wait_thread",
+            "poolkit._primitives._ratelimit:wait_thread",
             "rate wait",  # the buckets' own threads show it too
         ),
     ]
@@ -343,12 +372,12 @@ async def _thread_scenes(
     threads += [
         (
             lambda: (per_key.acquire_blocking("k", timeout=30), per_key.release("k")),
-            "poolkit._composite:PerKey.acquire_blocking",
+            "poolkit._primitives._composite:PerKey.acquire_blocking",
             "limits wait",
         ),
         (
             enter(per_key.hold_blocking("k")),
-            "poolkit._composite:PerKey.hold_blocking",
+            "poolkit._primitives._composite:PerKey.hold_blocking",
             "limits wait",
         ),
     ]
@@ -362,7 +391,7 @@ async def _thread_scenes(
     sc.cleanups.append(held.release)
     idle = await astack.enter_async_context(poolkit.ThreadPool(workers=1, name="idle-threads"))
     await asyncio.wrap_future(idle.submit(time.sleep, 0))
-    sc.expect("poolkit._thread_pool:ThreadPool._wait_for_job", "pool idle")
+    sc.expect("poolkit._pools._thread_pool:ThreadPool._wait_for_job", "pool idle")
     busy = poolkit.ThreadPool(workers=1, queue_size=1, name="busy-threads")
     astack.push_async_callback(busy.shutdown_async)
     busy.submit(held.acquire, True, 30)  # a C call: no frame of its own, the worker is running
@@ -370,19 +399,21 @@ async def _thread_scenes(
     threads.append(
         (
             lambda: busy.submit(release.wait, 30),
-            "poolkit._thread_pool:ThreadPool.submit",
+            "poolkit._pools._thread_pool:ThreadPool.submit",
             "pool submit",
         )
     )
-    sc.expect("poolkit._thread_pool:_Worker._attempt", "running")
+    sc.expect("poolkit._pools._thread_pool:_Worker._attempt", "running")
     closing = poolkit.ThreadPool(workers=1, name="closing-threads")
     closing.submit(release.wait, 30)
-    threads.append((closing.shutdown, "poolkit._thread_pool:ThreadPool.shutdown", "pool shutdown"))
+    threads.append(
+        (closing.shutdown, "poolkit._pools._thread_pool:ThreadPool.shutdown", "pool shutdown")
+    )
     limited = await astack.enter_async_context(
         poolkit.ThreadPool(workers=1, limit=full, name="limited")
     )
     limited.submit(time.sleep, 0)
-    sc.expect("poolkit._thread_pool:_Worker._run", "limit wait")
+    sc.expect("poolkit._pools._thread_pool:_Worker._run", "limit wait")
 
     # The standard library.
     cond = threading.Condition()

@@ -454,7 +454,7 @@ class _PausingChannel:
                 self.idled_out.set()
                 self.go_on.wait(5)
             raise
-        if item is poolkit._thread_pool._RETIRE and self.hold_retirements:
+        if item is poolkit._pools._thread_pool._RETIRE and self.hold_retirements:
             self.go_on.wait(5)  # told to retire; holds still until the test says so
         return item
 
@@ -553,7 +553,7 @@ def test_cancel_racing_a_cancelling_shutdown_is_counted_once(
             time.sleep(0.1)
             super().__init__(*args)
 
-    monkeypatch.setattr(poolkit._thread_pool, "JobHandedBack", SlowHandBack)
+    monkeypatch.setattr(poolkit._pools._thread_pool, "JobHandedBack", SlowHandBack)
     gate = threading.Event()
     pool = ThreadPool(workers=1, queue_size=10)
     pool.submit(gate.wait)

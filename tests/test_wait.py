@@ -1,4 +1,4 @@
-"""poolkit._wait: the one way every primitive waits, wakes, gives up and takes its lock.
+"""poolkit._core._wait: the one way every primitive waits, wakes, gives up and takes its lock.
 
 The garbage collector may start inside a primitive's critical section (any allocation there can
 start one) and close, right there, a coroutine stranded on a closed event loop.  Its clean-up
@@ -27,9 +27,9 @@ from poolkit import (
     PerKey,
     TokenBucket,
     WouldBlock,
-    _wait,
 )
-from poolkit import _ratelimit as rl
+from poolkit._core import _wait
+from poolkit._primitives import _ratelimit as rl
 
 GRACE = 5.0  # a bound for work deferred to another thread; it takes milliseconds
 

@@ -25,10 +25,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._checks import check_timeout
-from ._exceptions import PoolClosed
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import PoolClosed
+from poolkit._core._registry import record_origin
+
 from ._pool_core import CLOSING, DONE, NEW
-from ._registry import record_origin
 
 __all__ = ["DoorHost", "ThreadDoor"]
 

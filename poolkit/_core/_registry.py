@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "KINDS",
+    "PACKAGE_DIR",
     "Origin",
     "label_of",
     "live",
@@ -95,12 +96,14 @@ class Origin:
 # Tasks and threads are hashed by identity and support weak references.
 _origins: weakref.WeakKeyDictionary[Any, Origin] = weakref.WeakKeyDictionary()
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# poolkit's own directory, with every sub-package in it (this file is poolkit/_core/_registry.py):
+# a frame from any file under it is the library's.  A test checks it is poolkit's root.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "asyncio" + os.sep
 # threading's own frames (Thread.run) are not the user's line either.
-_SKIP = (_PACKAGE_DIR, _ASYNCIO_DIR, os.path.abspath(threading.__file__))
+_SKIP = (PACKAGE_DIR, _ASYNCIO_DIR, os.path.abspath(threading.__file__))
 # ``poolkit demo`` plays the part of a program using poolkit: its lines are the user's lines.
-_DEMO = _PACKAGE_DIR + "_demo.py"
+_DEMO = os.path.join(PACKAGE_DIR, "_tools", "_demo.py")
 
 
 def user_site() -> tuple[CodeType | None, int, str]:

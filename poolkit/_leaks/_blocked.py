@@ -86,7 +86,8 @@ from collections import Counter
 from types import ModuleType
 from typing import Any
 
-from ._exceptions import HeapAnalysisUnavailable
+from poolkit._core._exceptions import HeapAnalysisUnavailable
+
 from ._introspect import TaskInfo, running_loop, stopped_world, task_infos
 
 __all__ = ["analysis_unavailable", "blocked_tasks", "check_available", "find_blocked"]

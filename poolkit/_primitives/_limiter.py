@@ -12,7 +12,7 @@ queue, whether it fits or not, and ``try_acquire``, ``acquire`` and the idle che
 look at the head first, so a waiter stranded there (a heavy one, say) holds up nobody; nor is it
 counted in ``statistics().waiting``.
 
-Waiting, waking and the lock go through :mod:`poolkit._wait`: nothing that can block or run
+Waiting, waking and the lock go through :mod:`poolkit._core._wait`: nothing that can block or run
 foreign code happens under the lock (a stranded waiter is dropped only after it is released,
 because dropping it destroys its task, whose clean-up wants this lock); a waiter being closed
 (``GeneratorExit``, perhaps by the garbage collector in a thread that holds the lock) withdraws
@@ -30,10 +30,10 @@ from threading import Lock
 from types import TracebackType
 from typing import final
 
-from ._checks import check_timeout
-from ._exceptions import NotAcquired
-from ._registry import register
-from ._wait import (
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import NotAcquired
+from poolkit._core._registry import register
+from poolkit._core._wait import (
     Sleeper,
     bury,
     busy_error,
@@ -59,7 +59,7 @@ _TIMED_OUT = 2
 _TOO_HEAVY = 3  # total shrank below its weight
 _GONE = 4  # cancelled, completed, or stranded on a closed event loop
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
 mirror_collecting(globals())
 
 

@@ -64,10 +64,10 @@ From other threads
 ``submit_blocking()`` hands a job to the pool from a thread that is not the pool's: it asks the
 loop (``call_soon_threadsafe``) to queue the job, waits in its thread for room, and returns a
 ``concurrent.futures.Future`` that the job's outcome reaches.  The loop decides alone whether the
-job got in, so a timeout or a shutdown never leaves it half-submitted (``poolkit._bridge``).
+job got in, so a timeout or a shutdown never leaves it half-submitted (``poolkit._pools._bridge``).
 
 What is not about asyncio (the options, the counters, the messages) is shared with ``ThreadPool``
-in ``poolkit._pool_core``; ``map()``'s machinery is in ``poolkit._map``.
+in ``poolkit._pools._pool_core``; ``map()``'s machinery is in ``poolkit._pools._map``.
 """
 
 from __future__ import annotations
@@ -86,9 +86,11 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 
 import tenacity
 
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import JobHandedBack, PoolClosed
+from poolkit._core._registry import record_origin, register
+
 from ._bridge import ThreadDoor
-from ._checks import check_timeout
-from ._exceptions import JobHandedBack, PoolClosed
 from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
 from ._map import _MapItem, map_async
@@ -103,7 +105,6 @@ from ._pool_core import (
     RUNNING,
     PoolCore,
 )
-from ._registry import record_origin, register
 from ._retry import async_retrying, keep_result, show_as_first
 
 __all__ = ["Job", "WorkerPool"]

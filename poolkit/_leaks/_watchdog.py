@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from ._checks import check_timeout
+from poolkit._core._checks import check_timeout
+from poolkit._core._registry import live, record_origin
+
 from ._introspect import running_loop
-from ._registry import live, record_origin
 
 __all__ = ["Growth", "Sample", "Watchdog"]
 

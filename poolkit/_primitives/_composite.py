@@ -24,9 +24,10 @@ TokenBucket("5/s"))))`` is a scraper's "64 in all, 2 per host, 5 a second per ho
 aiolimiter members
 ------------------
 An ``aiolimiter.AsyncLimiter`` may be a member too (also inside a nested ``Limits``, or made by a
-``PerKey`` factory), for code that already has them; :mod:`poolkit._aiolimiter_support` says
-what such a limiter does on its own (its heap of waiters ordered by cost starves a heavy
-acquisition behind light ones in a loop; a newcomer with room goes ahead of its waiters).  It
+``PerKey`` factory), for code that already has them;
+:mod:`poolkit._primitives._aiolimiter_support` says what such a limiter does on its own (its heap
+of waiters ordered by cost starves a heavy acquisition behind light ones in a loop; a newcomer
+with room goes ahead of its waiters).  It
 cannot join the buckets' one atomic step, and what it has granted it cannot give back, so an
 acquisition takes, in this order:
 
@@ -94,7 +95,8 @@ from another thread, say) it counts as not idle and is kept.
 
 Nothing under a lock
 --------------------
-Waiting, waking and the locks go through :mod:`poolkit._wait`.  The factory runs holding no lock.
+Waiting, waking and the locks go through :mod:`poolkit._core._wait`.  The factory runs holding no
+lock.
 The clean-up of an acquisition that is being closed (``GeneratorExit``: its task was stranded on
 a closed event loop and is being destroyed, perhaps by the garbage collector in a thread that
 holds one of these locks) never waits for a lock: the slots of concurrency limiters are given
@@ -116,22 +118,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
-from . import _aiolimiter_support as aio
-from ._aiolimiter_support import AsyncLimiterStatistics
-from ._checks import check_timeout
-from ._exceptions import NotAcquired
-from ._limiter import CapacityLimiter, CapacityLimiterStatistics, check_weight
-from ._ratelimit import (
-    LOCK,
-    TokenBucket,
-    TokenBucketStatistics,
-    enqueue,
-    try_take,
-    wait_async,
-    wait_thread,
-)
-from ._registry import register, unregistered
-from ._wait import (
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import NotAcquired
+from poolkit._core._registry import register, unregistered
+from poolkit._core._wait import (
     Busy,
     enter,
     give_up,
@@ -142,6 +132,19 @@ from ._wait import (
     refuse_in_loop,
     take,
     take_or_defer,
+)
+
+from . import _aiolimiter_support as aio
+from ._aiolimiter_support import AsyncLimiterStatistics
+from ._limiter import CapacityLimiter, CapacityLimiterStatistics, check_weight
+from ._ratelimit import (
+    LOCK,
+    TokenBucket,
+    TokenBucketStatistics,
+    enqueue,
+    try_take,
+    wait_async,
+    wait_thread,
 )
 
 if TYPE_CHECKING:
@@ -167,7 +170,7 @@ TaskLimit: TypeAlias = "CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any
 """What a pool takes as ``limit=`` (a ``ThreadPool`` refuses an ``AsyncLimiter``: see
 :func:`pool_limits`)."""
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
 mirror_collecting(globals())
 
 

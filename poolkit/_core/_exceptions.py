@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._introspect import Snapshot
+    from poolkit._leaks._introspect import Snapshot
 
 __all__ = [
     "BudgetExhausted",

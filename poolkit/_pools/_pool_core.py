@@ -9,12 +9,12 @@ drifted (named states in one, bare integers in the other; an idle timeout of ``i
   ``fail_fast``, ``min_workers``/``idle_timeout``), checked with messages that name the argument
   and the value;
 * the lifecycle states and the counters, and from them ``statistics()``, ``__repr__`` and the
-  accounting identity (see ``poolkit._pool``);
+  accounting identity (see ``poolkit._pools._pool``);
 * the messages a pool's errors carry, what ``map()`` raises for a job the pool stopped, and the
   record of jobs handed back;
 * the checks of ``resize()``, and ``fail_fast``'s first failure;
 * the first attempt that runs without tenacity (``first_attempt_is_free``), and its replay into
-  tenacity when it fails (``poolkit._retry.show_as_first`` and ``keep_result``, used by both
+  tenacity when it fails (``poolkit._pools._retry.show_as_first`` and ``keep_result``, used by both
   pools' retry loops: one awaits each attempt, the other calls it).
 
 A pool keeps apart only what really differs: how a worker waits for a job and runs it, how
@@ -27,7 +27,7 @@ core would be two, on a path whose whole budget is about a microsecond and a hal
 pools *are* the design the core describes, not users of a service: ``statistics()`` and
 ``closed`` are theirs.  The core holds no event loop, no thread and no future, so a process
 pool can build on it as well.  (What is a separate part is held, not inherited: the
-``submit_blocking()`` door of a ``WorkerPool``, in ``poolkit._bridge``.)
+``submit_blocking()`` door of a ``WorkerPool``, in ``poolkit._pools._bridge``.)
 
 Each pool's ``_Worker`` is the part that really differs: how a worker waits for a job and runs
 it (a task awaiting, a thread calling).
@@ -49,9 +49,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import tenacity
 
-from ._checks import check_timeout
-from ._composite import Limits, TaskLimit, pool_limits
-from ._exceptions import JobHandedBack, PoolClosed, QueueFull
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import JobHandedBack, PoolClosed, QueueFull
+from poolkit._primitives._composite import Limits, TaskLimit, pool_limits
+
 from ._jobs import PoolStatistics, UnstartedJob, fn_name
 from ._retry import RetryPolicy, check_policy, first_attempt_is_free
 

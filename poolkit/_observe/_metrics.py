@@ -1,8 +1,8 @@
 """Metrics of every live poolkit object: Prometheus text, a JSON dump, families for collectors.
 
-Each collection walks the weak registry (:mod:`poolkit._registry`) and reads every live object's
-``statistics()`` once; nothing is kept between collections and no poolkit object is touched on
-its hot path, so a process that never scrapes pays nothing.
+Each collection walks the weak registry (:mod:`poolkit._core._registry`) and reads every live
+object's ``statistics()`` once; nothing is kept between collections and no poolkit object is
+touched on its hot path, so a process that never scrapes pays nothing.
 
 Series
 ------
@@ -42,7 +42,7 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any, Final
 
-from ._registry import KINDS, label_of, live
+from poolkit._core._registry import KINDS, label_of, live
 
 __all__ = ["Family", "collect", "describe", "exposition", "objects_json"]
 

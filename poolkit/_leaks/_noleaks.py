@@ -48,9 +48,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import LeakError
+
 from ._blocked import analysis_unavailable
-from ._checks import check_timeout
-from ._exceptions import LeakError
 from ._introspect import (
     Info,
     Snapshot,

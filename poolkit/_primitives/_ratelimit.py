@@ -85,14 +85,15 @@ reservations made before it, as in Go.
 Nothing under the lock
 ----------------------
 Nothing that can block or run foreign code happens while the lock is held; waiting, waking and
-the lock go through :mod:`poolkit._wait`, as for every primitive.  The clock (perhaps the
+the lock go through :mod:`poolkit._core._wait`, as for every primitive.  The clock (perhaps the
 user's) is read before the lock is taken: a reading that is stale by then is earlier than one
 already seen, which refills nothing and takes nothing back.  A stranded waiter is dropped only
-after the lock is released (:func:`~poolkit._wait.bury`): dropping it destroys its task, and the
-task's clean-up wants this very lock.  That clean-up (``GeneratorExit``, perhaps from the garbage
-collector in a thread that holds the lock) never waits for the lock either: it withdraws through
-:func:`~poolkit._wait.give_up`.  Assigning ``rate`` or ``burst``, or ``Reservation.cancel()``,
-during a collection that interrupted this thread holding the lock is done as soon as it is free.
+after the lock is released (:func:`~poolkit._core._wait.bury`): dropping it destroys its task, and
+the task's clean-up wants this very lock.  That clean-up (``GeneratorExit``, perhaps from the
+garbage collector in a thread that holds the lock) never waits for the lock either: it withdraws
+through :func:`~poolkit._core._wait.give_up`.  Assigning ``rate`` or ``burst``, or
+``Reservation.cancel()``, during a collection that interrupted this thread holding the lock is done
+as soon as it is free.
 
 Why not aiolimiter's engine
 ---------------------------
@@ -138,10 +139,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import final
 
-from ._checks import check_timeout
-from ._exceptions import BudgetExhausted
-from ._registry import register
-from ._wait import (
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import BudgetExhausted
+from poolkit._core._registry import register
+from poolkit._core._wait import (
     Sleeper,
     bury,
     busy_error,
@@ -178,7 +179,7 @@ Clock = Callable[[], float]
 # buckets at once.  Bucket operations are a few arithmetic steps, so sharing it costs little.
 LOCK = _LOCK = threading.Lock()
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
 mirror_collecting(globals())
 
 _WAITING = 0

@@ -55,17 +55,17 @@ before it ran), its item joins ``channel.handed_back``.  Nothing is dropped sile
 Locks and foreign code
 ----------------------
 Nothing that can block or run foreign code happens under a channel's lock; waiting, waking and
-taking the lock go through :mod:`poolkit._wait`, as for every primitive.  A waiter whose event
-loop is closed can never run; it is skipped, and the reference to it is dropped only once the lock
-is released (:func:`~poolkit._wait.bury`), because dropping it destroys its task, whose clean-up
-(``GeneratorExit``) wants the very same lock.  That clean-up never waits for the lock either (the
-garbage collector may run it in a thread that holds it): it withdraws through
-:func:`~poolkit._wait.give_up`, so a promise made to a task that will never run is passed on.
+taking the lock go through :mod:`poolkit._core._wait`, as for every primitive.  A waiter whose
+event loop is closed can never run; it is skipped, and the reference to it is dropped only once
+the lock is released (:func:`~poolkit._core._wait.bury`), because dropping it destroys its task,
+whose clean-up (``GeneratorExit``) wants the very same lock.  That clean-up never waits for the
+lock either (the garbage collector may run it in a thread that holds it): it withdraws through
+:func:`~poolkit._core._wait.give_up`, so a promise made to a task that will never run is passed on.
 The same collection may close a task stranded inside ``async with send_handle:``: ``close()``
 called so, with the lock held by the thread the collection interrupted, is done as soon as the
 lock is free, rather than waiting for it for ever; a ``_nowait`` form answers ``WouldBlock``, and
 the forms that would wait raise :class:`~poolkit.Busy`, a ``RuntimeError`` (see "Locks and the
-garbage collector" in :mod:`poolkit._wait`).
+garbage collector" in :mod:`poolkit._core._wait`).
 
 A handle cannot be copied or pickled (``TypeError``): the channel counts its handles, and a copy
 would be one it does not know of.  ``clone()`` makes another.
@@ -93,10 +93,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
-from ._checks import check_timeout
-from ._exceptions import ChannelClosed, EndOfChannel, ReceiversGone, WouldBlock
-from ._registry import register
-from ._wait import (
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import ChannelClosed, EndOfChannel, ReceiversGone, WouldBlock
+from poolkit._core._registry import register
+from poolkit._core._wait import (
     Busy,
     Sleeper,
     bury,
@@ -150,7 +150,7 @@ _GONE = 2  # the channel closed because of it: senders are told ReceiversGone
 # one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
 _next_arrival = itertools.count().__next__
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._wait
+COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
 mirror_collecting(globals())
 
 
@@ -1872,7 +1872,7 @@ def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
 
 class _Locks:
     """Every channel's lock, in one global order.  During a garbage collection in this thread, a
-    lock that is taken raises :class:`~poolkit._wait.Busy` (holding none of them)."""
+    lock that is taken raises :class:`~poolkit._core._wait.Busy` (holding none of them)."""
 
     __slots__ = ("channels",)
 
@@ -1962,7 +1962,7 @@ def _select_withdraw(cases: tuple[SelectCase, ...], sel: _SelectClaim, exc: Base
 
     Claiming ``sel`` takes only its own mutex, which is never held across anything that could
     start a collection; a promise or invitation already made is undone through
-    :func:`~poolkit._wait.give_up`, which never waits for the channel's lock if the select is
+    :func:`~poolkit._core._wait.give_up`, which never waits for the channel's lock if the select is
     being closed (``GeneratorExit``, perhaps by the garbage collector in a thread that holds it).
     """
     if sel.take():

@@ -1,8 +1,8 @@
 """A snapshot of every task and thread, with the tasks that are provably blocked marked.
 
-It stands above :mod:`poolkit._introspect` (what a task or thread is doing) and
-:mod:`poolkit._blocked` (which tasks nothing alive can wake), the two analyses it joins, so that
-neither needs the other's caller: the layers have no cycle.
+It stands above :mod:`poolkit._leaks._introspect` (what a task or thread is doing) and
+:mod:`poolkit._leaks._blocked` (which tasks nothing alive can wake), the two analyses it joins, so
+that neither needs the other's caller: the layers have no cycle.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ __all__ = ["blocked_ids", "snapshot"]
 
 
 def blocked_ids(loop: asyncio.AbstractEventLoop | None, keep: list[Any]) -> set[int]:
-    """``id()`` of the tasks :mod:`poolkit._blocked` proves blocked; inside :func:`stopped_world`,
-    before the caller holds any task (a task the caller holds is reachable, hence not blocked).
+    """``id()`` of the tasks :mod:`poolkit._leaks._blocked` proves blocked; inside
+    :func:`stopped_world`, before the caller holds any task (a task the caller holds is reachable,
+    hence not blocked).
     ``keep`` receives what the caller must drop after leaving :func:`stopped_world`."""
     found = blocked_tasks(loop, keep)
     keep.append(found)

@@ -19,15 +19,15 @@ import sys
 import time
 from typing import TextIO
 
-from ._channel import Channel
-from ._composite import Limits, PerKey
-from ._exceptions import LeakError
-from ._introspect import track_tasks
-from ._limiter import CapacityLimiter
-from ._noleaks import no_leaks
-from ._pool import WorkerPool
-from ._ratelimit import TokenBucket
-from ._retry import RetryPolicy
+from poolkit._core._exceptions import LeakError
+from poolkit._leaks._introspect import track_tasks
+from poolkit._leaks._noleaks import no_leaks
+from poolkit._pools._pool import WorkerPool
+from poolkit._pools._retry import RetryPolicy
+from poolkit._primitives._channel import Channel
+from poolkit._primitives._composite import Limits, PerKey
+from poolkit._primitives._limiter import CapacityLimiter
+from poolkit._primitives._ratelimit import TokenBucket
 
 __all__ = ["main"]
 

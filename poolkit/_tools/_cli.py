@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from . import __version__
+from poolkit import __version__
 
 __all__ = ["main"]
 

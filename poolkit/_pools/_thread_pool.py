@@ -6,9 +6,9 @@ handle ``submit`` returns is a :class:`ThreadJob`, a ``concurrent.futures.Future
 code and ``asyncio.wrap_future`` work with it; workers follow the executor protocol
 (``set_running_or_notify_cancel``), so a job cancelled while queued never runs.
 
-Options, counters and the accounting identity are those of ``WorkerPool`` (see ``poolkit._pool``;
-both keep them in ``poolkit._pool_core``); here they are kept under one lock, so a snapshot taken
-from any thread is consistent.
+Options, counters and the accounting identity are those of ``WorkerPool`` (see
+``poolkit._pools._pool``; both keep them in ``poolkit._pools._pool_core``); here they are kept under
+one lock, so a snapshot taken from any thread is consistent.
 
 Threads start as jobs need them, as in ``ThreadPoolExecutor``: a job that arrives when no idle
 thread can take it starts one, up to ``workers``; threads then stay (an elastic pool lets those
@@ -52,16 +52,17 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 
 import tenacity
 
-from ._channel import _EMPTY, Channel
-from ._checks import check_timeout
-from ._exceptions import ChannelClosed, EndOfChannel, JobHandedBack
+from poolkit._core._checks import check_timeout
+from poolkit._core._exceptions import ChannelClosed, EndOfChannel, JobHandedBack
+from poolkit._core._registry import record_origin, register, unregistered
+from poolkit._core._wait import resolve
+from poolkit._primitives._channel import _EMPTY, Channel
+
 from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
 from ._map import map_threads
 from ._pool_core import CLOSED, CLOSING, NEW, OPEN, PoolCore
-from ._registry import record_origin, register, unregistered
 from ._retry import keep_result, show_as_first, sync_retrying
-from ._wait import resolve
 
 __all__ = ["ThreadJob", "ThreadPool"]
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any, TypeAlias
 
-from ._registry import Origin, origin_of, set_origin, user_site
+from poolkit._core._registry import PACKAGE_DIR, Origin, origin_of, set_origin, user_site
 
 __all__ = [
     "Frame",
@@ -207,49 +207,50 @@ _POOLKIT = "poolkit."
 # match nearest the caller's own code wins, so that ``Channel.receive`` names the state rather
 # than the generic wait it calls.
 _STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
-    ("poolkit._channel:Channel.send", "chan send", True),
-    ("poolkit._channel:Channel.receive", "chan receive", True),
-    ("poolkit._channel:Channel.__anext__", "chan receive", True),
-    ("poolkit._channel:Channel.send_blocking", "chan send", True),
-    ("poolkit._channel:Channel.receive_blocking", "chan receive", True),
-    ("poolkit._channel:Channel.__iter__", "chan receive", True),
-    ("poolkit._channel:SendHandle.send", "chan send", False),
-    ("poolkit._channel:SendHandle.send_blocking", "chan send", False),
-    ("poolkit._channel:ReceiveHandle.receive", "chan receive", False),
-    ("poolkit._channel:ReceiveHandle.__anext__", "chan receive", False),
-    ("poolkit._channel:ReceiveHandle.receive_blocking", "chan receive", False),
-    ("poolkit._channel:ReceiveHandle.__iter__", "chan receive", False),
-    ("poolkit._channel:select", "select", False),
-    ("poolkit._channel:select_blocking", "select", False),
-    ("poolkit._limiter:CapacityLimiter.acquire", "semacquire", True),
-    ("poolkit._limiter:CapacityLimiter.__aenter__", "semacquire", True),
-    ("poolkit._limiter:CapacityLimiter.acquire_blocking", "semacquire", True),
-    ("poolkit._limiter:CapacityLimiter.__enter__", "semacquire", True),
-    ("poolkit._ratelimit:TokenBucket.acquire", "rate wait", True),
-    ("poolkit._ratelimit:TokenBucket.__aenter__", "rate wait", True),
-    ("poolkit._ratelimit:TokenBucket.acquire_blocking", "rate wait", True),
-    ("poolkit._ratelimit:TokenBucket.__enter__", "rate wait", True),
-    ("poolkit._ratelimit:wait_async", "rate wait", False),  # where Limits waits for tokens
-    ("poolkit._ratelimit:wait_thread", "rate wait", False),
-    ("poolkit._composite:Limits.acquire", "limits wait", True),
-    ("poolkit._composite:Limits.hold", "limits wait", True),
-    ("poolkit._composite:Limits.acquire_blocking", "limits wait", True),
-    ("poolkit._composite:Limits.hold_blocking", "limits wait", True),
-    ("poolkit._composite:Limits.__aenter__", "limits wait", True),
-    ("poolkit._composite:Limits.__enter__", "limits wait", True),
-    ("poolkit._composite:PerKey.acquire", "limits wait", True),
-    ("poolkit._composite:PerKey.hold", "limits wait", True),
-    ("poolkit._composite:PerKey.acquire_blocking", "limits wait", True),
-    ("poolkit._composite:PerKey.hold_blocking", "limits wait", True),
-    ("poolkit._pool:_JobQueue.wait_for_job", "pool idle", False),
-    ("poolkit._pool:WorkerPool.submit", "pool submit", False),
-    ("poolkit._bridge:ThreadDoor._put_from_thread", "pool submit", False),
-    ("poolkit._pool:WorkerPool.shutdown", "pool shutdown", False),
-    ("poolkit._map:map_async", "pool map", False),
-    ("poolkit._thread_pool:ThreadPool._wait_for_job", "pool idle", False),
-    ("poolkit._thread_pool:ThreadPool.submit", "pool submit", False),
-    ("poolkit._thread_pool:ThreadPool.shutdown", "pool shutdown", False),
-    ("poolkit._thread_pool:ThreadPool.shutdown_async", "pool shutdown", False),
+    ("poolkit._primitives._channel:Channel.send", "chan send", True),
+    ("poolkit._primitives._channel:Channel.receive", "chan receive", True),
+    ("poolkit._primitives._channel:Channel.__anext__", "chan receive", True),
+    ("poolkit._primitives._channel:Channel.send_blocking", "chan send", True),
+    ("poolkit._primitives._channel:Channel.receive_blocking", "chan receive", True),
+    ("poolkit._primitives._channel:Channel.__iter__", "chan receive", True),
+    ("poolkit._primitives._channel:SendHandle.send", "chan send", False),
+    ("poolkit._primitives._channel:SendHandle.send_blocking", "chan send", False),
+    ("poolkit._primitives._channel:ReceiveHandle.receive", "chan receive", False),
+    ("poolkit._primitives._channel:ReceiveHandle.__anext__", "chan receive", False),
+    ("poolkit._primitives._channel:ReceiveHandle.receive_blocking", "chan receive", False),
+    ("poolkit._primitives._channel:ReceiveHandle.__iter__", "chan receive", False),
+    ("poolkit._primitives._channel:select", "select", False),
+    ("poolkit._primitives._channel:select_blocking", "select", False),
+    ("poolkit._primitives._limiter:CapacityLimiter.acquire", "semacquire", True),
+    ("poolkit._primitives._limiter:CapacityLimiter.__aenter__", "semacquire", True),
+    ("poolkit._primitives._limiter:CapacityLimiter.acquire_blocking", "semacquire", True),
+    ("poolkit._primitives._limiter:CapacityLimiter.__enter__", "semacquire", True),
+    ("poolkit._primitives._ratelimit:TokenBucket.acquire", "rate wait", True),
+    ("poolkit._primitives._ratelimit:TokenBucket.__aenter__", "rate wait", True),
+    ("poolkit._primitives._ratelimit:TokenBucket.acquire_blocking", "rate wait", True),
+    ("poolkit._primitives._ratelimit:TokenBucket.__enter__", "rate wait", True),
+    # where Limits waits for tokens:
+    ("poolkit._primitives._ratelimit:wait_async", "rate wait", False),
+    ("poolkit._primitives._ratelimit:wait_thread", "rate wait", False),
+    ("poolkit._primitives._composite:Limits.acquire", "limits wait", True),
+    ("poolkit._primitives._composite:Limits.hold", "limits wait", True),
+    ("poolkit._primitives._composite:Limits.acquire_blocking", "limits wait", True),
+    ("poolkit._primitives._composite:Limits.hold_blocking", "limits wait", True),
+    ("poolkit._primitives._composite:Limits.__aenter__", "limits wait", True),
+    ("poolkit._primitives._composite:Limits.__enter__", "limits wait", True),
+    ("poolkit._primitives._composite:PerKey.acquire", "limits wait", True),
+    ("poolkit._primitives._composite:PerKey.hold", "limits wait", True),
+    ("poolkit._primitives._composite:PerKey.acquire_blocking", "limits wait", True),
+    ("poolkit._primitives._composite:PerKey.hold_blocking", "limits wait", True),
+    ("poolkit._pools._pool:_JobQueue.wait_for_job", "pool idle", False),
+    ("poolkit._pools._pool:WorkerPool.submit", "pool submit", False),
+    ("poolkit._pools._bridge:ThreadDoor._put_from_thread", "pool submit", False),
+    ("poolkit._pools._pool:WorkerPool.shutdown", "pool shutdown", False),
+    ("poolkit._pools._map:map_async", "pool map", False),
+    ("poolkit._pools._thread_pool:ThreadPool._wait_for_job", "pool idle", False),
+    ("poolkit._pools._thread_pool:ThreadPool.submit", "pool submit", False),
+    ("poolkit._pools._thread_pool:ThreadPool.shutdown", "pool shutdown", False),
+    ("poolkit._pools._thread_pool:ThreadPool.shutdown_async", "pool shutdown", False),
     ("asyncio.tasks:sleep", "sleep", False),
     ("asyncio.tasks:wait", "wait", False),
     ("asyncio.tasks:wait_for", "wait", False),
@@ -288,14 +289,14 @@ _STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
 # is running a job, unless a frame inside names what it waits for; waiting on the pool's limit=
 # is shown as a limit wait (a token bucket's as a rate wait).
 _WORKER_FRAMES = (
-    "poolkit._pool:_Worker.run",
-    "poolkit._pool:_Worker._attempts",
-    "poolkit._pool:_Worker._retries",
-    "poolkit._pool:_Worker._attempt",
-    "poolkit._thread_pool:_Worker.run",
-    "poolkit._thread_pool:_Worker._run",
-    "poolkit._thread_pool:_Worker._attempts",
-    "poolkit._thread_pool:_Worker._attempt",
+    "poolkit._pools._pool:_Worker.run",
+    "poolkit._pools._pool:_Worker._attempts",
+    "poolkit._pools._pool:_Worker._retries",
+    "poolkit._pools._pool:_Worker._attempt",
+    "poolkit._pools._thread_pool:_Worker.run",
+    "poolkit._pools._thread_pool:_Worker._run",
+    "poolkit._pools._thread_pool:_Worker._attempts",
+    "poolkit._pools._thread_pool:_Worker._attempt",
 )
 _IN_WORKER = {"semacquire": "limit wait", "limits wait": "limit wait"}
 
@@ -379,8 +380,7 @@ _STDLIB = tuple(
         for p in (sysconfig.get_paths()["stdlib"], os.path.dirname(threading.__file__))
     }
 )
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_LIBRARY = (*_STDLIB, _PACKAGE)
+_LIBRARY = (*_STDLIB, PACKAGE_DIR)  # poolkit's frames, from every sub-package
 
 
 class _Frames:

@@ -2,10 +2,10 @@
 
 Users who already pace their code with aiolimiter can hand those limiters to poolkit wherever it
 takes a limit.  poolkit's :class:`~poolkit.TokenBucket` does not build on aiolimiter (the
-reasons, measured, are in :mod:`poolkit._ratelimit`); this module is only the adapter, and it
-never imports aiolimiter: an ``AsyncLimiter`` object can exist only once its module has been
-imported, so it is recognised through ``sys.modules``, and poolkit runs without aiolimiter
-installed.
+reasons, measured, are in :mod:`poolkit._primitives._ratelimit`); this module is only the
+adapter, and it never imports aiolimiter: an ``AsyncLimiter`` object can exist only once its
+module has been imported, so it is recognised through ``sys.modules``, and poolkit runs without
+aiolimiter installed.
 
 What an AsyncLimiter member means
 ---------------------------------
@@ -19,7 +19,7 @@ aiolimiter documents, with aiolimiter's own limits:
   (a ``TokenBucket`` serves in arrival order whatever the cost).
 * A newcomer that finds capacity takes it at once, ahead of the waiters.
 * Capacity taken is spent: it cannot be given back, so a ``Limits`` cancelled or failing after
-  the AsyncLimiter granted its part has spent that part (see :mod:`poolkit._composite`).
+  the AsyncLimiter granted its part has spent that part (see :mod:`poolkit._primitives._composite`).
 * It is asyncio-only and bound to the first event loop that uses it.  poolkit refuses to use it
   from a thread (``TypeError``) or from a task on another loop that is still open
   (``RuntimeError``) instead of letting it misbehave.  After its loop is closed, aiolimiter

@@ -24,10 +24,11 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from ._exceptions import PoolClosed
+from poolkit._core._exceptions import PoolClosed
+from poolkit._core._registry import record_origin
+
 from ._jobs import Outcome
 from ._pool_core import CANCELLING, DONE, OPEN, QUEUED, RUNNING
-from ._registry import record_origin
 
 __all__ = ["AsyncHost", "ThreadHost", "map_async", "map_threads"]
 
