@@ -131,12 +131,16 @@ async def leak(out: TextIO) -> bool:
         out.write("no_leaks() did not catch the leak\n")
         caught = False
     finally:
+        # End the leaked task while the collector is still off: once it runs, it may destroy the
+        # unreachable task first ("Task was destroyed but it is pending!").
+        me = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not me]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        del others
         if collecting:
             gc.enable()
-    me = asyncio.current_task()
-    for task in asyncio.all_tasks():
-        if task is not me:
-            task.cancel()
     return caught
 
 
