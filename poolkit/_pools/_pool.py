@@ -618,17 +618,22 @@ async def _take_pending_cancel(me: asyncio.Task[Any]) -> None:
 class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
     """A pool of long-lived asyncio workers: ``async with WorkerPool(workers=8) as pool:``.
 
-    Options (keyword-only): ``workers`` (how many run jobs at once; in elastic mode the most),
-    ``queue_size`` (jobs waiting for a worker before ``submit`` blocks; default ``workers``;
-    ``math.inf`` for no bound), ``name``, ``limit`` (a :class:`CapacityLimiter`,
-    :class:`TokenBucket`, :class:`Limits`, :class:`PerKey` or ``aiolimiter.AsyncLimiter``
-    acquired for every attempt of every job, with ``key`` a function of the :class:`Job` giving
-    the key for per-key limits),
-    ``timeout`` (seconds per attempt), ``retry`` (a :class:`RetryPolicy` or a
-    ``tenacity.AsyncRetrying``), ``fail_fast`` (the first failure cancels everything else, like
-    Go's errgroup, and ``async with`` raises it), and ``min_workers``/``idle_timeout`` for an
-    elastic pool whose workers beyond ``min_workers`` exit after ``idle_timeout`` idle seconds
-    (as in ants).
+    Args (all keyword-only):
+        workers: How many jobs run at once (in an elastic pool, the most); at least 1.
+        queue_size: Jobs waiting for a worker before ``submit`` waits; default ``workers``,
+            ``math.inf`` for no bound.
+        name: A name for dumps, metrics, logs and ``repr``.
+        limit: A :class:`CapacityLimiter`, :class:`TokenBucket`, :class:`Limits`,
+            :class:`PerKey` or ``aiolimiter.AsyncLimiter``, acquired for every attempt of
+            every job.
+        key: A function of the :class:`Job` giving its key, for per-key limits.
+        timeout: Seconds per attempt; a job past it ends with ``TimeoutError``.
+        retry: A :class:`RetryPolicy` or a ``tenacity.AsyncRetrying``.
+        fail_fast: The first failure cancels everything else, like Go's errgroup, and
+            ``async with`` raises it.
+        min_workers: Makes the pool elastic: workers beyond this many exit after
+            ``idle_timeout`` idle seconds (as in ants).
+        idle_timeout: Seconds an elastic pool's extra worker stays idle before it exits.
 
     Workers start on ``async with`` or on the first submit, on the running event loop, and the
     pool is bound to that loop.  Used from another loop while that one is alive, it raises
@@ -1139,6 +1144,20 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         failed job.  Leaving the loop early (``break``, an exception, cancellation) stops the
         feeding and cancels the jobs still in flight; wrap it in ``contextlib.aclosing`` to make
         that happen before the next line rather than when the iterator is collected.
+
+        Args:
+            fn: Called with each item (a coroutine function, or a quick plain one).
+            iterable: The items, a plain or an async iterable, read lazily.
+            ordered: Results in input order (True) or as they finish (False).
+            outcomes: Yield an :class:`Outcome` per item instead of raising the first failure.
+
+        Returns:
+            An async iterator of the results (or of the outcomes).
+
+        Raises:
+            TypeError: If ``fn`` is not callable or ``iterable`` is not iterable (at once).
+            Exception: While iterating, the first job's failure (unless ``outcomes=True``).
+            PoolClosed: While iterating, if the pool is shut down under it.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")

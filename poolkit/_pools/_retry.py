@@ -71,7 +71,23 @@ class RetryPolicy:
         on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     ) -> RetryPolicy:
         """``attempts`` tries in all, backing off from ``initial`` seconds (doubling, at most
-        ``maximum``) plus up to ``jitter`` seconds at random, retrying the exceptions ``on``."""
+        ``maximum``) plus up to ``jitter`` seconds at random, retrying the exceptions ``on``.
+
+        Args:
+            attempts: Tries in all, the first included; at least 1.
+            initial: Seconds before the first retry; doubled before each next one.
+            maximum: The longest wait between two tries, in seconds.
+            jitter: Up to this many seconds more, at random, before each retry.
+            on: The exception type or types to retry; others fail the job at once.
+
+        Returns:
+            The policy, for a pool's ``retry=``.
+
+        Raises:
+            TypeError: If ``attempts`` is not an int, a delay not a number, or ``on`` not an
+                exception type or a tuple of them.
+            ValueError: If ``attempts`` is below 1, or a delay is negative or not finite.
+        """
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise TypeError(f"attempts must be an int, got {attempts!r}")
         _check_exception_types(on)

@@ -405,11 +405,12 @@ class _Watchdog:
 class ThreadPool(PoolCore[tenacity.Retrying]):
     """A pool of worker threads: ``with ThreadPool(workers=8) as pool:``.
 
-    The options are ``WorkerPool``'s (keyword-only): ``workers``, ``queue_size`` (default
-    ``workers``; ``math.inf`` for no bound), ``name``, ``limit``/``key``, ``timeout`` (seconds
-    for the whole job: see the module docstring for what that means on a thread), ``retry`` (a
-    :class:`RetryPolicy` or a ``tenacity.Retrying``), ``fail_fast``, and
-    ``min_workers``/``idle_timeout`` for an elastic pool.
+    Args (all keyword-only, as :class:`WorkerPool`'s, except):
+        limit: As ``WorkerPool``'s, except an ``aiolimiter.AsyncLimiter`` (asyncio only), which
+            is refused with ``TypeError``.
+        timeout: Seconds for the whole job; see the module docstring for what that means on a
+            thread.
+        retry: A :class:`RetryPolicy` or a ``tenacity.Retrying``.
 
     ``submit(fn, *args, **kwargs)`` returns a :class:`ThreadJob` and blocks the calling thread
     while the queue is full (it refuses to run on a thread whose event loop is running, where it
@@ -726,6 +727,21 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
         queued jobs are cancelled (running calls finish; their results are dropped), or every
         result as an :class:`Outcome` with ``outcomes=True``.  Closing the generator early
         cancels what is still queued.
+
+        Args:
+            fn: A plain function, called with each item on a worker thread.
+            iterable: The items, read lazily.
+            ordered: Results in input order (True) or as they finish (False).
+            outcomes: Yield an :class:`Outcome` per item instead of raising the first failure.
+
+        Returns:
+            An iterator of the results (or of the outcomes).
+
+        Raises:
+            TypeError: If ``fn`` is not callable or is an ``async def`` function, or
+                ``iterable`` is not a plain iterable (at once).
+            Exception: While iterating, the first job's failure (unless ``outcomes=True``).
+            PoolClosed: While iterating, if the pool is shut down under it.
         """
         _check_fn(fn)
         if isinstance(iterable, AsyncIterable) or not isinstance(iterable, Iterable):

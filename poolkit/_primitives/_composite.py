@@ -217,6 +217,17 @@ class PerKey(Generic[K, L]):
     grant is spent).  It can also be a member of a :class:`Limits`.  ``statistics()`` sums over
     keys; ``statistics_for(key)`` is one key's.  See the module docstring for when a limit is
     forgotten.
+
+    Args:
+        factory: Called with no arguments to make a new key's limit.
+        name: A name for dumps, metrics and ``repr``.
+        sweep_per_use: How many of the least recently used keys each use checks for idleness
+            (forgetting them if idle); at least 1.
+
+    Raises:
+        TypeError: If ``factory`` is not callable, ``sweep_per_use`` is not an int, or ``name``
+            is not a str.
+        ValueError: If ``sweep_per_use`` is below 1.
     """
 
     __slots__ = (
@@ -381,8 +392,16 @@ class PerKey(Generic[K, L]):
     async def acquire(self, key: K, cost: float = 1, *, timeout: float | None = None) -> None:
         """``acquire(cost)`` on ``key``'s limit (made now if the key is new).
 
-        Raises what the key's limit raises (``ValueError``, :class:`TimeoutError`,
-        :class:`~poolkit.BudgetExhausted` for a spent fixed budget); nothing is held then.
+        Args:
+            key: Whose limit; any hashable.
+            cost: The weight or tokens to take.
+            timeout: Seconds to wait at most (``None``: no limit).
+
+        Raises:
+            ValueError, TimeoutError, BudgetExhausted: What the key's limit raises (a cost that
+                can never fit, a timeout, a spent fixed budget); nothing is held then.
+            Busy: If called during a garbage collection that interrupted this thread holding
+                the lock of the keys.
         """
         entry = self._pin(key)
         try:
@@ -395,7 +414,18 @@ class PerKey(Generic[K, L]):
         self._unpin(entry, True)
 
     def try_acquire(self, key: K, cost: float = 1) -> bool:
-        """``try_acquire(cost)`` on ``key``'s limit; never blocks."""
+        """``try_acquire(cost)`` on ``key``'s limit; never blocks.
+
+        Args:
+            key: Whose limit; any hashable.
+            cost: The weight or tokens to take.
+
+        Returns:
+            True if taken; False if it would have to wait (nothing is taken).
+
+        Raises:
+            ValueError: If ``cost`` can never fit the key's limit.
+        """
         try:
             entry = self._pin(key)
         except Busy:  # a garbage collection interrupted this thread holding the lock
@@ -408,7 +438,13 @@ class PerKey(Generic[K, L]):
         return ok
 
     def acquire_blocking(self, key: K, cost: float = 1, *, timeout: float | None = None) -> None:
-        """Thread form of :meth:`acquire`."""
+        """Thread form of :meth:`acquire`.
+
+        Raises:
+            RuntimeError: If called on a thread running an event loop, where it would wait.
+            TypeError: If the key's limit is an ``aiolimiter.AsyncLimiter`` (asyncio only).
+            ValueError, TimeoutError, BudgetExhausted, Busy: As :meth:`acquire`.
+        """
         entry = self._pin(key)
         ok = False
         try:
@@ -418,10 +454,18 @@ class PerKey(Generic[K, L]):
             self._unpin(entry, ok)
 
     def release(self, key: K, cost: float = 1) -> None:
-        """``release(cost)`` on ``key``'s limit; :class:`~poolkit.NotAcquired` if it has none.
+        """``release(cost)`` on ``key``'s limit (nothing for a token bucket: tokens are spent).
 
         Called during a garbage collection that interrupted this thread holding a lock it
-        needs, it is done as soon as that lock is free instead."""
+        needs, it is done as soon as that lock is free instead.
+
+        Args:
+            key: Whose limit.
+            cost: What was acquired.
+
+        Raises:
+            NotAcquired: If the key holds nothing, or less than ``cost``.
+        """
         lock = self._lock
         if not take_or_defer(lock, self.release, key, cost):
             return
@@ -440,7 +484,11 @@ class PerKey(Generic[K, L]):
 
     @asynccontextmanager
     async def hold(self, key: K, cost: float = 1) -> AsyncIterator[None]:
-        """``async with per_key.hold(key):`` acquires ``cost`` on ``key`` and releases it after."""
+        """``async with per_key.hold(key):`` acquires ``cost`` on ``key`` and releases it after.
+
+        Raises:
+            ValueError, TimeoutError, BudgetExhausted, Busy: As :meth:`acquire`.
+        """
         await self.acquire(key, cost)
         try:
             yield
@@ -464,6 +512,12 @@ class PerKey(Generic[K, L]):
         return self._name
 
     def statistics(self) -> PerKeyStatistics:
+        """Counts over all keys, read in one step.
+
+        Raises:
+            Busy: If called during a garbage collection that interrupted this thread holding
+                the lock of the keys.
+        """
         take(self._lock, "PerKey.statistics()")
         try:
             return PerKeyStatistics(
@@ -477,8 +531,18 @@ class PerKey(Generic[K, L]):
             self._lock.release()
 
     def statistics_for(self, key: K) -> MemberStatistics | LimitsStatistics | None:
-        """The statistics of ``key``'s limit, or ``None`` if it has none alive (an
-        :class:`~poolkit.AsyncLimiterStatistics` for an ``aiolimiter.AsyncLimiter``)."""
+        """The statistics of ``key``'s limit.
+
+        Args:
+            key: Whose limit.
+
+        Returns:
+            Its statistics (an :class:`~poolkit.AsyncLimiterStatistics` for an
+            ``aiolimiter.AsyncLimiter``), or ``None`` if the key has no limit alive.
+
+        Raises:
+            Busy: As :meth:`statistics`.
+        """
         take(self._lock, "PerKey.statistics_for()")
         try:
             entry = self._entries.get(key)
@@ -603,6 +667,16 @@ class Limits:
 
     Nested ``Limits`` are flattened.  The same limit may appear only once; token buckets must
     share one clock.  A member may also be shared with other ``Limits`` and used on its own.
+
+    Args:
+        limits: The members: limiters, buckets, ``PerKey`` objects, other ``Limits``,
+            ``aiolimiter.AsyncLimiter`` objects.
+        name: A name for dumps, metrics and ``repr``.
+
+    Raises:
+        TypeError: If a member is of another kind, or ``name`` is not a str.
+        ValueError: If there is no member, the same one is given twice, or the token buckets
+            do not share one clock.
     """
 
     __slots__ = (
@@ -760,6 +834,13 @@ class Limits:
     def try_acquire(self, cost: float = 1, *, key: object = None) -> bool:
         """Take ``cost`` from every member if that needs no waiting anywhere; else take nothing.
 
+        Args:
+            cost: The weight or tokens to take from each member.
+            key: The key for ``PerKey`` members (required if there are any, refused if not).
+
+        Returns:
+            True if taken from every member; False if any would have to wait.
+
         With ``aiolimiter.AsyncLimiter`` members it must be called on their event loop's thread
         (from a task or a callback): each is asked whether ``cost`` fits, the buckets take
         theirs, and only then do the AsyncLimiters take theirs, with nothing awaited in between,
@@ -822,6 +903,11 @@ class Limits:
         self, cost: float = 1, *, key: object = None, timeout: float | None = None
     ) -> None:
         """Wait until ``cost`` can be taken from every member, and take it (see the module).
+
+        Args:
+            cost: The weight or tokens to take from each member.
+            key: The key for ``PerKey`` members (required if there are any, refused if not).
+            timeout: Seconds to wait at most, in all (``None``: no limit).
 
         If it raises or is cancelled, nothing is held and no token of a poolkit bucket is spent;
         an ``aiolimiter.AsyncLimiter`` member that already granted its part has spent it (it
@@ -931,7 +1017,18 @@ class Limits:
             self._unpin(plan, ok)
 
     def release(self, cost: float = 1, *, key: object = None) -> None:
-        """Give ``cost`` back to every concurrency limiter, ``key``'s too (tokens are spent)."""
+        """Give ``cost`` back to every concurrency limiter, ``key``'s too (tokens are spent).
+
+        Every member gets its share back even if one complains; the first error is raised.
+
+        Args:
+            cost: What was acquired.
+            key: The key it was acquired with, for ``PerKey`` members.
+
+        Raises:
+            ValueError: If there are ``PerKey`` members and no ``key``.
+            NotAcquired: If a member holds less than ``cost``.
+        """
         if self._keyed and key is None:
             raise ValueError("these Limits have a PerKey member: pass key=")
         # Every member gets its share back, even if one of them complains.
@@ -951,7 +1048,11 @@ class Limits:
 
     @asynccontextmanager
     async def hold(self, key: object = None, cost: float = 1) -> AsyncIterator[None]:
-        """``async with limits.hold(key):`` acquires ``cost`` and releases it afterwards."""
+        """``async with limits.hold(key):`` acquires ``cost`` and releases it afterwards.
+
+        Raises:
+            ValueError, TimeoutError, BudgetExhausted, RuntimeError: As :meth:`acquire`.
+        """
         await self.acquire(cost, key=key)
         try:
             yield
