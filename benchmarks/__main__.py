@@ -13,6 +13,7 @@ from . import bench_leaks as bench_leaks
 from . import bench_limits as bench_limits
 from . import bench_pools as bench_pools
 from . import bench_scraper as bench_scraper
+from . import bench_threads as bench_threads
 
 
 def main(argv: list[str] | None = None) -> int:

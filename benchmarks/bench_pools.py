@@ -1,9 +1,8 @@
-"""Pool benchmarks: per-job cost (map and submit), peak memory of streaming 1M items, threads."""
+"""WorkerPool benchmarks: per-job cost (map and submit), peak memory of streaming 1M items."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 
 import aiojobs
 import aiometer
@@ -253,50 +252,4 @@ memory = register(
 memory.cases += [
     Case("poolkit.WorkerPool.map", _peak_rss("pool_map"), poolkit=True),
     Case("gather + Semaphore", _peak_rss("gather_sem")),
-]
-
-thread_memory = register(
-    Suite(
-        "thread map over 1,000,000 items, peak RSS of the whole process",
-        unit="MiB",
-        items=1_000_000,
-        kind="figure",
-    )
-)
-thread_memory.cases += [
-    Case("poolkit.ThreadPool.map", _peak_rss("thread_map"), poolkit=True),
-    Case("ThreadPoolExecutor.map", _peak_rss("tpe_map")),
-]
-
-# ----------------------------------------------------------------- threads
-
-
-def plain(x: int) -> int:
-    return 2 * x
-
-
-def _thread_pool_map(n: int) -> float:
-    import time
-
-    with poolkit.ThreadPool(workers=8, queue_size=64) as pool:
-        t0 = time.perf_counter()
-        for _ in pool.map(plain, range(n)):
-            pass
-        return time.perf_counter() - t0
-
-
-def _tpe_map(n: int) -> float:
-    import time
-
-    with cf.ThreadPoolExecutor(8) as ex:
-        t0 = time.perf_counter()
-        for _ in ex.map(plain, range(n)):
-            pass
-        return time.perf_counter() - t0
-
-
-threads = register(Suite("100k trivial calls, 8 threads, through map", unit="job", items=100_000))
-threads.cases += [
-    Case("poolkit.ThreadPool.map", _thread_pool_map, poolkit=True),
-    Case("ThreadPoolExecutor.map", _tpe_map),
 ]
