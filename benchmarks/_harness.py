@@ -12,7 +12,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Case", "Suite", "peak_rss", "register", "run_async", "suites", "timed"]
+__all__ = [
+    "Case",
+    "Suite",
+    "peak_rss",
+    "peak_rss_case",
+    "register",
+    "run_async",
+    "suites",
+    "timed",
+]
 
 
 @dataclass(slots=True)
@@ -76,6 +85,15 @@ def peak_rss(script: str, *args: str) -> float:
         timeout=600,
     )
     return float(out.stdout.split()[-1])
+
+
+def peak_rss_case(script: str, *args: str) -> Callable[[int], float]:
+    """A figure case: the peak RSS of ``script`` run with ``args`` and the item count."""
+
+    def run(items: int) -> float:
+        return peak_rss(script, *args, str(items))
+
+    return run
 
 
 LOOP_FACTORY: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import time
 import traceback
@@ -28,8 +27,8 @@ tracked_pool = register(
     )
 )
 tracked_pool.cases += [
-    Case("track_tasks() on", functools.partial(_pool_submit, tracking=True), poolkit=True),
-    Case("track_tasks() off (the default)", _pool_submit),
+    Case("track_tasks() on", _pool_submit(trivial, tracking=True), poolkit=True),
+    Case("track_tasks() off (the default)", _pool_submit(trivial)),
 ]
 
 # ----------------------------------------------------------------- tracking on create_task

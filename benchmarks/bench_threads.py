@@ -6,8 +6,22 @@ import concurrent.futures as cf
 
 import poolkit
 
-from ._harness import Case, Suite, register
-from .bench_pools import _peak_rss
+from ._harness import Case, Suite, peak_rss_case, register
+
+_RSS_SCRIPT = r"""
+import sys, concurrent.futures as cf
+import poolkit
+kind, n = sys.argv[1], int(sys.argv[2])
+def plain(x): return 2 * x
+if kind == "thread_map":
+    with poolkit.ThreadPool(workers=8) as pool:
+        for _ in pool.map(plain, range(n)):
+            pass
+else:
+    with cf.ThreadPoolExecutor(8) as ex:
+        for _ in ex.map(plain, range(n)):
+            pass
+"""
 
 thread_memory = register(
     Suite(
@@ -18,8 +32,8 @@ thread_memory = register(
     )
 )
 thread_memory.cases += [
-    Case("poolkit.ThreadPool.map", _peak_rss("thread_map"), poolkit=True),
-    Case("ThreadPoolExecutor.map", _peak_rss("tpe_map")),
+    Case("poolkit.ThreadPool.map", peak_rss_case(_RSS_SCRIPT, "thread_map"), poolkit=True),
+    Case("ThreadPoolExecutor.map", peak_rss_case(_RSS_SCRIPT, "tpe_map")),
 ]
 
 

@@ -59,3 +59,39 @@ def test_the_ratio_by_round_is_the_median_of_each_rounds_ratio() -> None:
     assert rows["theirs"].paired == pytest.approx(2.0)
     assert rows["mine"].per_op_us / rows["theirs"].per_op_us == pytest.approx(1.0)
     assert calls == ["mine", "theirs", "theirs", "mine", "mine", "theirs"]
+
+
+def test_every_pool_case_does_the_whole_work_and_poolkit_runs_at_its_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A case that skipped jobs, dropped results or gave the pool a deeper queue than a user
+    gets would look faster than it is: every case of the pool benchmarks must call the job once
+    per item and collect every result, and poolkit's must build ``WorkerPool(workers=64)``
+    with nothing else."""
+    import poolkit
+    from benchmarks import bench_pools
+
+    built: list[dict[str, object]] = []
+
+    class Recording(poolkit.WorkerPool):  # type: ignore[misc]
+        def __init__(self, **options: object) -> None:
+            built.append(options)
+            super().__init__(**options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(poolkit, "WorkerPool", Recording)
+    pool_suites = [
+        s for s in _harness.suites() if s.kind == "time" and "workers, through" in s.name
+    ]
+    assert len(pool_suites) == 6, [s.name for s in pool_suites]
+    for suite in pool_suites:
+        for case in suite.cases:
+            n = 300 if "I/O" not in suite.name else 130
+            built.clear()
+            bench_pools.CALLS[0] = bench_pools.CHECK[0] = 0
+            case.run(n)
+            assert bench_pools.CALLS[0] == n, (suite.name, case.name)
+            assert bench_pools.CHECK[0] == n * (n - 1), (suite.name, case.name)  # sum of 2i
+            if case.poolkit:
+                assert built == [{"workers": bench_pools.WORKERS}], (suite.name, built)
+            else:
+                assert built == [], (suite.name, case.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -250,6 +251,172 @@ def test_resize_and_elastic_workers_lose_nothing_and_converge(
             await main()
 
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.run(bounded())
+        leftover = [t for t in asyncio.all_tasks(runner.get_loop()) if not t.done()]
+        assert not leftover, leftover
+
+
+MAP = st.tuples(
+    st.lists(st.sampled_from(["fast", "slow", "failing"]), max_size=30),  # the items' jobs
+    st.booleans(),  # ordered
+    st.booleans(),  # outcomes
+    st.booleans(),  # an async iterable
+    st.one_of(st.none(), st.floats(0, 3.0)),  # the consumer is cancelled at this time
+    st.one_of(st.none(), st.integers(0, 10)),  # or breaks out after this many results
+    st.floats(0, 0.3),  # the consumer's own time per result
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    workers=st.integers(1, 4),
+    queue_size=st.integers(0, 4),
+    elastic=st.booleans(),
+    maps=st.lists(MAP, min_size=1, max_size=3),
+    submits=st.lists(st.floats(0, 1.0), max_size=10),
+    shutdown_at=st.one_of(st.none(), st.floats(0, 4.0)),
+    cancel=st.booleans(),
+)
+def test_maps_and_submits_share_the_pool_and_lose_nothing(
+    workers: int,
+    queue_size: int,
+    elastic: bool,
+    maps: list[tuple[list[str], bool, bool, bool, float | None, int | None, float]],
+    submits: list[float],
+    shutdown_at: float | None,
+    cancel: bool,
+) -> None:
+    """Several maps (plain and async input, ordered or not, outcomes or the first error) and
+    plain submits in one pool; consumers that are slow, cancelled at a random moment or leave
+    early; the pool shut down at a random moment.  The workers take a map's items straight from
+    its input, so the tests hold them to what the queue promised: never more than ``workers``
+    jobs at once, never more than ``workers + queue_size`` items read and not yet yielded, every
+    item run at most once (exactly once if its map ran to the end), each map's results right and
+    in order, the accounting identity at every step, and no task left behind."""
+    window = workers + queue_size
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(
+            workers=workers, queue_size=queue_size, min_workers=0 if elastic else None
+        )
+        running = peak = 0
+        calls: dict[tuple[int, int], int] = {}
+
+        async def job(m: int, i: int, kind: str) -> int:
+            nonlocal running, peak
+            calls[m, i] = calls.get((m, i), 0) + 1
+            running += 1
+            peak = max(peak, running)
+            try:
+                if kind != "fast":
+                    await asyncio.sleep(0.1 * (i % 3 + 1))
+                if kind == "failing":
+                    raise ValueError(f"{m}:{i}")
+                return i
+            finally:
+                running -= 1
+
+        async def consume(m: int) -> tuple[str, list[Any]]:
+            kinds, ordered, outcomes, is_async, _, leave_after, pace = maps[m]
+            read = yielded = 0
+
+            def counted(i: int) -> int:
+                nonlocal read
+                read += 1
+                assert read - yielded <= window, (read, yielded, window)
+                return i
+
+            async def aitems() -> Any:
+                for i in range(len(kinds)):
+                    yield counted(i)
+
+            items: Any = aitems() if is_async else (counted(i) for i in range(len(kinds)))
+            got: list[Any] = []
+
+            def fn(i: int) -> Any:
+                return job(m, i, kinds[i])
+
+            try:
+                async with aclosing(pool.map(fn, items, ordered=ordered, outcomes=outcomes)) as it:
+                    async for r in it:
+                        yielded += 1
+                        identity(pool)
+                        got.append(r)
+                        if leave_after is not None and len(got) > leave_after:
+                            return "left", got
+                        await asyncio.sleep(pace)
+            except ValueError as exc:
+                return f"raised {exc}", got
+            except PoolClosed:
+                return "closed", got
+            finally:
+                if is_async:
+                    await items.aclose()  # as with ``async for``, the input is its owner's
+            return "done", got
+
+        consumers = []
+        for m, spec in enumerate(maps):
+            task = asyncio.create_task(consume(m))
+            if spec[4] is not None:
+                loop.call_later(spec[4], task.cancel)
+            consumers.append(task)
+        handles = []
+        for d in submits:
+            try:
+                handles.append(await pool.submit(asyncio.sleep, d, "slept"))
+            except PoolClosed:
+                break
+            identity(pool)
+        if shutdown_at is not None:
+            await asyncio.sleep(shutdown_at)
+            await pool.shutdown(cancel=cancel)
+        results = await asyncio.gather(*consumers, return_exceptions=True)
+        await pool.shutdown()
+        identity(pool)
+        s = pool.statistics()
+        assert s.workers == 0 and s.queued == 0 and s.running == 0, s
+        assert 1 <= peak <= workers or peak == 0
+        assert all(n == 1 for n in calls.values()), calls
+        assert all(h.done() for h in handles)
+        for m, result in enumerate(results):
+            kinds, ordered, outcomes, *_ = maps[m]
+            if isinstance(result, BaseException):
+                assert isinstance(result, asyncio.CancelledError), result
+                continue
+            how, got = result
+            expect = list(range(len(kinds)))
+            if outcomes:
+                for o in got:
+                    if isinstance(o.error, asyncio.CancelledError):  # shutdown(cancel=True)
+                        assert shutdown_at is not None and cancel, o
+                    else:
+                        assert (o.error is None) == (kinds[o.item] != "failing"), o
+                values = [o.item for o in got]
+            else:
+                values = got
+                assert all(kinds[i] != "failing" for i in values)
+            if ordered:
+                assert values == expect[: len(values)], (values, how)
+            else:
+                assert len(set(values)) == len(values) and set(values) <= set(expect)
+            if how == "done":
+                assert sorted(values) == expect
+                assert all((m, i) in calls for i in expect)
+                assert outcomes or "failing" not in kinds
+            elif how.startswith("raised"):
+                assert not outcomes and "failing" in kinds
+            elif how == "closed":
+                assert shutdown_at is not None
+        for (m, i), n in calls.items():
+            assert i < len(maps[m][0]) and n == 1
+
+    async def bounded() -> None:
+        async with asyncio.timeout(1000):  # a lost item or wake-up would hang: fail instead
+            await main()
+
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.get_loop().set_exception_handler(lambda loop, ctx: None)
         runner.run(bounded())
         leftover = [t for t in asyncio.all_tasks(runner.get_loop()) if not t.done()]
         assert not leftover, leftover

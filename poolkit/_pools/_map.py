@@ -5,9 +5,11 @@ queue_size``) in the pool or waiting to be yielded, however long the input is; r
 input order or as they finish; the first failure is raised after the rest are cancelled, or
 every result is an :class:`~poolkit.Outcome`; leaving early cancels what is still in flight.
 
-* :func:`map_async`, for ``WorkerPool.map``: a feeder task submits while the consumer yields.
-  Items are not :class:`~poolkit.Job` futures but :class:`_MapItem` objects that report to
-  their map (no future, no callback per item: on this path that halved the cost per job).
+* :func:`map_async`, for ``WorkerPool.map``: the pool's workers take the items straight from the
+  input (a :class:`_Feed`, Go's ``for job := range jobs``), so an item never waits in the
+  pool's queue and no task stands between the input and the workers; an async iterable is read
+  ahead by one feeder task.  Items are not :class:`~poolkit.Job` futures but :class:`_MapItem`
+  objects that report to their map (no future, no callback per item).
 * :func:`map_threads`, for ``ThreadPool.map``: a generator that submits, then waits on the
   ``concurrent.futures`` handles.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -28,41 +29,30 @@ from poolkit._core._exceptions import PoolClosed
 from poolkit._core._registry import record_origin
 
 from ._jobs import Outcome
-from ._pool_core import CANCELLING, DONE, OPEN, QUEUED, RUNNING
+from ._pool_core import CANCELLING, RUNNING
 
 __all__ = ["AsyncHost", "ThreadHost", "map_async", "map_threads"]
-
-_monotonic = time.monotonic
-
-
-class _Queue(Protocol):
-    def offer(self, job: Any) -> bool: ...
 
 
 class AsyncHost(Protocol):
     """What :func:`map_async` and its items use of a ``WorkerPool``."""
 
-    _state: int
     _ready: bool
-    _submitted: int
-    _elastic: bool
-
-    @property
-    def _jobs(self) -> _Queue: ...
+    _target: int
 
     def _start(self) -> None: ...
 
-    async def _put(self, job: Any) -> None: ...
+    def _add_source(self, feed: _Feed) -> None: ...
 
-    def _accepted_elastic(self) -> None: ...
+    def _drop_source(self, feed: _Feed) -> None: ...
+
+    def _source_ready(self) -> None: ...
 
     def _label(self) -> str: ...
 
     def _map_error(self, error: BaseException) -> BaseException: ...
 
     def _window(self) -> int: ...
-
-    def _cancelled_in_queue(self) -> None: ...
 
     def _cancel_run(self, job: Any, msg: Any) -> None: ...
 
@@ -78,24 +68,114 @@ class ThreadHost(Protocol):
 
 
 class _Feed:
-    """One map() call's state, shared by its feeder, its consumer and the workers."""
+    """One map() call: the source the workers take its items from, and what they report back.
 
-    __slots__ = ("finished", "ordered", "pending", "wake")
+    Workers take items straight from the source (:meth:`take`) when the pool's queue has no job
+    for them, so a map's item never waits in the queue and no task stands between the input and
+    the workers.  A plain iterable is read by the worker that takes the item (``next()`` is
+    synchronous: two workers never read it at once); an async iterable is read ahead by one
+    feeder task into ``buffer``.  ``outstanding`` counts items taken and not yet yielded; at
+    ``window`` the source is full and workers leave it alone until the consumer has yielded half
+    the window (hysteresis: one wake-up per half window, not one per item).
+    """
 
-    def __init__(self, ordered: bool) -> None:
+    __slots__ = (
+        "buffer",
+        "consumer",
+        "ended",
+        "error",
+        "feeder",
+        "finished",
+        "fn",
+        "full",
+        "inflight",
+        "low",
+        "ordered",
+        "outstanding",
+        "pending",
+        "pool",
+        "reading",
+        "source",
+        "window",
+    )
+
+    def __init__(
+        self, pool: AsyncHost, fn: Callable[[Any], Any], source: Any, ordered: bool
+    ) -> None:
+        self.pool = pool
+        self.fn = fn
+        self.source: Iterator[Any] | None = source  # a plain iterator; None: read into buffer
+        self.buffer: deque[Any] = deque()  # an async iterable's items read ahead
         self.ordered = ordered
-        self.pending: deque[_MapItem] = deque()  # ordered: submitted, in input order
+        self.pending: deque[_MapItem] = deque()  # ordered: taken, in input order
         self.finished: deque[_MapItem] = deque()  # unordered: in completion order
-        self.wake: asyncio.Future[None] | None = None  # the consumer sleeps on it
+        self.inflight: set[_MapItem] = set()  # unordered: taken, not yet finished
+        self.consumer: asyncio.Future[None] | None = None  # the consumer sleeps on it
+        self.feeder: asyncio.Future[None] | None = None  # the async feeder sleeps on it
+        self.window = window = pool._window()
+        # Room again at or below this: half the slack the window has beyond one item per worker
+        # (at least one item), so that a window of exactly ``workers`` keeps every worker busy.
+        self.low = window - max(1, (window - pool._target) // 2)
+        self.reading = source is None  # an async iterable's feeder is still reading
+        self.outstanding = 0  # taken and not yet yielded
+        self.full = False  # a worker found no room: wake one when room comes
+        self.ended = False  # no item will come any more (read to its end, failed, or stopped)
+        self.error: BaseException | None = None  # why the input ended early
+
+    def take(self) -> _MapItem | None:
+        """A worker's turn: the next item as a running job, or None if none can be had now."""
+        if self.outstanding >= self.window:
+            self.full = True
+            return None
+        source = self.source
+        if source is None:
+            buffer = self.buffer
+            if not buffer:
+                return None
+            item = buffer.popleft()
+            if not buffer and not self.reading:
+                self.end(None)  # that was the last item the feeder read
+        else:
+            try:
+                item = next(source)
+            except StopIteration:
+                self.end(None)
+                return None
+            except BaseException as exc:  # the input failed: map() raises it
+                self.end(exc)
+                return None
+        job = _MapItem(self.pool, self.fn, item, self)
+        self.outstanding += 1
+        if self.ordered:
+            self.pending.append(job)
+        else:
+            self.inflight.add(job)
+        return job
 
     def completed(self, item: _MapItem) -> None:
         if not self.ordered:
+            self.inflight.discard(item)
             self.finished.append(item)
         elif not self.pending or self.pending[0] is not item:
             return  # the consumer waits for the head, not for this one
-        wake = self.wake
+        self.wake_consumer()
+
+    def wake_consumer(self) -> None:
+        wake = self.consumer
         if wake is not None and not wake.done():
             wake.set_result(None)
+
+    def end(self, error: BaseException | None) -> None:
+        """No item will be taken any more: the input is read to its end or failed, or the pool
+        stopped the map (``error`` says why; items read ahead are dropped, never submitted)."""
+        if not self.ended:
+            self.ended = True
+            if self.error is None:
+                self.error = error
+            if error is not None:
+                self.buffer.clear()
+            self.pool._drop_source(self)
+            self.wake_consumer()
 
 
 class _MapItem:
@@ -108,7 +188,6 @@ class _MapItem:
         "_kwargs",
         "_phase",
         "_pool",
-        "_queued_at",
         "error",
         "finished",
         "item",
@@ -119,9 +198,8 @@ class _MapItem:
         self._fn = fn
         self._args = (item,)
         self._kwargs: dict[str, Any] | None = None
-        self._phase = QUEUED
+        self._phase = RUNNING  # taken by a worker that runs it at once
         self._pool = pool
-        self._queued_at = _monotonic()
         self._feed = feed
         self.item = item
         self.value: Any = None
@@ -130,11 +208,6 @@ class _MapItem:
 
     def cancel(self, msg: Any | None = None) -> bool:
         phase = self._phase
-        if phase == QUEUED:
-            self._phase = DONE
-            self._pool._cancelled_in_queue()
-            self._drop()
-            return True
         if phase == RUNNING:
             self._phase = CANCELLING
             self._pool._cancel_run(self, msg)
@@ -157,7 +230,15 @@ class _MapItem:
         if not self.finished:
             self.value = value
             self.finished = True
-            self._feed.completed(self)
+            feed = self._feed
+            if feed.ordered:  # feed.completed() inlined: the per-item path
+                pending = feed.pending
+                if pending and pending[0] is self:
+                    wake = feed.consumer
+                    if wake is not None and not wake.done():
+                        wake.set_result(None)
+            else:
+                feed.completed(self)
 
     def _reject(self, exc: BaseException) -> None:
         if not self.finished:
@@ -167,6 +248,35 @@ class _MapItem:
 
     def _drop(self) -> None:
         self._reject(asyncio.CancelledError(f"the job for {self.item!r} was cancelled"))
+
+
+async def _read_ahead(feed: _Feed, source: AsyncIterator[Any]) -> None:
+    """The feeder task of a map over an async iterable: reads items into ``feed.buffer`` while
+    the window has room, and offers each to the workers."""
+    pool = feed.pool
+    loop = asyncio.get_running_loop()
+    buffer = feed.buffer
+    try:
+        while True:
+            while len(buffer) + feed.outstanding >= feed.window:
+                feed.feeder = loop.create_future()
+                await feed.feeder
+            try:
+                item = await source.__anext__()
+            except StopAsyncIteration:
+                break
+            if feed.ended:
+                return  # the pool stopped the map meanwhile
+            buffer.append(item)
+            pool._source_ready()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        feed.error = exc  # raised by map() once the items read before it are yielded
+    finally:
+        feed.reading = False
+        if not buffer:
+            feed.end(None)  # else the worker that takes the last item ends it
 
 
 async def map_async(
@@ -179,90 +289,58 @@ async def map_async(
     """``WorkerPool.map``'s iterator (its arguments checked already); dumps show a consumer
     waiting here as ``pool map``."""
     loop = asyncio.get_running_loop()
-    if pool._state == OPEN:
-        pool._start()  # on this loop (or moved to it), with workers; per item, _ready says
-    window = pool._window()
-    feed = _Feed(ordered)
+    if not pool._ready:
+        try:
+            pool._start()  # on this loop (or moved to it), with workers
+        except PoolClosed as exc:
+            raise pool._map_error(exc) from None
+    feeding: asyncio.Task[None] | None = None
+    if isinstance(iterable, AsyncIterable):
+        feed = _Feed(pool, fn, None, ordered)
+        feeding = loop.create_task(
+            _read_ahead(feed, iterable.__aiter__()), name=f"poolkit {pool._label()} map feeder"
+        )
+        record_origin(feeding, f"{pool._label()} map feeder")
+    else:
+        feed = _Feed(pool, fn, iter(iterable), ordered)
     pending = feed.pending
     finished = feed.finished
-    inflight: set[_MapItem] = set()  # unordered: submitted, not yet yielded
-    outstanding = 0  # submitted and not yet yielded
-    fed_all = False
-    feed_error: BaseException | None = None
-    feeder_wake: asyncio.Future[None] | None = None
-
-    def wake_consumer() -> None:
-        wake = feed.wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def feeder() -> None:
-        nonlocal outstanding, fed_all, feed_error, feeder_wake
-        try:
-            source: Any
-            if isinstance(iterable, AsyncIterable):
-                source = iterable.__aiter__()
-                is_async = True
-            else:
-                source = iter(iterable)
-                is_async = False
-            jobs = pool._jobs
-            while True:
-                while outstanding >= window:
-                    feeder_wake = loop.create_future()
-                    await feeder_wake
-                try:
-                    item = await source.__anext__() if is_async else next(source)
-                except (StopAsyncIteration, StopIteration):
-                    return
-                if not pool._ready:
-                    pool._start()  # raises PoolClosed once the pool is shutting down
-                job = _MapItem(pool, fn, item, feed)
-                if not jobs.offer(job):
-                    await pool._put(job)
-                pool._submitted += 1  # _accepted() inlined
-                if pool._elastic:
-                    pool._accepted_elastic()
-                outstanding += 1
-                if ordered:
-                    pending.append(job)
-                    if len(pending) == 1:
-                        wake_consumer()
-                else:
-                    inflight.add(job)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            feed_error = exc
-        finally:
-            fed_all = True
-            wake_consumer()
-
-    feeding = loop.create_task(feeder(), name=f"poolkit {pool._label()} map feeder")
-    record_origin(feeding, f"{pool._label()} map feeder")
+    pool._add_source(feed)
     try:
         while True:
             if ordered:
                 if pending and pending[0].finished:
                     job = pending.popleft()
-                elif pending or not fed_all:
-                    feed.wake = loop.create_future()
-                    await feed.wake
+                elif pending or not feed.ended:
+                    if not pool._ready and not feed.ended:
+                        pool._start()  # its workers were cancelled from outside: new ones
+                    feed.consumer = loop.create_future()
+                    await feed.consumer
                     continue
                 else:
                     break
             elif finished:
                 job = finished.popleft()
-                inflight.discard(job)
-            elif inflight or not fed_all:
-                feed.wake = loop.create_future()
-                await feed.wake
+            elif feed.inflight or not feed.ended:
+                if not pool._ready and not feed.ended:
+                    pool._start()
+                feed.consumer = loop.create_future()
+                await feed.consumer
                 continue
             else:
                 break
-            outstanding -= 1
-            if feeder_wake is not None and not feeder_wake.done():
-                feeder_wake.set_result(None)
+            feed.outstanding -= 1
+            if feed.full and feed.outstanding <= feed.low:
+                feed.full = False
+                pool._source_ready()
+            if feeding is not None:
+                wake = feed.feeder
+                if (
+                    wake is not None
+                    and not wake.done()
+                    and len(feed.buffer) + feed.outstanding <= feed.low
+                ):
+                    wake.set_result(None)
             error = job.error
             if error is None:
                 yield Outcome(job.item, job.value, None) if outcomes else job.value
@@ -270,17 +348,19 @@ async def map_async(
                 yield Outcome(job.item, None, error)
             else:
                 raise pool._map_error(error)
-        if feed_error is not None:
-            raise pool._map_error(feed_error)
+        if feed.error is not None:
+            raise pool._map_error(feed.error)
     finally:
-        feeding.cancel()
+        feed.end(None)  # no worker takes another item of it
         for job in pending:
             job.cancel()
-        for job in inflight:
+        for job in list(feed.inflight):
             job.cancel()
         pending.clear()
-        inflight.clear()
-        await asyncio.wait([feeding])  # no task outlives the iterator
+        feed.buffer.clear()
+        if feeding is not None:
+            feeding.cancel()
+            await asyncio.wait([feeding])  # no task outlives the iterator
 
 
 def map_threads(

@@ -93,7 +93,7 @@ from poolkit._core._registry import record_origin, register
 from ._bridge import ThreadDoor
 from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
-from ._map import _MapItem, map_async
+from ._map import _Feed, _MapItem, map_async
 from ._pool_core import (
     CANCELLING,
     CLOSED,
@@ -267,6 +267,7 @@ class _Worker:
         logger.debug("%s: worker %d started", pool._label(), self.ident)
         jobs = pool._jobs
         items = jobs.items
+        sources = jobs.sources  # the maps running in the pool (a list changed in place)
         # Module constants as locals: cheaper to read on the per-job path.
         queued, running, done = QUEUED, RUNNING, DONE
         monotonic, coroutine, job_class = _monotonic, _CoroutineType, Job
@@ -275,10 +276,26 @@ class _Worker:
             while True:
                 if self.retiring:
                     return  # resize() lowered the target while this worker was idle
-                if items:  # a job is waiting: the hot path
-                    job = items.popleft()
+                job: AnyJob | None = None
+                if sources:
+                    # A map's items are taken straight from its input.  When both a queued job
+                    # and a map's item wait, workers take one of each in turn.
+                    jobs.turn = not jobs.turn
+                    if jobs.turn or not items:
+                        job = sources[0].take() if len(sources) == 1 else pool._pull()
+                if job is not None:
+                    pool._submitted += 1  # and started at once: it never waited in the queue
+                    t0 = monotonic()
+                elif items:  # a job is waiting: the hot path
+                    queued_job = items.popleft()
                     if jobs.putters:
                         jobs.admit()
+                    if queued_job._phase != queued:
+                        jobs.dead -= 1
+                        continue  # cancelled while queued: already counted
+                    job = queued_job
+                    t0 = monotonic()
+                    pool._wait_total += t0 - queued_job._queued_at
                 else:
                     if jobs.closed:
                         return  # closed and drained
@@ -290,18 +307,22 @@ class _Worker:
                     if (
                         not await jobs.wait_for_job(self, idle_for)
                         and not items  # a job may have come as the idle timer fired
+                        and not sources  # a map is running: it may need this worker soon
                         and pool._live > pool._min_workers
                     ):
                         return  # idle for too long (elastic), and not needed to stay
                     continue
-                if job._phase != queued:
-                    jobs.dead -= 1
-                    continue  # cancelled while queued: already counted
+                if (items or sources) and not jobs.waking:
+                    # More jobs may wait: wake one more worker, who wakes the next in turn.
+                    # One wake-up at a time: a flood of quick jobs, which one worker clears by
+                    # itself, does not wake every idle worker for nothing.
+                    if jobs.idle:
+                        jobs.waking = jobs.wake_worker()
+                    elif sources and pool._elastic:
+                        pool._grow()  # an elastic pool below its size starts a worker
                 job._phase = running
                 self.job = job
                 pool._started += 1
-                t0 = monotonic()
-                pool._wait_total += t0 - job._queued_at
                 try:
                     if pool._inline:
                         kwargs = job._kwargs
@@ -469,18 +490,37 @@ class _JobQueue:
 
     An idle worker counts as room (so ``queue_size=0`` hands jobs straight to idle workers, like
     an unbuffered channel).  Wake-ups are lazy.  A job that arrives while workers are idle wakes
-    the first idle worker, which takes whatever is at the head when it runs.  Room that frees up
+    the first idle worker (unless one is on its way already: ``waking``), which takes whatever is
+    at the head when it runs, and wakes the next if more jobs wait.  Room that frees up
     is kept (``reserved``) for the first blocked submitter, which puts its job in when it runs;
     newcomers do not take kept room.  Whoever is cancelled after being woken passes the wake-up
     on, so nothing is lost and nobody waits beside work or room.  A job cancelled while queued
     stays in ``items`` until a worker pops it (removing it from the middle would cost O(n)), but
     it is counted in ``dead`` and takes no room.
+
+    ``sources`` are the running maps, whose items workers take without queueing them.  For
+    queued jobs and maps alike, one idle worker at a time is woken (``waking``), and a worker that
+    takes a job while more wait wakes the next: workers join as long as there is work for them,
+    and a flood of quick jobs, which one worker clears by itself, does not wake every worker for
+    every job.
     """
 
-    __slots__ = ("closed", "dead", "idle", "items", "loop", "putters", "reserved", "size")
+    __slots__ = (
+        "closed",
+        "dead",
+        "idle",
+        "items",
+        "loop",
+        "putters",
+        "reserved",
+        "size",
+        "sources",
+        "turn",
+        "waking",
+    )
 
     def __init__(self, size: float) -> None:
-        self.items: deque[AnyJob] = deque()
+        self.items: deque[Job[Any]] = deque()
         self.size = size
         self.idle: deque[_Worker] = deque()  # workers waiting for a job
         self.putters: deque[asyncio.Future[None]] = deque()  # submitters waiting for room
@@ -488,18 +528,21 @@ class _JobQueue:
         self.dead = 0  # cancelled jobs still in items
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.sources: list[_Feed] = []  # running maps, whose items workers take directly
+        self.turn = False  # flips at each take while maps run: queue and maps take turns
+        self.waking = False  # an idle worker was woken for a map and has not run yet
 
-    def offer(self, job: AnyJob) -> bool:
+    def offer(self, job: Job[Any]) -> bool:
         """Put ``job`` in if there is room and nobody is ahead; never waits."""
         items = self.items
         if self.putters or len(items) - self.dead + self.reserved >= self.size + len(self.idle):
             return False
         items.append(job)
-        if self.idle:
-            self.wake_worker()
+        if self.idle and not self.waking:
+            self.waking = self.wake_worker()
         return True
 
-    async def put(self, job: AnyJob, closed: Callable[[], PoolClosed]) -> None:
+    async def put(self, job: Job[Any], closed: Callable[[], PoolClosed]) -> None:
         """Put ``job`` in, waiting for room in arrival order.  Raises ``closed()`` on close."""
         loop = self.loop
         assert loop is not None
@@ -524,8 +567,8 @@ class _JobQueue:
         if self.closed:
             raise closed()
         self.items.append(job)
-        if self.idle:
-            self.wake_worker()
+        if self.idle and not self.waking:
+            self.waking = self.wake_worker()
 
     def admit(self) -> None:
         """Keep freed room for blocked submitters, first come first served."""
@@ -536,13 +579,17 @@ class _JobQueue:
                 self.reserved += 1
                 fut.set_result(None)
 
-    def wake_worker(self) -> None:
+    def wake_worker(self) -> bool:
+        """Wake the first idle worker; False if there was none."""
         idle = self.idle
         while idle:
-            fut = idle.popleft().fut
+            w = idle.popleft()
+            fut = w.fut
+            w.fut = None  # off the idle list already (wait_for_job need not look for it)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-                return
+                return True
+        return False
 
     async def wait_for_job(self, w: _Worker, timeout: float) -> bool:
         """Where an idle worker sleeps until a job may be there (dumps show this frame as the
@@ -555,23 +602,30 @@ class _JobQueue:
             self.admit()  # an idle worker is room too
         timer = None if timeout == math.inf else loop.call_later(timeout, _settle, fut, False)
         try:
-            return await fut is not False
+            woken = await fut is not False
+            self.waking = False  # whatever woke it, the wake-up in flight has arrived
+            return woken
         except BaseException:
-            if fut.done() and not fut.cancelled() and self.items:
-                self.wake_worker()  # woken for a job, then cancelled: somebody else takes it
+            if fut.done() and not fut.cancelled() and (self.items or self.sources):
+                # Woken for work, then cancelled: somebody else takes it.
+                self.waking = self.wake_worker()
             raise
         finally:
-            w.fut = None
             if timer is not None:
                 timer.cancel()
-            try:
-                self.idle.remove(w)
-            except ValueError:
-                pass
+            if w.fut is not None:  # not woken by wake_worker(), which took it off the list
+                w.fut = None
+                try:
+                    self.idle.remove(w)
+                except ValueError:
+                    pass
 
     def close(self, error: Callable[[], PoolClosed]) -> None:
-        """No more jobs: blocked submitters fail, idle workers wake up to find out."""
+        """No more jobs: blocked submitters fail, running maps stop taking items, idle workers
+        wake up to find out."""
         self.closed = True
+        for feed in list(self.sources):
+            feed.end(error())
         while self.putters:
             fut = self.putters.popleft()
             if not fut.done():
@@ -777,7 +831,9 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         jobs = self._jobs
         jobs.idle.clear()
         jobs.putters.clear()
+        jobs.sources.clear()  # their consumers were on that loop: nobody is left to read them
         jobs.reserved = 0
+        jobs.waking = False
         self._drain_queue(hand_back=True, why=_LOOP_GONE)
         self._door.let_go()
         self._workers_gone = None
@@ -819,8 +875,8 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
             if self._stalled and self._state == OPEN:
                 self._orphaned()
         jobs = self._jobs
-        if jobs.items and jobs.idle:
-            jobs.wake_worker()  # it may have been woken for a job it will not take now
+        if (jobs.items or jobs.sources) and jobs.idle:
+            jobs.waking = jobs.wake_worker()  # it may have been woken for a job left behind
         gone = self._workers_gone
         if not self._workers and gone is not None and not gone.done():
             gone.set_result(None)
@@ -832,6 +888,8 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         runs to tell their owners."""
         self._drain_queue(hand_back=True, why=_LOOP_ENDED)
         self._door.close(self._door.stalled_error)
+        for feed in self._jobs.sources:
+            feed.wake_consumer()  # a map still running starts new workers (see map_async)
 
     def _fail_everything(self) -> None:
         """fail_fast: the first failure cancels every queued and running job; no more submits."""
@@ -998,8 +1056,8 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         items = jobs.items
         if not jobs.putters and len(items) - jobs.dead + jobs.reserved < jobs.size + len(jobs.idle):
             items.append(job)
-            if jobs.idle:
-                jobs.wake_worker()
+            if jobs.idle and not jobs.waking:
+                jobs.waking = jobs.wake_worker()
         else:
             await self._put(job)
         self._submitted += 1
@@ -1007,7 +1065,48 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
             self._accepted_elastic()
         return job
 
-    async def _put(self, job: AnyJob) -> None:
+    # ----------------------------------------------------------------- map() sources
+
+    def _add_source(self, feed: _Feed) -> None:
+        """A map starts: workers take its items from now on."""
+        self._jobs.sources.append(feed)
+        self._source_ready()
+
+    def _drop_source(self, feed: _Feed) -> None:
+        try:
+            self._jobs.sources.remove(feed)
+        except ValueError:
+            pass
+
+    def _source_ready(self) -> None:
+        """A map has items for the workers: wake an idle one (unless one is on its way), or
+        start one in an elastic pool below its size.  Busy workers look when they finish."""
+        jobs = self._jobs
+        if jobs.waking or jobs.closed:
+            return
+        if jobs.idle:
+            jobs.waking = jobs.wake_worker()
+        elif self._elastic:
+            self._grow()
+
+    def _grow(self) -> None:
+        if self._live - self._retiring < self._target:
+            self._spawn()
+
+    def _pull(self) -> _MapItem | None:
+        """A worker's turn at the maps when several run: the next item of the first that has
+        one (with one map, the worker asks it directly)."""
+        sources = self._jobs.sources
+        for feed in list(sources):
+            job = feed.take()
+            if job is not None:
+                if not feed.ended:  # the next worker asks the others first: round robin
+                    sources.remove(feed)
+                    sources.append(feed)
+                return job
+        return None
+
+    async def _put(self, job: Job[Any]) -> None:
         """Wait for room for ``job``.  An elastic pool below its size starts a worker first:
         the workers it has are all busy, and with ``min_workers=0`` it may have none at all."""
         if self._elastic and self._live - self._retiring < self._target:
