@@ -7,6 +7,7 @@ in ``test_pool_behaviour.py``; this file tests what is a ``WorkerPool``'s own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from typing import Any
 
@@ -431,6 +432,111 @@ async def test_map_reads_its_input_lazily() -> None:
         assert first == [0, 2, 4]
         assert pulled <= 3 + 2 + 3 + 1, "map read ahead beyond workers + queue"
         await results.aclose()  # type: ignore[attr-defined]
+
+
+async def test_map_drains_a_channel_through_the_workers_until_it_is_closed() -> None:
+    channel: poolkit.Channel[int] = poolkit.Channel(4)
+    seen: list[int] = []
+
+    async def producer() -> None:
+        for i in range(50):
+            await channel.send(i)
+        channel.close()
+
+    async def job(x: int) -> int:
+        seen.append(x)
+        await asyncio.sleep(0)
+        return x * 10
+
+    async with WorkerPool(workers=3) as pool:
+        sending = asyncio.create_task(producer())
+        results = [r async for r in pool.map(job, channel)]
+        await sending
+    assert results == [i * 10 for i in range(50)]
+    assert sorted(seen) == list(range(50))
+    assert check_books(pool).succeeded == 50
+
+
+async def test_a_map_and_queued_jobs_take_turns_at_the_workers() -> None:
+    """Neither starves the other: with one worker, a map's items and queued jobs alternate."""
+    order: list[str] = []
+
+    async def queued(i: int) -> None:
+        order.append(f"q{i}")
+        await asyncio.sleep(0)
+
+    async def mapped(i: int) -> int:
+        order.append(f"m{i}")
+        await asyncio.sleep(0)
+        return i
+
+    async with WorkerPool(workers=1, queue_size=10) as pool:
+        gate = asyncio.Event()
+        await pool.submit(gate.wait)  # hold the worker while both kinds of work line up
+        jobs = [await pool.submit(queued, i) for i in range(4)]
+        results = pool.map(mapped, range(4))
+        first = asyncio.create_task(results.__anext__())
+        await settle()
+        gate.set()
+        assert await first == 0
+        assert [r async for r in results] == [1, 2, 3]
+        await asyncio.gather(*jobs)
+    taken = order[: 2 * 3]
+    assert taken.count("m0") + taken.count("m1") + taken.count("m2") == 3, order
+    assert all(a[0] != b[0] for a, b in itertools.pairwise(taken)), order
+
+
+@pytest.mark.parametrize("via", ["submit", "map"])
+async def test_every_worker_joins_when_jobs_wait_though_one_wake_up_is_in_flight(via: str) -> None:
+    """Idle workers are woken one at a time, each waking the next as it takes a job: jobs that
+    block must still get every worker, and a ninth job must wait for a free one."""
+    gate = asyncio.Event()
+    inside = 0
+
+    async def blocker(_: int = 0) -> int:
+        nonlocal inside
+        inside += 1
+        await gate.wait()
+        return 0
+
+    async with WorkerPool(workers=8) as pool:
+        await settle()  # every worker idle
+        if via == "submit":
+            jobs = [await pool.submit(blocker) for _ in range(9)]
+        else:
+            results = pool.map(blocker, range(9))
+            first = asyncio.create_task(results.__anext__())
+        await settle(20)
+        assert inside == 8
+        s = check_books(pool)
+        assert (s.running, s.idle) == (8, 0)
+        gate.set()
+        if via == "submit":
+            await asyncio.gather(*jobs)
+        else:
+            assert await first == 0
+            assert len([r async for r in results]) == 8
+    assert inside == 9
+
+
+async def test_a_failing_input_fails_the_map_after_the_items_read_before_it() -> None:
+    def source() -> Any:
+        yield 1
+        yield 2
+        raise KeyError("input broke")
+
+    async with WorkerPool(workers=2) as pool:
+        got: list[int] = []
+
+        async def consume() -> None:
+            async for r in pool.map(double, source()):
+                got.append(r)
+
+        with pytest.raises(KeyError, match="input broke"):
+            await consume()
+        assert got == [2, 4]
+        s = check_books(pool)
+        assert (s.submitted, s.succeeded) == (2, 2)
 
 
 async def test_map_raises_the_first_error_after_cancelling_the_rest() -> None:

@@ -675,7 +675,13 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
     Args (all keyword-only):
         workers: How many jobs run at once (in an elastic pool, the most); at least 1.
         queue_size: Jobs waiting for a worker before ``submit`` waits; default ``workers``,
-            ``math.inf`` for no bound.
+            ``math.inf`` for no bound.  ``map`` keeps ``workers + queue_size`` items in flight.
+            The default was chosen by measurement (``python -m benchmarks.queue_depths``):
+            with one wake-up in flight at a time and ``map`` reading its input in the
+            workers, a deeper queue saves little per job even for trivial jobs, while every
+            queued job and every result ``map`` holds for the consumer costs memory.  Go
+            deeper for a burst of tiny jobs submitted faster than workers start; go to 0 for
+            a hand-off (``submit`` returns once a worker is free to take the job).
         name: A name for dumps, metrics, logs and ``repr``.
         limit: A :class:`CapacityLimiter`, :class:`TokenBucket`, :class:`Limits`,
             :class:`PerKey` or ``aiolimiter.AsyncLimiter``, acquired for every attempt of
@@ -1236,7 +1242,16 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         """Run ``fn(item)`` for every item, streaming the results: ``async for r in pool.map(...)``.
 
         The input (a plain or an async iterable) is read lazily, so at most ``workers +
-        queue_size`` items are in the pool or waiting to be yielded, however long it is.  Results
+        queue_size`` items are in the pool or waiting to be yielded, however long it is.  The
+        workers take the items straight from the input (no queue between them, as with Go's
+        ``for job := range jobs``): a plain iterable is read by the worker that runs the item,
+        so it must not block; an async iterable, a :class:`~poolkit.Channel` among them, is
+        read ahead by one task, so ``pool.map(fn, channel)`` drains a channel through the
+        workers until it is closed.  Like ``async for``, ``map`` does not close an async
+        generator it stopped reading: close it yourself (``contextlib.aclosing``) if you leave
+        early.  While several maps and ``submit`` share the pool, workers take from each in
+        turn.  A map's items count in ``submitted`` and ``started`` when a worker takes them
+        (they never wait in the queue).  Results
         come in input order (``ordered=True``) or as they finish.  The first job that fails
         raises its exception from the iterator, after the remaining jobs are cancelled; with
         ``outcomes=True`` every result is an :class:`Outcome` instead and nothing is raised for a
