@@ -17,7 +17,7 @@ import poolkit
 from poolkit import JobHandedBack, WorkerPool
 
 from .conftest import LOOP_FACTORIES
-from .pool_checks import check_books
+from .pool_checks import check_books, settle_until
 
 KINDS = [k for k in ("asyncio", "uvloop") if k in LOOP_FACTORIES]
 eager_only = pytest.mark.skipif(
@@ -261,7 +261,8 @@ async def test_workers_cancelled_from_outside_come_back_on_the_same_loop() -> No
     gate = asyncio.Event()
     running = [await pool.submit(gate.wait) for _ in range(2)]
     queued = await pool.submit(double, 1)
-    await asyncio.sleep(0)
+    # Both workers busy (idle workers are woken a few per turn of the loop, not all at once).
+    await settle_until(lambda: pool.statistics().running == 2)
     workers = [w.task for w in pool._workers.values()]
     for task in workers:
         assert task is not None

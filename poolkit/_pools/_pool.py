@@ -243,7 +243,18 @@ class _Worker:
     books it keeps are the pool's.
     """
 
-    __slots__ = ("fut", "ident", "job", "killed", "pool", "retiring", "started", "task")
+    __slots__ = (
+        "fresh",
+        "fut",
+        "ident",
+        "job",
+        "killed",
+        "pool",
+        "retiring",
+        "started",
+        "task",
+        "woken",
+    )
 
     def __init__(self, pool: WorkerPool, ident: int) -> None:
         self.pool = pool
@@ -254,6 +265,8 @@ class _Worker:
         self.started = False  # its coroutine has begun (so its ``finally`` will run)
         self.killed = False  # it ended by an exception (cancelled from outside), not by choice
         self.task: asyncio.Task[None] | None = None
+        self.woken = False  # woken for work (wake_worker), and has not run yet
+        self.fresh = False  # woken for work, and has not taken a job since
 
     async def run(self) -> None:
         """The worker's task: take jobs and run them until the pool closes, resizes or idles it
@@ -312,14 +325,15 @@ class _Worker:
                     ):
                         return  # idle for too long (elastic), and not needed to stay
                     continue
-                if (items or sources) and not jobs.waking:
-                    # More jobs may wait: wake one more worker, who wakes the next in turn.
-                    # One wake-up at a time: a flood of quick jobs, which one worker clears by
-                    # itself, does not wake every idle worker for nothing.
-                    if jobs.idle:
-                        jobs.waking = jobs.wake_worker()
-                    elif sources and pool._elastic:
-                        pool._grow()  # an elastic pool below its size starts a worker
+                # More jobs may wait: wake more workers, a few at a time (see _JobQueue).
+                if self.fresh:
+                    self.fresh = False
+                    if items or sources:
+                        jobs.fan_out()
+                elif (items or sources) and jobs.idle and not jobs.waking:
+                    jobs.wake_worker()
+                if sources and pool._elastic and not jobs.idle:
+                    pool._grow()  # an elastic pool below its size starts a worker
                 job._phase = running
                 self.job = job
                 pool._started += 1
@@ -490,8 +504,8 @@ class _JobQueue:
 
     An idle worker counts as room (so ``queue_size=0`` hands jobs straight to idle workers, like
     an unbuffered channel).  Wake-ups are lazy.  A job that arrives while workers are idle wakes
-    the first idle worker (unless one is on its way already: ``waking``), which takes whatever is
-    at the head when it runs, and wakes the next if more jobs wait.  Room that frees up
+    the first idle worker, unless one is on its way already (``waking`` counts them); it takes
+    whatever is at the head when it runs.  Room that frees up
     is kept (``reserved``) for the first blocked submitter, which puts its job in when it runs;
     newcomers do not take kept room.  Whoever is cancelled after being woken passes the wake-up
     on, so nothing is lost and nobody waits beside work or room.  A job cancelled while queued
@@ -499,10 +513,11 @@ class _JobQueue:
     it is counted in ``dead`` and takes no room.
 
     ``sources`` are the running maps, whose items workers take without queueing them.  For
-    queued jobs and maps alike, one idle worker at a time is woken (``waking``), and a worker that
-    takes a job while more wait wakes the next: workers join as long as there is work for them,
-    and a flood of quick jobs, which one worker clears by itself, does not wake every worker for
-    every job.
+    queued jobs and maps alike, a worker woken for work that takes a job while more wait wakes
+    two more (:meth:`fan_out`), and any worker that takes one while more wait and no wake-up is
+    in flight wakes one.  So a burst of jobs that wait on I/O has every worker going within a
+    few turns of the loop (doubling each turn), while a flood of quick jobs, which the first
+    worker clears by itself, costs a few wake-ups instead of one per job.
     """
 
     __slots__ = (
@@ -530,7 +545,7 @@ class _JobQueue:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sources: list[_Feed] = []  # running maps, whose items workers take directly
         self.turn = False  # flips at each take while maps run: queue and maps take turns
-        self.waking = False  # an idle worker was woken for a map and has not run yet
+        self.waking = 0  # idle workers woken for work that have not run yet
 
     def offer(self, job: Job[Any]) -> bool:
         """Put ``job`` in if there is room and nobody is ahead; never waits."""
@@ -539,7 +554,7 @@ class _JobQueue:
             return False
         items.append(job)
         if self.idle and not self.waking:
-            self.waking = self.wake_worker()
+            self.wake_worker()
         return True
 
     async def put(self, job: Job[Any], closed: Callable[[], PoolClosed]) -> None:
@@ -568,7 +583,7 @@ class _JobQueue:
             raise closed()
         self.items.append(job)
         if self.idle and not self.waking:
-            self.waking = self.wake_worker()
+            self.wake_worker()
 
     def admit(self) -> None:
         """Keep freed room for blocked submitters, first come first served."""
@@ -580,7 +595,7 @@ class _JobQueue:
                 fut.set_result(None)
 
     def wake_worker(self) -> bool:
-        """Wake the first idle worker; False if there was none."""
+        """Wake the first idle worker for work; False if there was none."""
         idle = self.idle
         while idle:
             w = idle.popleft()
@@ -588,8 +603,18 @@ class _JobQueue:
             w.fut = None  # off the idle list already (wait_for_job need not look for it)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+                w.woken = True
+                self.waking += 1
                 return True
         return False
+
+    def fan_out(self) -> None:
+        """A worker woken for work took a job and more may wait: wake up to two more (for queued
+        jobs, only while they outnumber the wake-ups in flight)."""
+        for _ in range(2):
+            if not self.idle or (not self.sources and len(self.items) <= self.waking):
+                return
+            self.wake_worker()
 
     async def wait_for_job(self, w: _Worker, timeout: float) -> bool:
         """Where an idle worker sleeps until a job may be there (dumps show this frame as the
@@ -602,13 +627,13 @@ class _JobQueue:
             self.admit()  # an idle worker is room too
         timer = None if timeout == math.inf else loop.call_later(timeout, _settle, fut, False)
         try:
-            woken = await fut is not False
-            self.waking = False  # whatever woke it, the wake-up in flight has arrived
-            return woken
+            got = await fut
         except BaseException:
-            if fut.done() and not fut.cancelled() and (self.items or self.sources):
-                # Woken for work, then cancelled: somebody else takes it.
-                self.waking = self.wake_worker()
+            if w.woken:  # woken for work, then cancelled: somebody else takes it
+                w.woken = False
+                self.waking -= 1
+                if self.items or self.sources:
+                    self.wake_worker()
             raise
         finally:
             if timer is not None:
@@ -619,6 +644,11 @@ class _JobQueue:
                     self.idle.remove(w)
                 except ValueError:
                     pass
+        if w.woken:
+            w.woken = False
+            self.waking -= 1
+            w.fresh = True
+        return got is not False
 
     def close(self, error: Callable[[], PoolClosed]) -> None:
         """No more jobs: blocked submitters fail, running maps stop taking items, idle workers
@@ -839,7 +869,7 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         jobs.putters.clear()
         jobs.sources.clear()  # their consumers were on that loop: nobody is left to read them
         jobs.reserved = 0
-        jobs.waking = False
+        jobs.waking = 0
         self._drain_queue(hand_back=True, why=_LOOP_GONE)
         self._door.let_go()
         self._workers_gone = None
@@ -882,7 +912,7 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
                 self._orphaned()
         jobs = self._jobs
         if (jobs.items or jobs.sources) and jobs.idle:
-            jobs.waking = jobs.wake_worker()  # it may have been woken for a job left behind
+            jobs.wake_worker()  # it may have been woken for a job left behind
         gone = self._workers_gone
         if not self._workers and gone is not None and not gone.done():
             gone.set_result(None)
@@ -1063,7 +1093,7 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         if not jobs.putters and len(items) - jobs.dead + jobs.reserved < jobs.size + len(jobs.idle):
             items.append(job)
             if jobs.idle and not jobs.waking:
-                jobs.waking = jobs.wake_worker()
+                jobs.wake_worker()
         else:
             await self._put(job)
         self._submitted += 1
@@ -1091,7 +1121,7 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         if jobs.waking or jobs.closed:
             return
         if jobs.idle:
-            jobs.waking = jobs.wake_worker()
+            jobs.wake_worker()
         elif self._elastic:
             self._grow()
 
