@@ -430,102 +430,100 @@ def test_random_resizes_of_a_fixed_or_elastic_pool_lose_nothing(seed: int) -> No
 # ---------------------------------------------------------------- regressions (review 4)
 
 
-class _PausingChannel:
-    """Stands in for a pool's job channel, to stop a worker or a submitter inside a race window."""
+class _PausedWakeUps:
+    """Holds a pool's idle worker threads just after their idle wait ends (woken, or timed out),
+    before they act on it, so that a test can act inside that window; ``go_on()`` lets one
+    through.  Installed before the threads go idle (a thread already waiting is not held)."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.idled_out = threading.Event()  # a worker's receive just timed out
-        self.sent = threading.Event()  # a submitter just put its job in
-        self.go_on = threading.Event()
-        self.pause_receive = False
-        self.pause_send = False
-        self.hold_retirements = False
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, pool: ThreadPool) -> None:
+        self.pool = pool
+        self.holding = True
+        self.timed_out = 0  # waits that ran out
+        self.arrived = threading.Semaphore(0)  # released by each thread held
+        self.turns = threading.Semaphore(0)
+        real = ThreadPool._wait_for_job
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        def held(pool_: ThreadPool, w: Any, timeout: float) -> bool:
+            woken: bool = real(pool_, w, timeout)
+            if pool_ is self.pool and self.holding:
+                self.timed_out += not woken
+                self.arrived.release()
+                assert self.turns.acquire(timeout=5), "the test did not let the thread go on"
+            return woken
 
-    def receive_blocking(self, *, timeout: float | None = None) -> Any:
-        try:
-            item = self._inner.receive_blocking(timeout=timeout)
-        except TimeoutError:
-            if self.pause_receive:
-                self.pause_receive = False
-                self.idled_out.set()
-                self.go_on.wait(5)
-            raise
-        if item is poolkit._pools._thread_pool._RETIRE and self.hold_retirements:
-            self.go_on.wait(5)  # told to retire; holds still until the test says so
-        return item
+        monkeypatch.setattr(ThreadPool, "_wait_for_job", held)
 
-    def send_blocking(self, item: Any, *, timeout: float | None = None) -> None:
-        self._inner.send_blocking(item, timeout=timeout)
-        self._sent()
+    def wait_for_one(self) -> None:
+        assert self.arrived.acquire(timeout=5), "no idle thread woke up"
 
-    def _try_send(self, item: Any) -> bool:
-        ok: bool = self._inner._try_send(item)
-        if ok:
-            self._sent()
-        return ok
+    def go_on(self) -> None:
+        self.turns.release()
 
-    def _sent(self) -> None:
-        if self.pause_send:
-            self.pause_send = False
-            self.sent.set()
-            self.go_on.wait(5)
+    def release_all(self) -> None:
+        self.holding = False
+        for _ in range(64):
+            self.turns.release()
 
 
-def test_elastic_worker_idling_out_as_a_job_arrives_takes_it() -> None:
+def _queue_state(pool: ThreadPool) -> tuple[int, int, int]:
+    """(idle threads parked, threads woken for jobs that have not looked yet, jobs queued)."""
+    with pool._lock:
+        jobs = pool._jobs
+        return len(jobs.idle), jobs.woken, len(jobs.items) - jobs.dead
+
+
+def test_elastic_worker_idling_out_as_a_job_arrives_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pool = ThreadPool(workers=2, min_workers=0, idle_timeout=0.05)
-    channel = _PausingChannel(pool._jobs)
-    pool._jobs = channel  # type: ignore[assignment]
+    paused = _PausedWakeUps(monkeypatch, pool)
     assert pool.submit(double, 1).result(timeout=5) == 2
-    channel.pause_receive = True
-    assert channel.idled_out.wait(5)  # the only worker has idled out, and not yet left
-    late = pool.submit(double, 2)
-    channel.go_on.set()
+    paused.wait_for_one()  # the only worker's idle wait has run out; it has not left yet
+    assert paused.timed_out == 1
+    late = pool.submit(double, 2)  # it still counts as idle: the job is queued for it
+    assert pool.statistics().workers == 1  # and no thread was started instead
+    paused.release_all()
     assert late.result(timeout=5) == 4
     pool.shutdown()
     assert check_books(pool).succeeded == 2
 
 
-def test_shutdown_of_an_elastic_pool_with_no_worker_left_still_runs_a_just_sent_job() -> None:
+def test_shutdown_of_an_elastic_pool_with_no_worker_left_still_runs_a_queued_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job queued with no thread to run it (here its thread did not start) is not left
+    behind by a draining shutdown: one thread starts to run it, and is joined."""
     pool = ThreadPool(workers=2, min_workers=0, idle_timeout=0.01)
-    channel = _PausingChannel(pool._jobs)
-    pool._jobs = channel  # type: ignore[assignment]
     pool.submit(double, 1).result(timeout=5)
     wait_until(lambda: pool.statistics().workers == 0)
-    channel.pause_send = True
-    late: list[Any] = []
-    submitter = threading.Thread(target=lambda: late.append(pool.submit(double, 3)))
-    submitter.start()
-    assert channel.sent.wait(5)  # the job is in the queue; its submitter has not counted it yet
+    with monkeypatch.context() as m:
+        m.setattr(ThreadPool, "_spawn", lambda self: None)
+        late = pool.submit(double, 3)
+    s = check_books(pool)
+    assert (s.workers, s.queued) == (0, 1)
     pool.shutdown()
-    # shutdown() saw the job through itself: no thread is started after it returned.
-    assert pool.statistics().succeeded == 2
-    channel.go_on.set()
-    submitter.join(5)
-    assert late[0].result(timeout=0) == 6
+    assert late.result(timeout=0) == 6
     s = check_books(pool)
     assert (s.submitted, s.succeeded, s.workers) == (2, 2, 0)
 
 
-def test_thread_pool_resize_down_then_up_before_the_retired_workers_exit() -> None:
+def test_thread_pool_resize_down_then_up_before_the_retired_workers_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with ThreadPool(workers=4) as pool:
-        channel = _PausingChannel(pool._jobs)
-        pool._jobs = channel  # type: ignore[assignment]
+        paused = _PausedWakeUps(monkeypatch, pool)
         start = threading.Event()  # four jobs at once start four threads, idle afterwards
         started = [pool.submit(start.wait, 5) for _ in range(4)]
         wait_until(lambda: pool.statistics().busy == 4)
         start.set()
         for job in started:
             job.result(5)
-        wait_until(lambda: pool.statistics().busy == 0)
-        assert pool.statistics().workers == 4
-        channel.hold_retirements = True
-        pool.resize(1)
-        pool.resize(4)  # while the three told to retire have not acted on it yet
-        channel.go_on.set()
+        wait_until(lambda: _queue_state(pool)[0] == 4)
+        pool.resize(1)  # three idle threads are woken to retire...
+        for _ in range(3):
+            paused.wait_for_one()
+        pool.resize(4)  # ...and taken back before they have acted on it
+        paused.release_all()
         gate = threading.Event()
         jobs = [pool.submit(gate.wait, 5) for _ in range(4)]
         wait_until(lambda: pool.statistics().busy == 4)
@@ -648,6 +646,110 @@ def test_resize_up_starts_threads_only_for_jobs_that_wait() -> None:
         assert (s.workers, s.target_workers, s.queued) == (4, 10, 0)
         gate.set()
         assert all(job.result(5) for job in jobs)
+
+
+def test_threads_start_one_per_job_that_finds_no_idle_thread_never_above_workers() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=3, queue_size=10) as pool:
+        assert pool.statistics().workers == 0
+        jobs = []
+        for n in range(1, 7):  # calls that hold their thread: each finds none idle
+            jobs.append(pool.submit(gate.wait, 5))
+            assert pool.statistics().workers == min(n, 3)
+        gate.set()
+        assert all(job.result(5) for job in jobs)
+        wait_until(lambda: _queue_state(pool)[0] == 3)
+        for i in range(10):  # one after another: an idle thread takes each, none starts
+            assert pool.submit(double, i).result(5) == 2 * i
+        s = check_books(pool)
+        assert (s.workers, s.target_workers, s.succeeded) == (3, 3, 16)
+
+
+def test_a_burst_wakes_one_idle_thread_which_wakes_two_more_while_jobs_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each job used to wake an idle thread of its own, whether or not another was already on
+    its way to the queue: a burst of quick jobs woke every thread, most to find nothing."""
+    pool = ThreadPool(workers=5, queue_size=5)
+    paused = _PausedWakeUps(monkeypatch, pool)
+    first = threading.Event()
+    started = [pool.submit(first.wait, 5) for _ in range(5)]
+    wait_until(lambda: pool.statistics().busy == 5)
+    first.set()
+    assert all(job.result(5) for job in started)
+    wait_until(lambda: _queue_state(pool)[0] == 5)
+    gate = threading.Event()
+    jobs = [pool.submit(gate.wait, 5) for _ in range(3)]
+    paused.wait_for_one()
+    assert _queue_state(pool) == (4, 1, 3)  # one thread woken for the three jobs, four asleep
+    paused.go_on()  # it takes a job, and wakes two more for the two that wait
+    paused.wait_for_one()
+    paused.wait_for_one()
+    assert _queue_state(pool) == (2, 2, 2)
+    assert pool.statistics().busy == 1
+    paused.go_on()  # takes one; the job left has a thread on its way: nobody else is woken
+    wait_until(lambda: pool.statistics().busy == 2)
+    assert _queue_state(pool) == (2, 1, 1)
+    paused.go_on()
+    wait_until(lambda: pool.statistics().busy == 3)
+    assert _queue_state(pool) == (2, 0, 0)  # two threads slept through it all
+    assert pool.statistics().workers == 5  # and no thread was started for them
+    paused.release_all()
+    gate.set()
+    assert all(job.result(5) for job in jobs)
+    pool.shutdown()
+    assert check_books(pool).succeeded == 8
+
+
+def test_a_burst_of_blocking_calls_reaches_every_idle_thread() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=16, queue_size=16) as pool:
+        warm = [pool.submit(gate.wait, 5) for _ in range(16)]
+        wait_until(lambda: pool.statistics().busy == 16)
+        gate.set()
+        assert all(job.result(5) for job in warm)
+        wait_until(lambda: _queue_state(pool)[0] == 16)
+        gate.clear()
+        jobs = [pool.submit(gate.wait, 5) for _ in range(16)]
+        wait_until(lambda: pool.statistics().busy == 16)  # all at once, none started anew
+        assert check_books(pool).workers == 16
+        gate.set()
+        assert all(job.result(5) for job in jobs)
+
+
+def test_idle_threads_count_as_room_even_before_they_are_woken() -> None:
+    gate = threading.Event()
+    with ThreadPool(workers=2, queue_size=0) as pool:
+        started = [pool.submit(gate.wait, 5) for _ in range(2)]
+        gate.set()
+        assert all(job.result(5) for job in started)
+        wait_until(lambda: _queue_state(pool)[0] == 2)
+        gate.clear()
+        jobs = [pool.submit_nowait(gate.wait, 5) for _ in range(2)]  # one idle thread each
+        with pytest.raises(QueueFull):
+            pool.submit_nowait(gate.wait, 5)
+        gate.set()
+        assert all(job.result(5) for job in jobs)
+    assert check_books(pool).rejected == 1
+
+
+def test_a_cancelled_jobs_callbacks_run_outside_the_pools_lock() -> None:
+    """cancel() ran the future's done-callbacks under the pool's lock: a callback that looked
+    at the pool (or submitted to it) deadlocked."""
+    gate = threading.Event()
+    with ThreadPool(workers=1, queue_size=2) as pool:
+        running = pool.submit(gate.wait, 5)
+        wait_until(lambda: pool.statistics().busy == 1)
+        queued = pool.submit(double, 1)
+        seen: list[int] = []
+        queued.add_done_callback(lambda job: seen.append(pool.statistics().cancelled))
+        assert queued.cancel() and queued.cancel()  # idempotent
+        assert seen == [1]
+        follow_up = pool.submit(double, 2)  # its room is free again
+        gate.set()
+        assert (running.result(5), follow_up.result(5)) == (True, 4)
+    s = check_books(pool)
+    assert (s.cancelled, s.succeeded) == (1, 2)
 
 
 # ---------------------------------------------------------------- async def code

@@ -1,20 +1,28 @@
 """ThreadPool: the WorkerPool model for blocking code, on threads.
 
-Jobs wait in a :class:`~poolkit.Channel` (thread-safe, FIFO, bounded: ``submit`` blocks the
-calling thread while it is full); each worker is a thread that takes a job and calls it.  The
-handle ``submit`` returns is a :class:`ThreadJob`, a ``concurrent.futures.Future``, so existing
-code and ``asyncio.wrap_future`` work with it; workers follow the executor protocol
+Jobs wait in the pool's queue (FIFO, bounded: ``submit`` blocks the calling thread while it is
+full); each worker is a thread that takes a job and calls it.  The handle ``submit`` returns is
+a :class:`ThreadJob`, a ``concurrent.futures.Future``, so existing code and
+``asyncio.wrap_future`` work with it; workers follow the executor protocol
 (``set_running_or_notify_cancel``), so a job cancelled while queued never runs.
 
 Options, counters and the accounting identity are those of ``WorkerPool`` (see
 ``poolkit._pools._pool``; both keep them in ``poolkit._pools._pool_core``); here they are kept under
-one lock, so a snapshot taken from any thread is consistent.
+one lock, so a snapshot taken from any thread is consistent.  The queue is kept under the same
+lock (see :class:`_JobQueue`), so a job is queued and counted in one step.
 
 Threads start as jobs need them, as in ``ThreadPoolExecutor``: a job that arrives when no idle
 thread can take it starts one, up to ``workers``; threads then stay (an elastic pool lets those
 beyond ``min_workers`` go after ``idle_timeout``).  A pool of 10,000 workers that runs one job
 starts one thread, and starting one costs the same however many run (the list of threads to
 join is pruned of finished ones only when it has doubled: amortised O(1)).
+
+Idle threads are woken as ``WorkerPool``'s idle workers are (see :class:`_JobQueue`): a few at a
+time, more as long as jobs wait, rather than one per job.  Threads join as long as there is work
+for them, and a flood of quick calls, which one thread clears by itself, does not wake every
+thread for every call.  (Measured: 100k trivial calls through ``map`` at the default settings
+used to wake a sleeping thread for 45% of the calls; on two cores each wake-up cost more than
+the call.)
 
 A ThreadPool runs plain functions.  An ``async def`` function is refused at ``submit`` with a
 ``TypeError``, and a call that returns an awaitable (a ``functools.partial`` of one, say) fails
@@ -46,6 +54,7 @@ import math
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
@@ -53,10 +62,9 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 import tenacity
 
 from poolkit._core._checks import check_timeout
-from poolkit._core._exceptions import ChannelClosed, EndOfChannel, JobHandedBack
-from poolkit._core._registry import record_origin, register, unregistered
+from poolkit._core._exceptions import JobHandedBack
+from poolkit._core._registry import record_origin, register
 from poolkit._core._wait import resolve
-from poolkit._primitives._channel import _EMPTY, Channel
 
 from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
@@ -72,9 +80,13 @@ P = ParamSpec("P")
 logger = logging.getLogger("poolkit.pool")
 _monotonic = time.monotonic
 
-_RETIRE: Any = object()  # sent to idle workers by resize(); never counted as a job
-_HANDED_BACK = 1
-_POOL_CANCELLED = 2
+_LEAVE: Any = object()  # what _take() returns to a worker that has left the books: exit
+# A queued job's fate once it is taken out of the queue other than by a worker, decided under
+# the pool's lock before its future is resolved outside it.
+_HANDED_BACK = 1  # by a cancelling shutdown
+_POOL_CANCELLED = 2  # by fail_fast's first failure
+_USER_CANCELLED = 3  # by its own cancel(); it stays in the queue (counted dead) until taken
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
 # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR: read off the code object at submit (an
 # inspect.iscoroutinefunction() call would cost more than the rest of the check).
 _ASYNC_CODE = 0x80 | 0x200
@@ -119,10 +131,11 @@ class ThreadJob(cf.Future[T]):
         self._args = args
         self._kwargs = kwargs
         self._queued_at = _monotonic()
-        self._counted = False  # counted as submitted (by its submitter or by its worker)
+        self._in_queue = False  # in the pool's queue (changed under the pool's lock)
         self._expired = False  # failed by the watchdog; its call may still be running
-        # Set (under the pool's lock) when a shutdown takes it out of the queue, before its
-        # future is resolved outside the lock: _HANDED_BACK or _POOL_CANCELLED.
+        # Set (under the pool's lock) when it leaves the queue other than by a worker, before
+        # its future is resolved outside the lock: _HANDED_BACK, _POOL_CANCELLED or
+        # _USER_CANCELLED.
         self._fate = 0
 
     @property
@@ -171,29 +184,41 @@ class ThreadJob(cf.Future[T]):
 
     def cancel(self) -> bool:
         pool = self._pool
-        with pool._lock:  # count it in the same step as it is cancelled
-            if self._fate:  # the pool has already decided: handed back, or cancelled by it
-                return self._fate == _POOL_CANCELLED
-            queued = not (self.running() or self.done())
-            cancelled = super().cancel()
-            if cancelled and queued:
-                if not self._counted:
-                    self._counted = True
-                    pool._submitted += 1
+        with pool._lock:  # decided and counted in one step with the workers' taking it
+            fate = self._fate
+            if not fate and self._in_queue:
+                self._fate = fate = _USER_CANCELLED
                 pool._cancelled_queued += 1
-        return cancelled
+                pool._jobs.dead += 1  # no longer takes room; a worker drops it when it comes
+                if pool._jobs.putters:
+                    pool._jobs.admit()
+        if fate == _HANDED_BACK:
+            return False
+        # Outside the lock: cancelling runs the future's done-callbacks.  A job that is running
+        # or done is not cancelled (False), as for concurrent.futures.
+        return super().cancel()
 
 
 class _Worker:
-    """One worker thread: takes jobs from the pool's channel and calls them.
+    """One worker thread: takes jobs from the pool's queue and calls them.
 
     This is the part of a ``ThreadPool`` that is about threads: how a worker waits for a job
-    (:meth:`ThreadPool._wait_for_job`), calls it (under the pool's limit and retry policy, its
-    deadline watched by the pool's watchdog) and settles its future.  The books it keeps are
-    the pool's, under the pool's lock.
+    (:meth:`ThreadPool._wait_for_job`, on a lock of its own that a waker releases), calls it
+    (under the pool's limit and retry policy, its deadline watched by the pool's watchdog) and
+    settles its future.  The books it keeps are the pool's, under the pool's lock.
     """
 
-    __slots__ = ("deadline", "ident", "job", "pool", "thread")
+    __slots__ = (
+        "deadline",
+        "ident",
+        "job",
+        "lock",
+        "patience",
+        "pool",
+        "started",
+        "thread",
+        "woken",
+    )
 
     def __init__(self, pool: ThreadPool, ident: int) -> None:
         self.pool = pool
@@ -201,43 +226,36 @@ class _Worker:
         self.job: ThreadJob[Any] | None = None
         self.thread: threading.Thread | None = None
         self.deadline = math.inf
+        self.started = 0.0  # when its current job started
+        # Held, except while a waker has released it to wake the worker from its idle wait.
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.woken = False  # woken for the jobs in the queue (counted in the queue's `woken`)
+        self.patience = math.inf  # how long its idle wait lasts (elastic pools)
 
     def run(self) -> None:
         """The worker's thread: take jobs and run them until the pool closes, resizes or idles
         it out (elastic)."""
         pool = self.pool
         logger.debug("%s: worker %d started", pool._label(), self.ident)
-        jobs = pool._jobs
-        # A worker that decides to exit leaves the books in the same locked step (_leave), so
-        # that a submit never counts on a worker that is on its way out.
+        lock = pool._lock
+        take = pool._take
+        # A worker that decides to exit leaves the books in the same locked step (_take,
+        # _idled_out), so that a submit never counts on a worker that is on its way out.
         left = False
         try:
             while True:
-                with pool._lock:
-                    if pool._retiring > 0:
-                        pool._retiring -= 1
-                        left = pool._leave(self)
-                        return  # resize() lowered the target
-                    idle_for = (
-                        pool._idle_timeout
-                        if pool._elastic and pool._live > pool._min_workers
-                        else math.inf
-                    )
-                try:
-                    job = jobs._try_receive()  # a job is waiting: the per-job path
-                    if job is _EMPTY:
-                        job = pool._wait_for_job(idle_for)
-                except EndOfChannel:
-                    return
-                except TimeoutError:
-                    with pool._lock:
-                        if pool._live > pool._min_workers and pool._queued <= 0:
-                            left = pool._leave(self)
-                            return  # idle for too long (elastic), and no job is waiting
-                    continue
-                if job is _RETIRE:
-                    continue  # the retire count is checked at the top of the loop
-                self._run(job)
+                with lock:
+                    job = take(self)
+                if job is None:  # parked, in the same locked step: wait to be woken
+                    if not pool._wait_for_job(self, self.patience) and pool._idled_out(self):
+                        left = True
+                        return  # idle for too long (elastic), and no job is waiting
+                elif job is _LEAVE:
+                    left = True
+                    return  # the pool is closed and drained, or resize() lowered the target
+                else:
+                    self._run(job)
         finally:
             if not left:
                 with pool._lock:
@@ -246,20 +264,8 @@ class _Worker:
             pool._exited()
 
     def _run(self, job: ThreadJob[Any]) -> None:
+        """Call ``job``, which ``_take`` has marked running and counted as started."""
         pool = self.pool
-        if not _cf_set_running(job):
-            return  # cancelled while queued: counted by cancel()
-        t0 = _monotonic()
-        with pool._lock:
-            if not job._counted:  # started before its submitter got to count it
-                job._counted = True
-                pool._submitted += 1
-            pool._started += 1
-            pool._busy += 1
-            pool._wait_total += t0 - job._queued_at
-            self.job = job
-            if pool._watchdog is not None:
-                pool._watchdog.watch(self, job, t0)
         try:
             result = self._attempts(job)
             if hasattr(result, "__await__"):
@@ -274,7 +280,7 @@ class _Worker:
             self.deadline = math.inf
             job._args = ()  # a kept handle must not pin its arguments
             job._kwargs = {}
-            pool._run_total += _monotonic() - t0
+            pool._run_total += _monotonic() - self.started
             if job._expired:
                 return  # timed out already (counted by the watchdog); the result is dropped
             if error is None:
@@ -401,6 +407,97 @@ class _Watchdog:
                 )
 
 
+class _Putter:
+    """A submitter waiting for room: it sleeps on ``lock``, which is released to wake it."""
+
+    __slots__ = ("granted", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.granted = False  # woken with room kept for it (else woken by close)
+
+
+class _JobQueue:
+    """The queue of a :class:`ThreadPool`: FIFO, bounded, guarded by the pool's lock (every
+    method expects it held), so that a job is queued and counted in one step.
+
+    ``WorkerPool``'s queue (``poolkit._pools._pool._JobQueue``), for threads.  An idle worker
+    counts as room, so ``queue_size`` counts the jobs that wait with no idle worker to take them
+    (``queue_size=0`` hands jobs straight to idle workers).  Idle workers park on a lock of their
+    own, the last to park on top, so that the threads that just ran take the work and those an
+    elastic pool does not need idle out.  Wake-ups are lazy: a job that arrives while workers are
+    idle wakes one (unless one is on its way already: ``woken`` counts them), which takes
+    whatever is at the head when it runs.  A worker woken for the jobs that takes one while more
+    wait wakes two more (:meth:`fan_out`), and any worker that takes one while more wait and no
+    wake-up is in flight wakes one.  So a burst of calls that block on I/O has every thread going
+    within a few rounds of wake-ups (doubling each round), while a flood of quick calls, which
+    the first thread clears by itself, costs a few wake-ups instead of one per call.  A worker
+    woken for jobs counts as room until it has looked, as an idle one does.
+
+    Room that frees up is kept (``reserved``) for the first blocked submitter, which puts its job
+    in when it runs; newcomers do not take kept room, nor go ahead of submitters that wait.  A
+    job cancelled while queued stays in ``items`` until it reaches the head (taking it out of the
+    middle would cost O(n)), but it is counted in ``dead`` and takes no room.
+    """
+
+    __slots__ = ("closed", "dead", "idle", "items", "putters", "reserved", "size", "woken")
+
+    def __init__(self, size: float) -> None:
+        self.items: deque[ThreadJob[Any]] = deque()
+        self.size = size
+        self.idle: list[_Worker] = []  # parked workers; the last to park is woken first
+        self.putters: deque[_Putter] = deque()  # submitters waiting for room, in arrival order
+        self.reserved = 0  # room kept for woken submitters
+        self.dead = 0  # jobs in items cancelled by their users
+        self.woken = 0  # workers woken for the jobs that have not looked for one yet
+        self.closed = False
+
+    def full(self) -> bool:
+        """No room for a newcomer: none free, or submitters wait ahead of it."""
+        return bool(self.putters) or (
+            len(self.items) - self.dead + self.reserved >= self.size + len(self.idle) + self.woken
+        )
+
+    def waiting(self) -> int:
+        """Jobs in the queue that a worker will run."""
+        return len(self.items) - self.dead
+
+    def wake_worker(self) -> None:
+        """Wake the idle worker on top for the jobs (there is one)."""
+        w = self.idle.pop()
+        w.woken = True
+        self.woken += 1
+        w.lock.release()
+
+    def fan_out(self) -> None:
+        """A worker woken for the jobs took one and more wait: wake up to two more idle workers,
+        while the jobs waiting outnumber the wake-ups in flight."""
+        for _ in range(2):
+            if not self.idle or len(self.items) - self.dead <= self.woken:
+                return
+            self.wake_worker()
+
+    def admit(self) -> None:
+        """Keep freed room for blocked submitters, first come first served."""
+        putters = self.putters
+        while putters and (
+            len(self.items) - self.dead + self.reserved < self.size + len(self.idle) + self.woken
+        ):
+            p = putters.popleft()
+            p.granted = True
+            self.reserved += 1
+            p.lock.release()
+
+    def close(self) -> None:
+        """No more jobs: blocked submitters wake to fail, idle workers to drain or exit."""
+        self.closed = True
+        while self.putters:
+            self.putters.popleft().lock.release()
+        while self.idle:
+            self.idle.pop().lock.release()
+
+
 @final
 class ThreadPool(PoolCore[tenacity.Retrying]):
     """A pool of worker threads: ``with ThreadPool(workers=8) as pool:``.
@@ -447,12 +544,7 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
 
     def _setup(self) -> None:
         self._lock = threading.Lock()
-        # Channel capacity counts idle workers as room only through its rendezvous; sentinels
-        # from resize() need a slot too, so the channel is unbounded and the pool bounds it.
-        with unregistered():  # reported as part of the pool, not as a channel of its own
-            self._jobs: Channel[Any] = Channel(
-                self._queue_size, name=f"{self._name or 'pool'} jobs"
-            )
+        self._jobs = _JobQueue(self._queue_size)  # under _lock, as the counters are
         self._workers: dict[int, _Worker] = {}
         self._threads: list[threading.Thread] = []  # every worker thread not yet joined
         self._prune_at = 64  # _threads is pruned of finished threads when it grows this long
@@ -497,11 +589,76 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
         if self._watchdog is not None:
             self._watchdog.start()
 
-    def _wait_for_job(self, idle_for: float) -> Any:
-        """Where an idle worker thread sleeps until a job comes (dumps show this frame as the
-        worker's idle state).  Raises ``TimeoutError`` after ``idle_for`` seconds and
-        :class:`~poolkit.EndOfChannel` once the pool is shut down and drained."""
-        return self._jobs.receive_blocking(timeout=idle_for)
+    def _take(self, w: _Worker) -> Any:  # lock held
+        """The next job for ``w``, marked running and counted as started; or None, and ``w`` is
+        parked (idle, in the same locked step); or ``_LEAVE``, and ``w`` has left the books."""
+        jobs = self._jobs
+        fresh = w.woken
+        if fresh:  # the wake-up in flight has arrived
+            w.woken = False
+            jobs.woken -= 1
+        items = jobs.items
+        if self._retiring > 0:
+            self._retiring -= 1
+            self._leave(w)
+            if jobs.idle and not jobs.woken and len(items) > jobs.dead:
+                jobs.wake_worker()  # it may have been woken for them: pass that on
+            return _LEAVE  # resize() lowered the target
+        while items:
+            job = items.popleft()
+            job._in_queue = False
+            if job._fate:  # cancelled by its user while queued: counted already
+                jobs.dead -= 1
+                continue
+            if not _cf_set_running(job):  # cancelled behind ThreadJob.cancel()'s back
+                self._cancelled_queued += 1
+                continue
+            t0 = _monotonic()
+            self._started += 1
+            self._busy += 1
+            self._wait_total += t0 - job._queued_at
+            w.job = job
+            w.started = t0
+            if self._watchdog is not None:
+                self._watchdog.watch(w, job, t0)
+            if jobs.putters:
+                jobs.admit()
+            if jobs.idle and len(items) > jobs.dead:  # more jobs wait: more workers join in
+                if fresh:
+                    jobs.fan_out()
+                elif not jobs.woken:
+                    jobs.wake_worker()
+            return job
+        if jobs.closed:
+            self._leave(w)
+            return _LEAVE  # closed and drained
+        w.patience = (
+            self._idle_timeout if self._elastic and self._live > self._min_workers else math.inf
+        )
+        jobs.idle.append(w)
+        if jobs.putters:
+            jobs.admit()  # an idle worker is room too
+        return None
+
+    def _wait_for_job(self, w: _Worker, timeout: float) -> bool:
+        """Where an idle worker thread sleeps until it is woken (dumps show this frame as the
+        worker's idle state); False if ``timeout`` seconds passed first."""
+        if timeout > _TIMEOUT_MAX:
+            return w.lock.acquire()
+        return w.lock.acquire(True, timeout)
+
+    def _idled_out(self, w: _Worker) -> bool:
+        """``w``'s idle wait timed out: True if it has left the books (nothing waits for it)."""
+        with self._lock:
+            try:
+                self._jobs.idle.remove(w)
+            except ValueError:
+                # Woken as the wait ran out: its lock was released (under this lock) after all.
+                w.lock.acquire()
+                return False
+            if self._live > self._min_workers and self._queued <= 0:
+                return self._leave(w)
+            return False  # a job came (or it is needed): back to the queue
 
     def _leave(self, w: _Worker) -> bool:  # lock held
         self._live -= 1
@@ -530,30 +687,43 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
         with self._lock:
             if self._state == OPEN:
                 self._state = CLOSING
-        self._jobs.close()
-        self._drain_queue(hand_back=False)
+            self._jobs.close()
+            stopped = self._take_queued(hand_back=False)
+        self._settle(stopped)
 
     def _drain_queue(self, hand_back: bool) -> None:
-        while True:
-            try:
-                job = self._jobs.receive_nowait()
-            except Exception:  # WouldBlock or EndOfChannel: empty
-                return
-            if job is _RETIRE:
+        with self._lock:
+            stopped = self._take_queued(hand_back)
+        self._settle(stopped)
+
+    def _take_queued(self, hand_back: bool) -> list[tuple[ThreadJob[Any], str | None]]:
+        """Take every queued job out (lock held), handed back or cancelled by the pool, counted;
+        :meth:`_settle` resolves their futures once the lock is released."""
+        jobs = self._jobs
+        items = jobs.items
+        stopped: list[tuple[ThreadJob[Any], str | None]] = []
+        while items:
+            job = items.popleft()
+            job._in_queue = False
+            if job._fate:  # cancelled by its user while queued: counted already
+                jobs.dead -= 1
                 continue
-            with self._lock:
-                if job.running() or job.done():
-                    continue  # cancelled while queued: already counted
-                if not job._counted:
-                    job._counted = True
-                    self._submitted += 1
-                job._fate = _HANDED_BACK if hand_back else _POOL_CANCELLED
-                if hand_back:
-                    message = self._hand_back(job._fn, job._args, dict(job._kwargs), job)
-                else:
-                    self._cancelled_queued += 1
             if hand_back:
-                _cf_set_exception(job, JobHandedBack(message))  # outside the lock
+                job._fate = _HANDED_BACK
+                stopped.append((job, self._hand_back(job._fn, job._args, dict(job._kwargs), job)))
+            else:
+                job._fate = _POOL_CANCELLED
+                self._cancelled_queued += 1
+                stopped.append((job, None))
+        if jobs.putters:
+            jobs.admit()
+        return stopped
+
+    @staticmethod
+    def _settle(stopped: list[tuple[ThreadJob[Any], str | None]]) -> None:
+        for job, message in stopped:  # outside the lock: callbacks may call back into the pool
+            if message is not None:
+                _cf_set_exception(job, JobHandedBack(message))
             else:
                 cf.Future.cancel(job)
 
@@ -584,14 +754,11 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             for _ in range(min(workers - live, self._queued - max(0, live - self._busy))):
                 self._spawn()  # for jobs that wait with no idle thread to take them
             excess = self._live - self._retiring - self._target
-            idle = self._live - self._busy
             if excess > 0:
                 self._retiring += excess
-        for _ in range(max(0, min(excess, idle))):
-            try:
-                self._jobs.send_nowait(_RETIRE)  # wakes an idle worker to retire
-            except Exception:
-                break  # no room: busy workers retire when their job is done
+                idle = self._jobs.idle
+                for _ in range(min(excess, len(idle))):
+                    idle.pop().lock.release()  # wakes to retire; busy ones do after their job
 
     # ----------------------------------------------------------------- submitting
 
@@ -603,18 +770,28 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             self._start()
         return ThreadJob(self, fn, args, kwargs)
 
-    def _accepted(self, job: ThreadJob[Any]) -> None:
-        with self._lock:
-            if not job._counted:
-                job._counted = True
-                self._submitted += 1
-            live = self._live - self._retiring
-            if (
-                self._state == OPEN  # once closing, shutdown() sees to the queued jobs
-                and live < self._target
-                and self._queued > live - self._busy
-            ):
-                self._spawn()  # no idle thread can take it: start one (lazily, as needed)
+    def _put(self, job: ThreadJob[Any]) -> bool:  # lock held
+        """Queue ``job`` if there is room now and nobody waits ahead of it; False if not."""
+        jobs = self._jobs
+        if jobs.closed:
+            raise self._closed_error()
+        if jobs.full():
+            return False
+        self._queue(job)
+        return True
+
+    def _queue(self, job: ThreadJob[Any]) -> None:  # lock held
+        jobs = self._jobs
+        jobs.items.append(job)
+        job._in_queue = True
+        self._submitted += 1
+        if jobs.idle:
+            if not jobs.woken:
+                jobs.wake_worker()  # one at a time: it wakes the next if more jobs wait
+            return
+        live = self._live - self._retiring
+        if self._state == OPEN and live < self._target and self._queued > live - self._busy:
+            self._spawn()  # no idle thread can take it: start one (lazily, as needed)
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> ThreadJob[R]:
         """Queue ``fn(*args, **kwargs)``; block this thread while the queue is full.
@@ -635,25 +812,44 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
                 ``submit_nowait`` there, or ``await asyncio.to_thread(pool.submit, ...)``).
         """
         job = self._make(fn, args, kwargs)
-        jobs = self._jobs
-        try:
-            if not jobs._try_send(job):
-                _refuse_in_loop(
-                    "submit",
-                    f"the queue of {self._label()} is full. Use pool.submit_nowait() (it raises "
-                    f"QueueFull instead of waiting), or await asyncio.to_thread(pool.submit, ...)",
-                )
-                self._grow()  # no thread was free to take it: start one (up to the cap), wait
-                jobs.send_blocking(job)
-        except ChannelClosed:
-            raise self._closed_error() from None
-        self._accepted(job)
+        with self._lock:
+            if self._put(job):
+                return job
+        _refuse_in_loop(
+            "submit",
+            f"the queue of {self._label()} is full. Use pool.submit_nowait() (it raises "
+            f"QueueFull instead of waiting), or await asyncio.to_thread(pool.submit, ...)",
+        )
+        self._put_waiting(job)
         return job
 
-    def _grow(self) -> None:
-        with self._lock:
+    def _put_waiting(self, job: ThreadJob[Any]) -> None:
+        """Queue ``job`` once there is room, waiting for it in arrival order."""
+        lock = self._lock
+        jobs = self._jobs
+        with lock:
+            if self._put(job):  # room came meanwhile
+                return
             if self._state == OPEN and self._live - self._retiring < self._target:
-                self._spawn()
+                self._spawn()  # no thread was free to take it: start one (up to the cap)
+            putter = _Putter()
+            jobs.putters.append(putter)
+        try:
+            putter.lock.acquire()
+        except BaseException:  # KeyboardInterrupt in the main thread: nothing was queued
+            with lock:
+                if putter.granted:
+                    jobs.reserved -= 1
+                    jobs.admit()  # the room kept for it goes to the next
+                elif not jobs.closed:
+                    jobs.putters.remove(putter)
+            raise
+        with lock:
+            if putter.granted:
+                jobs.reserved -= 1
+            if jobs.closed:
+                raise self._closed_error()
+            self._queue(job)
 
     def submit_nowait(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -667,16 +863,11 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             TypeError, PoolClosed: As :meth:`submit`.
         """
         job = self._make(fn, args, kwargs)
-        try:
-            ok = self._jobs._try_send(job)
-        except ChannelClosed:
-            raise self._closed_error() from None
-        if not ok:
-            with self._lock:
-                self._rejected += 1
-            raise self._queue_full()
-        self._accepted(job)
-        return job
+        with self._lock:
+            if self._put(job):
+                return job
+            self._rejected += 1
+        raise self._queue_full()
 
     # ----------------------------------------------------------------- map
 
@@ -834,23 +1025,24 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
 
     def _begin_shutdown(self, cancel: bool) -> bool:
         """Close the pool to new jobs; False if it never started (nothing to wait for)."""
+        stopped: list[tuple[ThreadJob[Any], str | None]] = []
         with self._lock:
             state = self._state
             if state == NEW:
                 self._state = CLOSED
             elif state == OPEN:
                 self._state = CLOSING
-        self._jobs.close()
-        if state == NEW:
-            return False
-        with self._lock:
-            # An elastic pool may have no worker left (or only retiring ones) while jobs that
-            # were sent before the close still wait: one worker drains them.
-            if self._live - self._retiring <= 0 and self._jobs.statistics().buffered:
-                self._spawn()
-        if cancel:
-            self._drain_queue(hand_back=True)
-        return True
+            jobs = self._jobs
+            jobs.close()
+            if state != NEW:
+                if cancel:  # in the same step as the close: no worker starts one of them
+                    stopped = self._take_queued(hand_back=True)
+                # An elastic pool may have no worker left (or only retiring ones) while jobs
+                # queued before the close still wait: one worker drains them.
+                elif self._live - self._retiring <= 0 and jobs.waiting() > 0:
+                    self._spawn()
+        self._settle(stopped)
+        return state != NEW
 
     async def _wait_gone(self, timeout: float | None) -> bool:
         """Wait, without blocking the loop, until every worker has exited; False on timeout."""
