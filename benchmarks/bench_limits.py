@@ -172,7 +172,7 @@ def _contended(make: Callable[[], object]) -> Callable[[int], float]:
 
 
 contended = register(
-    Suite("capacity limiter, 64 tasks through 8 slots", unit="pair", items=100_000)
+    Suite("capacity limiter, contended: 64 tasks through 8 slots", unit="pair", items=100_000)
 )
 contended.cases += [
     Case("poolkit.CapacityLimiter", _contended(lambda: poolkit.CapacityLimiter(8)), poolkit=True),
