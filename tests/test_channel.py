@@ -228,6 +228,181 @@ async def test_unbuffered_send_returns_only_after_receiver_arrives() -> None:
     assert done_at == [5.0]
 
 
+# ---------------------------------------------------------------- spinning once
+# A task that has to wait yields once, still scheduled and with no future, and parks on a future
+# only if nobody served it meanwhile (poolkit/_primitives/_channel.py, "Spinning once").
+
+
+async def test_a_hand_off_between_two_tasks_parks_nobody_on_a_future(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each side is served by the other before it runs again: no future is made per item (they
+    made the unbuffered hand-off cost 1.3 times asyncio.Queue(1) + join(); it is now 0.7)."""
+    from poolkit._primitives import _channel
+
+    futures: list[object] = []
+    park = _channel._park
+    task_waiter = Channel._task_waiter
+
+    def counting_park(w: Any) -> None:
+        futures.append(w)
+        park(w)
+
+    def counting_task_waiter(self: Channel[Any], item: Any, arrival: int, spin: bool) -> Any:
+        if not spin:
+            futures.append(item)
+        return task_waiter(self, item, arrival, spin)
+
+    monkeypatch.setattr(_channel, "_park", counting_park)
+    monkeypatch.setattr(Channel, "_task_waiter", counting_task_waiter)
+    for capacity in (0, 4):
+        ch: Channel[int] = Channel(capacity)
+
+        async def producer(ch: Channel[int] = ch) -> None:
+            async with ch:
+                for i in range(1000):
+                    await ch.send(i)
+
+        task = asyncio.create_task(producer())
+        assert [x async for x in ch] == list(range(1000))
+        await task
+        assert len(futures) <= 2, f"capacity {capacity}: {len(futures)} futures for 1000 items"
+
+
+async def test_the_quick_task_waiter_sets_what_the_constructor_sets() -> None:
+    """Channel._task_waiter() makes its waiter without __init__, or reuses the channel's spare:
+    either way every slot of _Waiter and Sleeper must be set as the constructor sets it."""
+    from poolkit._primitives import _channel
+
+    loop = asyncio.get_running_loop()
+    ch: Channel[str] = Channel(0)
+    slots = {name for cls in _channel._Waiter.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert slots >= {"fut", "loop", "thread", "tlock", "item", "arrival", "state", "sel"}
+    for round_ in ("new", "spare"):
+        if round_ == "spare":  # a finished hand-off leaves the receiver's waiter as the spare
+            receiver = lazy_task(ch.receive())
+            await asyncio.sleep(0)
+            ch.send_nowait("x")
+            assert await receiver == "x"
+            assert ch._spare is not None
+        made = _channel._Waiter("item", loop, None, -1, 7)
+        with ch._lock:
+            quick = ch._task_waiter("item", 7, False)
+        assert ch._spare is None
+        for name in sorted(slots):
+            assert hasattr(quick, name), f"{round_}: slot {name!r} not set"
+            if name != "fut":
+                assert getattr(quick, name) == getattr(made, name), f"{round_}: {name!r}"
+        assert quick.fut is not None and quick.fut.get_loop() is loop and not quick.fut.done()
+        with ch._lock:
+            assert ch._task_waiter(None, 0, True).fut is None  # spinning: no future yet
+
+
+async def test_a_spinning_receiver_promised_an_item_then_cancelled_takes_nothing() -> None:
+    ch: Channel[str] = Channel(0)
+    receiver = lazy_task(ch.receive())
+    await asyncio.sleep(0)
+    assert ch._recvq[0].fut is None  # it has queued, and spins
+    ch.send_nowait("x")  # promised to the receiver, which is scheduled already
+    receiver.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiver
+    s = ch.statistics()
+    assert (s.items_sent, s.items_received, s.buffered, s.receivers_waiting) == (1, 0, 1, 0)
+    assert ch.receive_nowait() == "x"  # still there, for the next receiver
+
+
+async def test_a_spinning_sender_invited_then_cancelled_delivers_nothing() -> None:
+    ch: Channel[str] = Channel(1)
+    ch.send_nowait("a")
+    sender = lazy_task(ch.send("b"))
+    await asyncio.sleep(0)
+    assert ch._sendq[0].fut is None  # it has queued, and spins
+    assert ch.receive_nowait() == "a"  # room: the sender is invited
+    sender.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    s = ch.statistics()
+    assert (s.items_sent, s.buffered, s.senders_waiting) == (1, 0, 0)
+    ch.send_nowait("c")  # the room kept for it is free again
+    assert ch.receive_nowait() == "c"
+
+
+async def test_an_unbuffered_spinning_sender_invited_then_cancelled_delivers_nothing() -> None:
+    ch: Channel[str] = Channel(0)
+    sender = lazy_task(ch.send("b"))
+    await asyncio.sleep(0)
+    assert ch._sendq[0].fut is None  # it has queued, and spins
+    receive = ch.receive()
+    assert receive.send(None) is None  # its first step: it queues, invites the sender, spins
+    sender.cancel()  # before the sender ran: it must not hand "b" over
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    receive.close()  # the receiver withdraws too
+    s = ch.statistics()
+    assert (s.items_sent, s.senders_waiting, s.receivers_waiting) == (0, 0, 0)
+    with pytest.raises(WouldBlock):
+        ch.receive_nowait()
+
+
+async def test_a_thread_hands_an_item_to_a_spinning_task() -> None:
+    """Waking a spinning task from another thread needs no call_soon_threadsafe: it is
+    scheduled already, and finds its item when it runs."""
+    ch: Channel[int] = Channel(0)
+    receiver = lazy_task(ch.receive())
+    await asyncio.sleep(0)
+    assert ch._recvq[0].fut is None
+    thread = threading.Thread(target=ch.send_blocking, args=(5,))
+    thread.start()
+    thread.join(10)  # (holding up the loop: the send must not need it to run)
+    assert not thread.is_alive()
+    assert await receiver == 5
+
+
+async def test_only_the_first_in_line_spins_so_blocked_senders_keep_their_order() -> None:
+    """A sender that queues behind a parked one parks too: were it to spin, it would be
+    scheduled already when both are invited, and run (and hand its item over) first."""
+    ch: Channel[int] = Channel(0)
+    first = lazy_task(ch.send(1))
+    await settle(2)  # it spun, nobody came: it parks on a future
+    assert ch._sendq[0].fut is not None
+    second = lazy_task(ch.send(2))
+    await asyncio.sleep(0)  # it queues behind the first
+    # Two receivers arrive before the second sender runs again, each inviting one sender.
+    r1, r2 = ch.receive(), ch.receive()
+    assert r1.send(None) is None  # the first in its queue: it spins
+    assert r2.send(None) is not None  # behind it: it parks on a future (handed to the driver)
+    await settle()
+    assert first.done() and second.done()
+    got = []
+    for r in (r1, r2):
+        with pytest.raises(StopIteration) as done:
+            r.send(None)
+        got.append(done.value.value)
+    assert got == [1, 2]
+
+
+async def test_an_invited_sender_whose_receiver_went_elsewhere_keeps_its_turn() -> None:
+    """It queues again ahead of the sender that arrived while it was invited (which parks
+    rather than spin beside an invited sender), and is served first."""
+    loop = asyncio.get_running_loop()
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(1)
+    first = lazy_task(ch.send(1))
+    await settle(2)  # parked on a future
+    # Next turn: the select invites the first sender; the second arrives while it is invited;
+    # then the select is served by the other channel, before the first sender runs.
+    chooser = lazy_task(poolkit.select(ch.receive_case(), other.receive_case()))
+    second = lazy_task(ch.send(2))
+    loop.call_soon(other.send_nowait, 0)
+    await settle()
+    assert (await chooser).value == 0
+    assert not first.done() and not second.done()
+    assert await ch.receive() == 1
+    assert await ch.receive() == 2
+    await asyncio.gather(first, second)
+
+
 # ---------------------------------------------------------------- close
 
 
