@@ -26,28 +26,9 @@ receiver arriving while an earlier one is woken but has not run yet may take the
 each still gets exactly one.
 
 One rule follows for unbuffered channels: a blocked sender's item changes hands only when the
-sender runs, so a receiver meeting a blocked sender invites it and waits.  (Were the receiver to
-take the item while the sender sleeps, a cancellation reaching the sender before it ran would
-make its ``send`` raise ``CancelledError`` with the item delivered: asyncio cannot take back a
-wake-up.)  ``receive_nowait()`` on an unbuffered channel therefore succeeds only if an item has
-already been handed over.
-
-Spinning once
--------------
-A task that has to wait does not make a future at once.  It yields to the event loop once,
-staying scheduled (as ``asyncio.sleep(0)`` does), and only if nobody has served it by the time it
-runs again does it make a future and park on it.  In a hand-off between two tasks, the partner
-it has just woken (the sender it invited, the receiver it promised an item) is scheduled ahead
-of it, runs first and serves it; so the pair exchange item after item with no future made,
-resolved or awaited, and each item costs two task switches with less work in each than
-``asyncio.Queue(1)`` + ``join()`` does (0.7 times its time; 1.3 times when both parked on
-futures: ``benchmarks/bench_channel.py``).  Waking a spinning task is a change of its state under
-the lock and nothing else, from any thread: it is scheduled already.  A waiter that nobody
-serves in that turn of the loop costs one step more; nothing polls.
-
-Only a task that would be first in its queue spins, and a sender only if no sender is invited
-either (one invited may yet queue again, ahead of it).  A spinning task runs before any waiter
-woken after it began to spin, so spinning behind waiters would let it overtake them.
+sender runs, so a receiver meeting a blocked sender invites it and waits (the number of task
+switches per item is the same as for a direct hand-off).  ``receive_nowait()`` on an unbuffered
+channel therefore succeeds only if an item has already been handed over.
 
 Handles: several producers, several consumers
 ---------------------------------------------
@@ -94,9 +75,8 @@ Threads
 Every method is thread-safe: state is guarded by one ``threading.Lock`` per channel that is never
 held while waiting.  A select registration can be claimed through several channels at once, so its
 claim goes through a small lock of its own, and a sender only counts on a waiting receiver after it
-has claimed it.  A task parked in one thread is woken from another with
-``loop.call_soon_threadsafe`` (a spinning one needs no waking); a thread waits on a lock of its
-own, so nobody polls.
+has claimed it.  A task waiting in one thread is woken from another with
+``loop.call_soon_threadsafe``; a thread waits on a lock of its own, so nobody polls.
 """
 
 from __future__ import annotations
@@ -108,9 +88,9 @@ import random
 import threading
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from types import TracebackType, coroutine
+from types import TracebackType
 from typing import Any, Generic, TypeVar, final
 
 from poolkit._core._checks import check_timeout
@@ -152,10 +132,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-get_ident = threading.get_ident
-get_running_loop = asyncio.get_running_loop
-_get_running_loop = asyncio.events._get_running_loop  # the loop running in this thread, or None
-
 # What became of a waiter.  It starts _PENDING; whoever moves it on first (a hand-off, close(),
 # its timer, its own cancellation) "claims" it, and every later attempt sees that it lost.
 _PENDING = 0
@@ -172,9 +148,7 @@ _GONE = 2  # the channel closed because of it: senders are told ReceiversGone
 
 # Arrival numbers for senders, so a sender that has to queue again keeps its place (a select keeps
 # one number across channels and restarts).  next() on itertools.count is atomic under the GIL.
-_arrivals = itertools.count()
-_next_arrival = _arrivals.__next__
-_random = random.random  # int(_random() * n) is uniform enough, and a tenth of randrange(n)
+_next_arrival = itertools.count().__next__
 
 COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
 mirror_collecting(globals())
@@ -247,41 +221,6 @@ class _Waiter(Sleeper):
     def live(self) -> bool:
         """Still waiting (a hint only, for a select: claim() is the one atomic test)."""
         return self.state == _PENDING and (self.sel is None or not self.sel.taken)
-
-
-_new = object.__new__
-
-
-def _wake(w: _Waiter) -> bool:
-    """Wake ``w``, holding its channel's lock; False if its owner can never run again.
-
-    ``w.wake()``, quicker for a task of the event loop running in this thread (which is
-    therefore not closed).  A task that is spinning (it has no future: see "Spinning once" in
-    the module docstring) is scheduled already, and finds its new state when it runs.
-    """
-    loop = w.loop
-    if loop is not None:
-        fut = w.fut
-        if loop is _get_running_loop():
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            return True
-        if fut is None:
-            return not loop.is_closed()
-    return w.wake()
-
-
-def _park(w: _Waiter) -> None:
-    """Give a spinning task waiter its future, to wait on (holding the channel's lock)."""
-    loop = w.loop
-    assert loop is not None
-    w.fut = loop.create_future()
-
-
-@coroutine
-def _spin() -> Generator[None, None, None]:
-    """Yield to the event loop once, staying scheduled (as ``asyncio.sleep(0)`` does)."""
-    yield
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +317,6 @@ class Channel(Generic[T]):
         "_senders",
         "_sendq",
         "_sent",
-        "_spare",
     )
 
     def __init__(self, capacity: int | float = 0, *, name: str | None = None) -> None:
@@ -406,7 +344,6 @@ class Channel(Generic[T]):
         self._receivers = 0  # open receive handles
         self._gone = _PRESENT
         self._handed: list[T] = []  # handed back when the receivers went away
-        self._spare: _Waiter | None = None
         register(self, "channel")
 
     # ----------------------------------------------------------------- introspection
@@ -517,11 +454,7 @@ class Channel(Generic[T]):
         q = self._recvq
         while q:
             w = q.popleft()
-            if w.sel is None:  # claim(), inlined for the plain waiter
-                if w.state == _PENDING:
-                    w.state = _GRANTED
-                    return w
-            elif w.claim(_GRANTED):
+            if w.claim(_GRANTED):
                 return w
             bury(w)  # a stale select registration: its task may be gone too
         return None
@@ -534,7 +467,7 @@ class Channel(Generic[T]):
             if w is None:
                 break
             self._promised += 1
-            if not _wake(w):  # its loop is closed: it will never run
+            if not w.wake():  # its loop is closed: it will never run
                 w.state = _DONE
                 self._promised -= 1
                 bury(w)  # maybe the last reference to its task: drop it after the lock
@@ -546,31 +479,17 @@ class Channel(Generic[T]):
     def _place(self, item: T) -> bool:
         """Put ``item`` in: promised to a waiting receiver, else into the buffer if it has room."""
         buf = self._buf
-        q = self._recvq
-        while q:
-            # _claim_receiver() and _wake(), inlined: this is half of every unbuffered hand-off.
-            w = q.popleft()
-            if w.sel is None:
-                if w.state != _PENDING:
-                    bury(w)
-                    continue
-                w.state = _GRANTED
-            elif not w.claim(_GRANTED):
-                bury(w)  # a stale select registration: its task may be gone too
-                continue
-            loop = w.loop
-            if loop is not None and loop is _get_running_loop():  # running: not closed
-                fut = w.fut
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            elif not _wake(w):
-                w.state = _DONE  # its loop is closed: it will never run; try the next one
-                bury(w)
-                continue
-            buf.append(item)
-            self._sent += 1
-            self._promised += 1
-            return True
+        while self._recvq:
+            w = self._claim_receiver()
+            if w is None:
+                break
+            if w.wake():
+                buf.append(item)
+                self._sent += 1
+                self._promised += 1
+                return True
+            w.state = _DONE  # its loop is closed: it will never run; try the next one
+            bury(w)
         if self._capacity - len(buf) + self._promised - self._invited > 0:
             buf.append(item)
             self._sent += 1
@@ -631,9 +550,6 @@ class Channel(Generic[T]):
             return True
         if requeue:
             w.state = _PENDING
-            if w.loop is not None:
-                # A new future before it can be woken again (the invitations below may be for it).
-                w.fut = w.loop.create_future()
             self._queue_sender(w)
         if self._sendq:
             self._invite_senders()
@@ -661,21 +577,9 @@ class Channel(Generic[T]):
             ):
                 return
             w = q.popleft()
-            if w.sel is None:  # claim(), inlined for the plain waiter
-                claimed = w.state == _PENDING
-                if claimed:
-                    w.state = _GRANTED
-            else:
-                claimed = w.claim(_GRANTED)
-            if claimed:
+            if w.claim(_GRANTED):
                 self._invited += 1
-                loop = w.loop
-                if loop is not None and loop is _get_running_loop():  # _wake(), inlined
-                    fut = w.fut
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
-                    continue
-                if _wake(w):
+                if w.wake():
                     continue
                 w.state = _DONE
                 self._invited -= 1
@@ -686,7 +590,7 @@ class Channel(Generic[T]):
         q = self._recvq
         while q:
             w = q.popleft()
-            if not (w.claim(_CLOSED) and _wake(w)):
+            if not (w.claim(_CLOSED) and w.wake()):
                 bury(w)
 
     def _withdraw(self, w: _Waiter, sending: bool) -> None:
@@ -708,7 +612,7 @@ class Channel(Generic[T]):
             w.expired = True
             if w.claim(_TIMED_OUT):
                 discard(self._sendq if sending else self._recvq, w)
-                _wake(w)
+                w.wake()
 
     def _closed_error(self) -> ChannelClosed | ReceiversGone:
         if self._gone == _GONE:
@@ -755,7 +659,7 @@ class Channel(Generic[T]):
         q = self._sendq
         while q:
             w = q.popleft()
-            if not (w.claim(_CLOSED) and _wake(w)):
+            if not (w.claim(_CLOSED) and w.wake()):
                 bury(w)
         if not self._buf:
             self._end_receivers()
@@ -922,64 +826,39 @@ class Channel(Generic[T]):
         """
         if timeout is not None:
             timeout = check_timeout(timeout)
-        # The hot paths of send(), receive() and __anext__() are written out: explicit
-        # acquire/release rather than "with" (~80 ns less on CPython 3.11), the common cases of
-        # the helpers inlined, and the wait done here rather than in a helper coroutine (one
-        # frame fewer to make and to pass through on each wake-up).  Each saves a few per cent
-        # of an unbuffered hand-off; spinning (module docstring) saves a third.
+        # Hot path: explicit acquire/release is ~80 ns cheaper than "with" on CPython 3.11, and
+        # the common case of _offer() is inlined (about 10 % of a hand-off).
         lock = self._lock
         if not COLLECTING:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("Channel.send()")
         try:
-            if self._sendq or self._invited or self._closed:
-                sent = self._offer(item)
-            elif self._recvq:
-                sent = self._place(item)  # a receiver waits: it is promised the item
-            else:
-                buf = self._buf
-                if self._capacity - len(buf) + self._promised <= 0:
-                    sent = False
-                else:
-                    buf.append(item)
-                    self._sent += 1
-                    if len(buf) > self._peak:  # (unpromised <= len(buf): the cheap bound first)
-                        n = len(buf) - self._promised
-                        if n > self._peak:
-                            self._peak = n
-                    return  # nobody waits: nothing was buried
+            buf = self._buf
+            if (
+                not (self._recvq or self._sendq or self._invited or self._closed)
+                and self._capacity - len(buf) + self._promised > 0
+            ):
+                buf.append(item)
+                self._sent += 1
+                if len(buf) > self._peak:  # (unpromised <= len(buf): test the cheap bound first)
+                    n = len(buf) - self._promised
+                    if n > self._peak:
+                        self._peak = n
+                return  # nobody waits: nothing was buried
+            sent = self._offer(item)
             if not sent and timeout != 0:
-                q = self._sendq
-                # It spins first unless a sender is queued or invited (see "Spinning once").
-                w = self._task_waiter(item, next(_arrivals), not (q or self._invited))
-                # _enqueue_sender(), inlined: a new arrival number is the highest, so append.
-                q.append(w)
-                if self._invited:
-                    self._invite_senders()
+                w = _Waiter(item, asyncio.get_running_loop())
+                self._enqueue_sender(w)
         finally:
             lock.release()
         if graveyard:  # waiters whose loop is closed, skipped above: let them go now
             lay_to_rest()
         if sent:
             return
-        if timeout is not None:
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: send would block")
-            await self._await(w, True, timeout)
-            return
-        while True:
-            try:
-                fut = w.fut
-                if fut is None:
-                    await _spin()
-                else:
-                    await fut
-            except BaseException as exc:
-                give_up(exc, lock, self._withdraw, w, True)
-                raise
-            if self._sender_resumes(w):
-                return
+        if timeout == 0:
+            raise TimeoutError(f"{self._label()}: send would block")
+        await self._await(w, True, timeout)
 
     async def receive(self, *, timeout: float | None = None) -> T:
         """Receive the next item, waiting for one.
@@ -1018,106 +897,16 @@ class Channel(Generic[T]):
             else:
                 item = _EMPTY
                 if timeout != 0:
-                    # It spins first unless a receiver is queued (see "Spinning once").
-                    w = self._task_waiter(None, 0, not self._recvq)
-                    self._recvq.append(w)
-                    if self._sendq:
-                        self._invite_senders()  # a blocked sender can now hand its item over
+                    w = self._enqueue_receiver()
         finally:
             lock.release()
         if graveyard:  # waiters whose loop is closed, skipped above: let them go now
             lay_to_rest()
         if item is not _EMPTY:
             return item
-        if timeout is not None:
-            if timeout == 0:
-                raise TimeoutError(f"{self._label()}: receive would block")
-            return await self._await(w, False, timeout)  # type: ignore[no-any-return]
-        while True:
-            try:
-                fut = w.fut
-                if fut is None:
-                    await _spin()
-                else:
-                    await fut
-            except BaseException as exc:
-                give_up(exc, lock, self._withdraw, w, False)
-                raise
-            item = self._receiver_resumes(w)
-            if item is not _EMPTY:
-                if item is _ENDED:
-                    raise self._end_error()
-                return item
-
-    def _task_waiter(self, item: Any, arrival: int, spin: bool) -> _Waiter:
-        """``_Waiter(item, asyncio.get_running_loop())`` (lock held), without its future if it
-        is to ``spin`` first, and made cheaply: the channel's spare waiter, if it has one, or a
-        new one made without calling ``__init__`` (a test checks that every slot is set)."""
-        loop = get_running_loop()
-        w = self._spare
-        if w is None:
-            w = _new(_Waiter)
-            w.tlock = None
-            w.sel = None
-            w.index = -1
-            w.expired = False
-        else:
-            self._spare = None
-        w.loop = loop
-        w.fut = None if spin else loop.create_future()
-        w.thread = get_ident()
-        w.item = item
-        w.arrival = arrival
-        w.state = _PENDING
-        return w
-
-    def _sender_resumes(self, w: _Waiter) -> bool:
-        """A sender with no timer runs again: True if its item went in, False if it has to wait
-        (again: on a new future).  Raises if the channel was closed."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            state = w.state
-            if state == _GRANTED:
-                if self._retry(w, True):
-                    w.item = None
-                    self._spare = w  # nobody else refers to it now: the next waiter reuses it
-                    return True
-                return False  # queued again
-            if state == _PENDING:
-                _park(w)  # nobody came while it spun
-                return False
-        finally:
-            lock.release()
-            if graveyard:
-                lay_to_rest()
-        raise self._closed_error()  # (_CLOSED: with no timer, the only other outcome)
-
-    def _receiver_resumes(self, w: _Waiter) -> Any:
-        """A receiver with no timer runs again: its item; ``_EMPTY`` if it has to wait (now on a
-        future); ``_ENDED`` if the channel was closed and drained."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            state = w.state
-            if state == _GRANTED:
-                buf = self._buf  # _collect(), inlined
-                item = buf.popleft()
-                w.state = _DONE
-                self._promised -= 1
-                self._received += 1
-                if self._closed and not buf and self._recvq:
-                    self._end_receivers()
-                self._spare = w  # nobody else refers to it now: the next waiter reuses it
-                return item
-            if state == _PENDING:
-                _park(w)  # nobody came while it spun
-                return _EMPTY
-            return _ENDED  # (_CLOSED: with no timer, the only other outcome)
-        finally:
-            lock.release()
-            if graveyard:
-                lay_to_rest()
+        if timeout == 0:
+            raise TimeoutError(f"{self._label()}: receive would block")
+        return await self._await(w, False, timeout)  # type: ignore[no-any-return]
 
     def _enqueue_sender(self, w: _Waiter) -> None:
         self._queue_sender(w)
@@ -1126,19 +915,22 @@ class Channel(Generic[T]):
             # theirs, it is invited at once rather than left waiting beside it.
             self._invite_senders()
 
-    async def _await(self, w: _Waiter, sending: bool, timeout: float) -> Any:
-        """Wait for ``w`` to be woken, with a timer: send() and receive() given a timeout."""
+    def _enqueue_receiver(self) -> _Waiter:
+        w = _Waiter(None, asyncio.get_running_loop())
+        self._recvq.append(w)
+        if self._sendq:
+            self._invite_senders()  # a blocked sender can now hand its item over
+        return w
+
+    async def _await(self, w: _Waiter, sending: bool, timeout: float | None) -> Any:
         loop = w.loop
+        assert w.fut is not None
         assert loop is not None
-        timer = loop.call_later(timeout, self._expire, w, sending)
+        timer = None if timeout is None else loop.call_later(timeout, self._expire, w, sending)
         try:
             while True:
                 try:
-                    fut = w.fut
-                    if fut is None:
-                        await _spin()
-                    else:
-                        await fut
+                    await w.fut
                 except BaseException as exc:
                     give_up(exc, self._lock, self._withdraw, w, sending)
                     raise
@@ -1146,9 +938,6 @@ class Channel(Generic[T]):
                 lock.acquire()
                 try:
                     state = w.state
-                    if state == _PENDING:
-                        _park(w)  # nobody came while it spun
-                        continue
                     if state == _GRANTED:
                         if not sending:
                             return self._collect(w)
@@ -1158,7 +947,8 @@ class Channel(Generic[T]):
                         if self._retry(w, requeue):
                             return None
                         if requeue:
-                            continue  # queued again, on a new future
+                            w.fut = loop.create_future()
+                            continue
                         state = _TIMED_OUT
                 finally:
                     lock.release()
@@ -1168,13 +958,14 @@ class Channel(Generic[T]):
                     raise self._closed_error() if sending else self._end_error()
                 raise self._timeout_error(sending)
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
 
     async def __anext__(self) -> T:
-        # receive() without its timeout; its end raises StopAsyncIteration.
+        # receive() without its timeout, and one coroutine frame fewer on every wake-up.
         lock = self._lock
         if not COLLECTING:
             lock.acquire()
@@ -1192,32 +983,17 @@ class Channel(Generic[T]):
                 raise StopAsyncIteration
             else:
                 item = _EMPTY
-                # It spins first unless a receiver is queued (see "Spinning once").
-                w = self._task_waiter(None, 0, not self._recvq)
-                self._recvq.append(w)
-                if self._sendq:
-                    self._invite_senders()  # a blocked sender can now hand its item over
+                w = self._enqueue_receiver()
         finally:
             lock.release()
         if graveyard:  # waiters whose loop is closed, skipped above: let them go now
             lay_to_rest()
         if item is not _EMPTY:
             return item
-        while True:
-            try:
-                fut = w.fut
-                if fut is None:
-                    await _spin()
-                else:
-                    await fut
-            except BaseException as exc:
-                give_up(exc, lock, self._withdraw, w, False)
-                raise
-            item = self._receiver_resumes(w)
-            if item is not _EMPTY:
-                if item is _ENDED:
-                    raise StopAsyncIteration
-                return item
+        try:
+            return await self._await(w, False, None)  # type: ignore[no-any-return]
+        except EndOfChannel:
+            raise StopAsyncIteration from None
 
     # ----------------------------------------------------------------- threads
 
@@ -1495,7 +1271,6 @@ class Channel(Generic[T]):
 
 
 _EMPTY: Any = object()
-_ENDED: Any = object()
 
 
 def _check_count(n: int) -> None:
@@ -2036,11 +1811,11 @@ class Selected:
     """True if the case was a receive from a closed, drained channel (Go's ``ok == false``)."""
 
 
-def _select_check(cases: tuple[SelectCase, ...]) -> None:
-    """Raise if the cases cannot be selected from (see :func:`select_nowait`)."""
+def _select_plan(cases: tuple[SelectCase, ...]) -> list[Channel[Any]]:
     if not cases:
         raise ValueError("select() needs at least one case")
     sending: dict[int, bool] = {}
+    channels: dict[int, Channel[Any]] = {}
     for case in cases:
         kind = type(case)  # both case classes are final
         if kind is SendCase:
@@ -2059,62 +1834,8 @@ def _select_check(cases: tuple[SelectCase, ...]) -> None:
         key = id(ch)
         if sending.setdefault(key, is_send) != is_send:
             raise ValueError(f"select() cannot both send on and receive from {ch._label()}")
-
-
-def _lock_order(cases: tuple[SelectCase, ...]) -> list[Channel[Any]]:
-    """The channels of the cases, each once, in the one global lock order: no deadlock."""
-    channels = {id(case.channel): case.channel for case in cases}
-    return [channels[k] for k in sorted(channels)]
-
-
-def _select_quick(cases: tuple[SelectCase, ...]) -> Selected | None:
-    """Run one ready case, chosen at random, taking only its own channel's lock; or None.
-
-    Which cases are ready is read without the locks; the chosen one is checked again under its
-    lock and run if it still is ready (if not, another is tried).  None means that no case
-    looked ready, or that a send case's channel has senders queued (only under the locks can
-    stale select registrations among them be told apart): then the caller takes every lock and
-    looks again, with :func:`_select_ready`.  Taking one lock rather than one per channel makes
-    a select that finds a case ready about a third cheaper (benchmarks/bench_channel).  With
-    the channels used by one event loop only, the cases read as ready are exactly those that
-    are; another thread can change that at any moment, with or without the locks.
-    """
-    ready: list[int] = []
-    for i, case in enumerate(cases):
-        ch = case.channel
-        if type(case) is ReceiveCase:
-            if len(ch._buf) > ch._promised or (ch._closed and not ch._buf):
-                ready.append(i)
-        elif ch._closed:
-            ready.append(i)
-        elif ch._sendq:
-            return None  # senders queued ahead, unless all of them are stale: see _select_ready
-        elif not ch._invited and (ch._recvq or ch._capacity - len(ch._buf) + ch._promised > 0):
-            ready.append(i)
-    while ready:
-        k = 0 if len(ready) == 1 else int(_random() * len(ready))
-        i = ready[k]
-        case = cases[i]
-        ch = case.channel
-        lock = ch._lock
-        take(lock, "select")
-        try:
-            if type(case) is ReceiveCase:
-                buf = ch._buf
-                if len(buf) > ch._promised:
-                    return Selected(i, case, ch._take(), False)
-                if ch._closed and not buf:
-                    return Selected(i, case, None, True)
-            elif ch._closed:
-                raise ch._closed_error()  # as Go panics
-            elif ch._offer(case.item):
-                return Selected(i, case, None, False)
-        finally:
-            lock.release()
-            if graveyard:
-                lay_to_rest()
-        del ready[k]  # not ready after all: another thread, or only stale select registrations
-    return None
+        channels[key] = ch
+    return [channels[k] for k in sorted(channels)]  # one global lock order: no deadlock
 
 
 def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
@@ -2132,7 +1853,7 @@ def _select_ready(cases: tuple[SelectCase, ...]) -> Selected | None:
         ):
             ready.append(i)
     while ready:
-        k = 0 if len(ready) == 1 else int(_random() * len(ready))
+        k = 0 if len(ready) == 1 else random.randrange(len(ready))
         i = ready[k]
         case = cases[i]
         ch = case.channel
@@ -2277,12 +1998,9 @@ def select_nowait(*cases: SelectCase) -> Selected:
         ValueError: If there is no case, or one channel is both sent on and received from.
         TypeError: If a case is not a :class:`ReceiveCase` or a :class:`SendCase`.
     """
-    _select_check(cases)
     try:
-        done = _select_quick(cases)
-        if done is None:
-            with _Locks(_lock_order(cases)):
-                done = _select_ready(cases)
+        with _Locks(_select_plan(cases)):
+            done = _select_ready(cases)
     except Busy:  # a garbage collection interrupted this thread holding one of the locks
         raise WouldBlock("select: a channel's lock is taken, during a garbage collection") from None
     if done is None:
@@ -2320,11 +2038,7 @@ async def select(*cases: SelectCase, timeout: float | None = None) -> Selected:
             taken.
     """
     timeout = check_timeout(timeout)
-    _select_check(cases)
-    done = _select_quick(cases)
-    if done is not None:
-        return done
-    channels = _lock_order(cases)
+    channels = _select_plan(cases)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     arrival = _next_arrival()  # kept across restarts, so a send case keeps its place in queues
@@ -2380,11 +2094,7 @@ def select_blocking(*cases: SelectCase, timeout: float | None = None) -> Selecte
             :func:`select`.
     """
     timeout = check_timeout(timeout)
-    _select_check(cases)
-    done = _select_quick(cases)
-    if done is not None:
-        return done
-    channels = _lock_order(cases)
+    channels = _select_plan(cases)
     deadline = thread_deadline(timeout)
     arrival = _next_arrival()
     while True:
