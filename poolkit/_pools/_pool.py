@@ -707,11 +707,13 @@ class WorkerPool(PoolCore[tenacity.AsyncRetrying]):
         queue_size: Jobs waiting for a worker before ``submit`` waits; default ``workers``,
             ``math.inf`` for no bound.  ``map`` keeps ``workers + queue_size`` items in flight.
             The default was chosen by measurement (``python -m benchmarks.queue_depths``):
-            with one wake-up in flight at a time and ``map`` reading its input in the
-            workers, a deeper queue saves little per job even for trivial jobs, while every
-            queued job and every result ``map`` holds for the consumer costs memory.  Go
-            deeper for a burst of tiny jobs submitted faster than workers start; go to 0 for
-            a hand-off (``submit`` returns once a worker is free to take the job).
+            since ``map`` reads its input in the workers and idle workers are woken a few at
+            a time, a deeper queue changes ``map``'s cost per job little and saves about a
+            fifth of ``submit``'s for jobs that do nothing at all, while every queued job
+            (with its arguments) and every result ``map`` holds for a slow consumer costs
+            memory, backpressure reaches the submitter later, and a shutdown has more to
+            drain or hand back.  Go deeper for floods of tiny jobs; go to 0 for a hand-off
+            (``submit`` returns once a worker is free to take the job).
         name: A name for dumps, metrics, logs and ``repr``.
         limit: A :class:`CapacityLimiter`, :class:`TokenBucket`, :class:`Limits`,
             :class:`PerKey` or ``aiolimiter.AsyncLimiter``, acquired for every attempt of
