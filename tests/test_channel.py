@@ -228,6 +228,228 @@ async def test_unbuffered_send_returns_only_after_receiver_arrives() -> None:
     assert done_at == [5.0]
 
 
+# ---------------------------------------------------------------- spinning once
+# A task that has to wait while a partner is on its way to serve it yields once, still scheduled
+# and with no future, and parks on a future only if nobody served it meanwhile; with nobody on
+# its way it parks at once (poolkit/_primitives/_channel.py, "Spinning once").
+
+
+def count_parks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every waiter given a future from now on (spinning ones get none)."""
+    from poolkit._primitives import _channel
+
+    parked: list[object] = []
+    park = _channel._park
+
+    def counting_park(w: Any) -> None:
+        parked.append(w)
+        park(w)
+
+    monkeypatch.setattr(_channel, "_park", counting_park)
+    return parked
+
+
+async def test_a_hand_off_between_two_tasks_parks_nobody_on_a_future(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each side is served by the other before it runs again: no future per item (two per item
+    made the unbuffered hand-off cost 1.3 times asyncio.Queue(1) + join(); it is now 0.7)."""
+    parked = count_parks(monkeypatch)
+    for capacity in (0, 4):
+        ch: Channel[int] = Channel(capacity)
+
+        async def producer(ch: Channel[int] = ch) -> None:
+            async with ch:
+                for i in range(1000):
+                    await ch.send(i)
+
+        task = asyncio.create_task(producer())
+        assert [x async for x in ch] == list(range(1000))
+        await task
+        # The consumer's first wait (nobody on the way yet) and its last (the end).
+        assert len(parked) <= 2, f"capacity {capacity}: {len(parked)} futures for 1000 items"
+        parked.clear()
+
+
+async def test_a_waiter_with_nobody_on_its_way_parks_at_once() -> None:
+    """So a task blocked on a channel that nothing else can reach is unreachable from its first
+    step on (what poolkit.leaks.find_blocked and the garbage collector go by)."""
+    ch: Channel[int] = Channel(0)
+    receiver = lazy_task(ch.receive())
+    await asyncio.sleep(0)
+    assert ch._recvq[0].fut is not None
+    full: Channel[int] = Channel(1)
+    full.send_nowait(0)
+    sender = lazy_task(full.send(1))
+    await asyncio.sleep(0)
+    assert full._sendq[0].fut is not None
+    receiver.cancel()
+    sender.cancel()
+    await asyncio.gather(receiver, sender, return_exceptions=True)
+
+
+async def test_the_quick_task_waiter_sets_what_the_constructor_sets() -> None:
+    """Channel._task_waiter() makes its waiter without __init__, or reuses the channel's spare:
+    either way every slot of _Waiter and Sleeper must be set as the constructor sets it."""
+    from poolkit._primitives import _channel
+
+    loop = asyncio.get_running_loop()
+    ch: Channel[str] = Channel(0)
+    slots = {name for cls in _channel._Waiter.__mro__ for name in getattr(cls, "__slots__", ())}
+    assert slots >= {"fut", "loop", "thread", "tlock", "item", "arrival", "state", "sel"}
+    for round_ in ("new", "spare"):
+        if round_ == "spare":  # a finished hand-off leaves the receiver's waiter as the spare
+            receiver = lazy_task(ch.receive())
+            await asyncio.sleep(0)
+            ch.send_nowait("x")
+            assert await receiver == "x"
+            assert ch._spare is not None
+        made = _channel._Waiter("item", loop, None, -1, 7)
+        with ch._lock:
+            quick = ch._task_waiter("item", 7)
+        assert ch._spare is None
+        for name in sorted(slots):
+            assert hasattr(quick, name), f"{round_}: slot {name!r} not set"
+            if name != "fut":
+                assert getattr(quick, name) == getattr(made, name), f"{round_}: {name!r}"
+        assert quick.fut is None  # it spins, or its caller parks it:
+        _channel._park(quick)
+        assert quick.fut is not None and quick.fut.get_loop() is loop and not quick.fut.done()
+
+
+async def test_a_spinning_receiver_served_then_cancelled_before_it_runs_takes_nothing() -> None:
+    ch: Channel[str] = Channel(0)
+    receivers: list[asyncio.Task[str]] = []
+
+    async def sender() -> None:
+        await ch.send("x")
+        receivers[0].cancel()  # right after the hand-off, before the receiver runs again
+
+    s = lazy_task(sender())
+    await asyncio.sleep(0)  # it parks: nobody is on the way
+    receivers.append(lazy_task(ch.receive()))
+    await asyncio.sleep(0)  # the receiver queues, invites the sender, and spins
+    assert ch._recvq[0].fut is None
+    with pytest.raises(asyncio.CancelledError):
+        await receivers[0]
+    await s
+    st = ch.statistics()
+    assert (st.items_sent, st.items_received, st.buffered, st.receivers_waiting) == (1, 0, 1, 0)
+    assert ch.receive_nowait() == "x"  # still there, for the next receiver
+
+
+async def test_a_spinning_sender_invited_then_cancelled_delivers_nothing() -> None:
+    ch: Channel[str] = Channel(1)
+    first = lazy_task(ch.receive())
+    await asyncio.sleep(0)  # it parks: nobody is on the way
+    sender = lazy_task(ch.send("c"))  # its first step comes before the receiver's next
+    ch.send_nowait("a")  # promised to the receiver, which has yet to run
+    ch.send_nowait("b")  # the buffer is full
+    await asyncio.sleep(0)  # the sender queues and spins; the receiver takes "a"
+    assert ch._sendq[0].fut is None
+    assert await first == "a"
+    assert ch.receive_nowait() == "b"  # room: the sender is invited
+    sender.cancel()  # before it ran again: "c" must not go in
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    st = ch.statistics()
+    assert (st.items_sent, st.buffered, st.senders_waiting) == (2, 0, 0)
+    ch.send_nowait("d")  # the room kept for it is free again
+    assert ch.receive_nowait() == "d"
+
+
+async def test_an_unbuffered_spinning_sender_invited_then_cancelled_delivers_nothing() -> None:
+    ch: Channel[str] = Channel(0)
+    first = ch.receive()  # driven by hand: it runs only when this test says
+    assert first.send(None) is not None  # it parks, on a future: nobody is on the way
+    ch.send_nowait("a")  # promised to it; it has yet to run
+    sender = lazy_task(ch.send("b"))
+    await asyncio.sleep(0)
+    assert ch._sendq[0].fut is None  # a receiver is on its way: the sender spins
+    second = ch.receive()
+    assert second.send(None) is None  # it queues, invites the sender, and spins
+    sender.cancel()  # before the sender ran: it must not hand "b" over
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    with pytest.raises(StopIteration) as done:
+        first.send(None)
+    assert done.value.value == "a"
+    second.close()  # the second receiver withdraws
+    st = ch.statistics()
+    assert (st.items_sent, st.senders_waiting, st.receivers_waiting) == (1, 0, 0)
+    with pytest.raises(WouldBlock):
+        ch.receive_nowait()
+
+
+async def test_a_thread_hands_an_item_to_a_spinning_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waking a spinning task from another thread needs no future nor call_soon_threadsafe: it
+    is scheduled already, and finds its item when it runs."""
+    ch: Channel[int] = Channel(0)
+    thread = threading.Thread(target=ch.send_blocking, args=(5,))
+    thread.start()
+    wait_until(lambda: ch.statistics().senders_waiting == 1)
+    parked = count_parks(monkeypatch)
+    receiver = lazy_task(ch.receive())
+    await asyncio.sleep(0)  # it invites the thread's send, and spins
+    thread.join(10)  # (holding up the loop: the receiver cannot run meanwhile)
+    assert not thread.is_alive()
+    assert await receiver == 5
+    assert parked == []
+
+
+async def test_only_the_first_in_line_spins_so_blocked_senders_keep_their_order() -> None:
+    """A sender that queues behind a parked one parks too, even with a receiver on its way:
+    were it to spin, it would be scheduled already when both are invited, and run (and hand
+    its item over) first."""
+    ch: Channel[int] = Channel(0)
+    s0 = lazy_task(ch.send(0))
+    await asyncio.sleep(0)  # parked: nobody on the way
+    s1 = lazy_task(ch.send(1))
+    await asyncio.sleep(0)  # parked, behind s0
+    r0 = ch.receive()  # receivers driven by hand: they run only when this test says
+    assert r0.send(None) is None  # it invites s0, and spins
+    await asyncio.sleep(0)  # s0 hands 0 over to r0, which has yet to run
+    s2 = lazy_task(ch.send(2))
+    await asyncio.sleep(0)  # a receiver is on its way, but s1 is queued ahead: s2 parks
+    assert [w.fut is None for w in ch._sendq] == [False, False]
+    with pytest.raises(StopIteration) as done:
+        r0.send(None)
+    assert done.value.value == 0
+    r1, r2 = ch.receive(), ch.receive()
+    assert r1.send(None) is None  # it invites s1, and spins
+    assert r2.send(None) is not None  # queued behind r1, it parks; it invites s2
+    await settle()
+    assert s1.done() and s2.done()
+    got = []
+    for r in (r1, r2):
+        with pytest.raises(StopIteration) as done:
+            r.send(None)
+        got.append(done.value.value)
+    assert got == [1, 2]
+    await s0
+
+
+async def test_an_invited_sender_whose_receiver_went_elsewhere_keeps_its_turn() -> None:
+    """It queues again ahead of the sender that arrived while it was invited, and is served
+    first."""
+    loop = asyncio.get_running_loop()
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(1)
+    first = lazy_task(ch.send(1))
+    await settle(2)  # parked on a future
+    # Next turn: the select invites the first sender; the second arrives while it is invited;
+    # then the select is served by the other channel, before the first sender runs.
+    chooser = lazy_task(poolkit.select(ch.receive_case(), other.receive_case()))
+    second = lazy_task(ch.send(2))
+    loop.call_soon(other.send_nowait, 0)
+    await settle()
+    assert (await chooser).value == 0
+    assert not first.done() and not second.done()
+    assert await ch.receive() == 1
+    assert await ch.receive() == 2
+    await asyncio.gather(first, second)
+
+
 # ---------------------------------------------------------------- close
 
 

@@ -506,3 +506,88 @@ async def test_stress_handles_with_random_cancellation(seed: int) -> None:
     assert len(set(out)) == len(out)
     assert s.items_sent == s.items_received + s.items_handed_back == len(out)
     assert (s.send_handles_open, s.receive_handles_open, s.senders_waiting) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_unbuffered_hand_offs_cancelled_at_every_step(seed: int) -> None:
+    """Producers and consumers on an unbuffered channel, each in one of its forms (send with and
+    without a timer; receive, ``async for``, select), cancelled at random moments: between two
+    task steps as well as between loop turns, so also while a task spins (it has queued and is
+    scheduled, with no future: "Spinning once" in poolkit/_primitives/_channel.py), right after
+    it was served there, and while it is parked.
+
+    A send that raised delivered nothing; a receive that raised took nothing; every item whose
+    send returned comes out exactly once, and each producer's items in the order it sent them.
+    """
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    ch: Channel[int] = Channel(0)
+    other: Channel[int] = Channel(0)  # never fed: a select on it waits on ch alone
+    delivered: list[int] = []
+    failed: list[int] = []
+    received: list[int] = []
+    producers = iter(range(1, 1000))  # each producer task sends base, base + 1, ...: its own
+
+    async def producer(timed: bool) -> None:
+        base = next(producers) * 1_000_000
+        for item in range(base, base + 1_000_000):
+            try:
+                if timed:
+                    await ch.send(item, timeout=60)
+                else:
+                    await ch.send(item)
+            except asyncio.CancelledError:
+                failed.append(item)
+                raise
+            delivered.append(item)
+
+    async def consumer(form: int) -> None:
+        if form == 0:
+            async for item in ch:
+                received.append(item)
+            return
+        while True:
+            if form == 1:
+                received.append(await ch.receive())
+            elif form == 2:
+                received.append(await ch.receive(timeout=60))
+            else:
+                sel = await poolkit.select(ch.receive_case(), other.receive_case())
+                received.append(sel.value)
+
+    def start(kind: int) -> asyncio.Task[None]:
+        if kind < 2:
+            return asyncio.create_task(producer(timed=kind == 1))
+        return asyncio.create_task(consumer(kind - 2))
+
+    tasks = {start(kind): kind for kind in (0, 1, 2, 3, 4, 5)}
+    for _ in range(1500):
+        await asyncio.sleep(0)
+        if rng.random() < 0.15:
+            victim = rng.choice(list(tasks))
+            if rng.random() < 0.5:
+                victim.cancel()
+            else:
+                loop.call_soon(victim.cancel)  # lands between other tasks' steps
+            kind = tasks.pop(victim)
+            tasks[start(kind)] = kind  # a replacement of the same kind
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ch.close()
+    while True:  # items promised to a receiver that was cancelled are still in the channel
+        try:
+            received.append(ch.receive_nowait())
+        except EndOfChannel:
+            break
+    assert len(delivered) > 100, "too few hand-offs to mean anything"
+    assert sorted(received) == sorted(delivered), "an item was lost, or came out twice"
+    assert not set(failed) & set(received), "an item whose send was cancelled came out"
+    by_producer: dict[int, list[int]] = {}
+    for item in received:
+        by_producer.setdefault(item // 1_000_000, []).append(item)
+    for items in by_producer.values():
+        assert items == sorted(items), "a producer's items came out of order"
+    s = ch.statistics()
+    assert s.items_sent == s.items_received == len(delivered)
+    assert (s.buffered, s.senders_waiting, s.receivers_waiting) == (0, 0, 0)

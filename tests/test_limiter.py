@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poolkit import CapacityLimiter, NotAcquired
+from poolkit._core._wait import Sleeper
+from poolkit._primitives._limiter import _Waiter, _waiter
 
 from .conftest import LOOP_FACTORIES, run_on
 from .test_channel import (
@@ -587,3 +589,309 @@ def test_peak_counts_only_grants_that_were_made() -> None:
     lim.release(3)  # the head fits, but its loop is closed: never granted
     s = lim.statistics()
     assert (s.borrowed, s.peak_borrowed, s.acquired_total, s.waiting) == (0, 3, 1, 0)
+
+
+# ---------------------------------------------------------------- the contended path (issue 13)
+# A release that finds the limiter full and, at the head, a task of the running loop that wants
+# the weight released hands it straight over; a waiting task's waiter is made inline, without
+# Sleeper.__init__; ``__aexit__`` releases when called and returns an awaitable that is done.
+
+
+def _slots(cls: type) -> list[str]:
+    return [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]
+
+
+@pytest.mark.parametrize("form", ["async with", "acquire"])
+async def test_inline_task_waiters_set_every_slot_that_sleeper_sets(form: str) -> None:
+    # The contended paths fill a bare _Waiter() in themselves: a slot that Sleeper.__init__ gains
+    # one day and they do not set would be an AttributeError in some rare path much later.
+    lim = CapacityLimiter(2)
+    await lim.acquire(2)
+    weight = 1 if form == "async with" else 2
+
+    async def wait() -> None:
+        if form == "async with":
+            async with lim:
+                pass
+        else:
+            await lim.acquire(weight)
+            lim.release(weight)
+
+    task = asyncio.create_task(wait())
+    await settle()
+    (w,) = lim._queue
+    loop = asyncio.get_running_loop()
+    ref = _waiter(weight, loop)
+    assert isinstance(w, _Waiter)
+    assert set(_slots(_Waiter)) >= set(_slots(Sleeper))
+    for name in _slots(_Waiter):
+        if name == "fut":
+            assert isinstance(w.fut, asyncio.Future)
+            assert not w.fut.done()
+            assert w.fut.get_loop() is loop
+        else:
+            assert getattr(w, name) == getattr(ref, name), name
+    assert ref.fut is not None
+    ref.fut.cancel()
+    lim.release(2)
+    await task
+    assert (lim.borrowed, lim.statistics().acquired_total) == (0, 2)
+
+
+async def test_exit_returns_an_awaitable_that_is_done_and_can_be_awaited_again() -> None:
+    lim = CapacityLimiter(1)
+    await lim.__aenter__()
+    done = lim.__aexit__(None, None, None)
+    assert lim.borrowed == 0  # released on the call
+    ran: list[int] = []
+    asyncio.get_running_loop().call_soon(ran.append, 1)
+    for _ in range(3):  # done, however often: it does not even yield to the loop
+        await done
+    assert ran == []
+    async with lim:
+        assert lim.borrowed == 1
+    assert lim.borrowed == 0
+
+
+async def test_a_light_release_does_not_hand_over_past_a_heavy_head() -> None:
+    lim = CapacityLimiter(2)
+    order: list[str] = []
+    release = [asyncio.Event(), asyncio.Event()]
+
+    async def holder(i: int) -> None:
+        async with lim:
+            await release[i].wait()
+
+    async def heavy() -> None:
+        await lim.acquire(2)
+        order.append("heavy")
+        lim.release(2)  # release(2) with a light head: no hand-over, _serve() grants it
+
+    async def light() -> None:
+        async with lim:
+            order.append("light")
+
+    holders = [asyncio.create_task(holder(i)) for i in range(2)]
+    await settle()
+    tasks = [asyncio.create_task(heavy())]
+    await settle()
+    tasks.append(asyncio.create_task(light()))
+    await settle()
+    release[0].set()  # one unit back: the heavy head does not fit, the light one must wait
+    await settle()
+    assert order == []
+    assert (lim.borrowed, lim.statistics().waiting) == (1, 2)
+    release[1].set()
+    await asyncio.gather(*holders, *tasks)
+    assert order == ["heavy", "light"]
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total, s.peak_borrowed) == (0, 0, 4, 2)
+
+
+@pytest.mark.parametrize("form", ["async with", "release"])
+async def test_no_hand_over_while_borrowed_exceeds_a_lowered_total(form: str) -> None:
+    lim = CapacityLimiter(3)
+    out = [asyncio.Event() for _ in range(3)]
+    got: list[int] = []
+
+    async def holder(i: int) -> None:
+        if form == "async with":
+            async with lim:
+                await out[i].wait()
+        else:
+            await lim.acquire()
+            await out[i].wait()
+            lim.release()
+
+    async def waiter() -> None:
+        async with lim:
+            got.append(lim.borrowed)
+
+    holders = [asyncio.create_task(holder(i)) for i in range(3)]
+    await settle()
+    w = asyncio.create_task(waiter())
+    await settle()
+    lim.total = 2
+    out[0].set()
+    await settle()
+    assert (got, lim.borrowed) == ([], 2)  # 2 + 1 would exceed the new total: it waits
+    out[1].set()
+    await settle()
+    assert got == [2]  # now it fits
+    out[2].set()
+    await asyncio.gather(*holders, w)
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total, s.peak_borrowed) == (0, 0, 4, 3)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("form", ["async with", "release"])
+async def test_hand_over_to_a_cancelled_head_passes_the_unit_on(form: str, when: str) -> None:
+    # gh-90155 on the hand-over path: the head is cancelled just before the unit is handed to it
+    # (its future is cancelled: nothing can be set on it) or just after (before it runs).
+    lim = CapacityLimiter(1)
+    out = asyncio.Event()
+    got: list[str] = []
+
+    async def holder() -> None:
+        if form == "async with":
+            async with lim:
+                await out.wait()
+        else:
+            await lim.acquire()
+            await out.wait()
+            lim.release()
+
+    async def waiter(name: str) -> None:
+        async with lim:
+            got.append(name)
+
+    h = asyncio.create_task(holder())
+    await settle()
+    b = asyncio.create_task(waiter("b"))
+    await settle()
+    c = asyncio.create_task(waiter("c"))
+    await settle()
+    assert lim.statistics().waiting == 2
+    if when == "before":
+        b.cancel()
+        out.set()
+        await settle(1)  # the holder runs first and hands over to the cancelled head
+    else:
+        out.set()
+        await settle(1)  # the holder hands over to b ...
+        assert not b.done()
+        b.cancel()  # ... which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    await asyncio.gather(h, c)
+    assert got == ["c"]
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total) == (0, 0, 2)
+
+
+async def test_a_stranded_waiter_left_at_the_head_by_a_hand_over_is_dropped_next() -> None:
+    lim = CapacityLimiter(1)
+    out = [asyncio.Event(), asyncio.Event()]
+
+    async def user(i: int) -> None:
+        async with lim:
+            await out[i].wait()
+
+    a = asyncio.create_task(user(0))
+    await settle()
+    b = asyncio.create_task(user(1))
+    await settle()
+    s = await asyncio.to_thread(stranded, "asyncio", lim._lock, [lim.__aenter__])
+    assert len(lim._queue) == 2  # b, then the stranded one
+    out[0].set()
+    await a  # hands the unit over to b: the stranded waiter is the head now ...
+    assert lim.statistics().waiting == 0  # ... and counts nowhere
+    out[1].set()
+    await b  # the next release drops it at the latest, and grants it nothing
+    s.check(1)
+    st = lim.statistics()
+    assert (st.borrowed, st.waiting, st.acquired_total, len(lim._queue)) == (0, 0, 2, 0)
+    async with lim:
+        assert lim.borrowed == 1
+
+
+def test_tasks_of_two_loops_in_two_threads_share_the_limiter() -> None:
+    # The hand-over resolves the head's future directly only if it belongs to the loop running
+    # here; a task of the other loop is woken through its own loop, as Sleeper.wake() does.
+    lim = CapacityLimiter(3)
+    guard = threading.Lock()
+    inside = peak = entered = 0
+
+    async def user(n: int) -> None:
+        nonlocal inside, peak, entered
+        for _ in range(n):
+            async with lim:
+                with guard:
+                    inside += 1
+                    entered += 1
+                    peak = max(peak, inside)
+                await asyncio.sleep(0)
+                with guard:
+                    inside -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(user(300) for _ in range(8)))
+
+    other = threading.Thread(target=asyncio.run, args=(main(),))
+    other.start()
+    asyncio.run(main())
+    other.join()
+    assert entered == 2 * 8 * 300
+    assert peak <= 3
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total) == (0, 0, entered)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_stress_hand_overs_and_cancellations_keep_the_cap_and_fifo(seed: int) -> None:
+    """``async with`` and weighted ``acquire``/``release`` mixed, with cancellations at random
+    moments (many at the instant of a hand-over: right after a release): the cap holds, the
+    accounting ends at zero, and the tasks that had to wait and were not cancelled are served in
+    the order they queued up."""
+    rng = random.Random(seed)
+    total = rng.randint(2, 4)
+    lim = CapacityLimiter(total)
+    inside = 0
+    entered = 0
+    arrivals: list[int] = []  # the tasks that had to queue, in the order they did
+    served: list[int] = []  # the same, in the order they got in
+    tickets = iter(range(1_000_000))
+    workers: list[asyncio.Task[None]] = []
+
+    def queued(weight: int) -> bool:  # would an acquire of ``weight`` have to wait right now?
+        return bool(lim._queue) or lim.borrowed + weight > total
+
+    async def hold(ticket: int, waits: bool, weight: int) -> None:
+        nonlocal inside, entered
+        if waits:
+            served.append(ticket)
+        inside += weight
+        entered += 1
+        assert inside <= total
+        assert inside <= lim.borrowed
+        try:
+            for _ in range(rng.randint(0, 2)):
+                await asyncio.sleep(0)
+        finally:
+            inside -= weight
+
+    async def worker() -> None:
+        for _ in range(40):
+            ticket = next(tickets)
+            if rng.random() < 0.6:
+                waits = queued(1)
+                if waits:
+                    arrivals.append(ticket)
+                async with lim:
+                    await hold(ticket, waits, 1)
+            else:
+                weight = rng.randint(1, total)
+                waits = queued(weight)
+                if waits:
+                    arrivals.append(ticket)
+                await lim.acquire(weight)
+                try:
+                    await hold(ticket, waits, weight)
+                finally:
+                    lim.release(weight)
+            if rng.random() < 0.1:  # right after a release, which may have just handed over
+                rng.choice(workers).cancel()
+
+    workers += [asyncio.create_task(worker()) for _ in range(10)]
+    for _ in range(300):
+        await asyncio.sleep(0)
+        if rng.random() < 0.03:
+            rng.choice(workers).cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    got_in = set(served)
+    assert served == [t for t in arrivals if t in got_in], "a waiter was overtaken"
+    assert len(served) > 20, "the test hardly ever made anyone wait"
+    s = lim.statistics()
+    assert (s.borrowed, s.waiting, s.acquired_total) == (0, 0, entered)
+    assert s.peak_borrowed <= total
