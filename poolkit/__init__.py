@@ -19,6 +19,11 @@ another's (``tests/test_layers.py`` holds the code to this map)::
                                 AsyncLimiterStatistics     aiolimiter.AsyncLimiter objects as
                                                            members of Limits and PerKey (never
                                                            imports aiolimiter)
+    _primitives._redis_link     (internal) what every limit kept in Redis shares: clients per
+                                event loop, scripts, timeouts, pushed wake-ups (imports
+                                redis-py lazily: the extra poolkit[redis])
+    _primitives._redis_bucket   RedisTokenBucket           a token bucket shared by processes
+    _primitives._redis_limiter  RedisCapacityLimiter       a capacity limit shared by processes
     _primitives._composite      Limits, PerKey             several limits as one; a limit per key
     _pools                      the pools, on the primitives
     _pools._retry               RetryPolicy                retries, with tenacity
@@ -37,7 +42,9 @@ another's (``tests/test_layers.py`` holds the code to this map)::
     _observe                    metrics of live objects
     _observe._metrics           (internal) every live object's statistics as metric families
     __init__                    this map, and every public name
-    leaks, testing, pytest_plugin  public modules: leak hunting; virtual time; the pytest plugin
+    leaks, testing, pytest_plugin, redis
+                                public modules: leak hunting; virtual time; the pytest plugin;
+                                limits shared over Redis
     debug, prometheus           the debug HTTP endpoint; the Prometheus collector
     _tools                      the command line
     _tools._demo, _tools._cli   the ``poolkit`` command and its demo
@@ -48,7 +55,9 @@ Everything works from asyncio tasks (on any event loop) and from threads.
 Public modules beside this one: ``poolkit.leaks`` (snapshots, dumps, blocked tasks, no_leaks,
 the watchdog), ``poolkit.debug`` (the debug HTTP endpoint), ``poolkit.prometheus`` (a
 prometheus_client collector; optional extra), ``poolkit.pytest_plugin`` (registered with pytest
-by entry point) and ``poolkit.testing`` (the virtual-time event loop used by the tests).
+by entry point), ``poolkit.testing`` (the virtual-time event loop used by the tests) and
+``poolkit.redis`` (token buckets and capacity limiters shared by processes through Redis;
+optional extra).
 """
 
 from ._core._exceptions import BudgetExhausted as BudgetExhausted
@@ -58,11 +67,13 @@ from ._core._exceptions import EndOfChannel as EndOfChannel
 from ._core._exceptions import HeapAnalysisUnavailable as HeapAnalysisUnavailable
 from ._core._exceptions import JobHandedBack as JobHandedBack
 from ._core._exceptions import LeakError as LeakError
+from ._core._exceptions import LeaseLost as LeaseLost
 from ._core._exceptions import NotAcquired as NotAcquired
 from ._core._exceptions import PoolClosed as PoolClosed
 from ._core._exceptions import PoolkitError as PoolkitError
 from ._core._exceptions import QueueFull as QueueFull
 from ._core._exceptions import ReceiversGone as ReceiversGone
+from ._core._exceptions import RedisUnavailable as RedisUnavailable
 from ._core._exceptions import WouldBlock as WouldBlock
 from ._leaks._noleaks import no_leaks as no_leaks
 from ._pools._jobs import Outcome as Outcome
@@ -112,6 +123,7 @@ __all__ = [
     "Job",
     "JobHandedBack",
     "LeakError",
+    "LeaseLost",
     "Limits",
     "LimitsStatistics",
     "NotAcquired",
@@ -125,6 +137,7 @@ __all__ = [
     "ReceiveCase",
     "ReceiveHandle",
     "ReceiversGone",
+    "RedisUnavailable",
     "Reservation",
     "RetryPolicy",
     "SelectCase",

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Callable
 
 import pytest
 
 from benchmarks import __main__ as bench
 from benchmarks import _harness
+from tests.redis_support import require_redis
 
 
-# Every suite once, with fresh interpreters for the memory figures and a 1,000-thread pool: about
-# 30 s on an idle 2-core machine, and several times that when the machine is shared.
-@pytest.mark.timeout(600)
-def test_benchmarks_run_at_tiny_scale(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--scale", "0.001", "--repeat", "1"]) == 0
-    out = capsys.readouterr().out
-    for suite in _harness.suites():
+def _is_redis(suite: _harness.Suite) -> bool:
+    return suite.name.startswith("redis ")
+
+
+def _check_table(out: str, suites: list[_harness.Suite]) -> None:
+    for suite in suites:
         assert suite.name in out
         for case in suite.cases:
             assert case.name in out
@@ -25,10 +27,52 @@ def test_benchmarks_run_at_tiny_scale(capsys: pytest.CaptureFixture[str]) -> Non
         assert len(suite.cases) >= 2, "every suite compares poolkit with an alternative"
     # An alternative's row ends in two ratios: best against best, and the median by round.
     ratios = re.findall(r"\s(\d+\.\d\d)\s+(\d+\.\d\d)\s*$", out, flags=re.MULTILINE)
-    expected = sum(len(s.cases) - 1 for s in _harness.suites() if s.kind == "time")
-    assert len(ratios) == expected
+    assert len(ratios) == sum(len(s.cases) - 1 for s in suites if s.kind == "time")
     figures = re.findall(r"\s-\s+-\s*$", out, flags=re.MULTILINE)
-    assert len(figures) == sum(len(s.cases) for s in _harness.suites() if s.kind == "figure")
+    assert len(figures) == sum(len(s.cases) for s in suites if s.kind == "figure")
+
+
+def _require_redis_server() -> None:
+    require_redis(" (the Redis benchmarks need it)")
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not on PATH: the Redis benchmarks count commands on their own"
+        if os.environ.get("POOLKIT_REQUIRE_REDIS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# Every suite but the Redis ones (below) once, with fresh interpreters for the memory figures and
+# a 1,000-thread pool: about 30 s on an idle 2-core machine, several times that when it is shared.
+@pytest.mark.timeout(600)
+def test_benchmarks_run_at_tiny_scale(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    others = [s for s in _harness.suites() if not _is_redis(s)]
+    monkeypatch.setattr(_harness, "_SUITES", others)
+    assert bench.main(["--scale", "0.001", "--repeat", "1"]) == 0
+    _check_table(capsys.readouterr().out, others)
+
+
+# The Redis suites: about 35 s at this size (an 8-process run per library, waits of 0.5 s).
+@pytest.mark.timeout(300)
+def test_redis_benchmarks_run_at_tiny_scale(capsys: pytest.CaptureFixture[str]) -> None:
+    _require_redis_server()
+    assert bench.main(["--only", "redis ", "--scale", "0.001", "--repeat", "1"]) == 0
+    _check_table(capsys.readouterr().out, [s for s in _harness.suites() if _is_redis(s)])
+
+
+@pytest.mark.timeout(120)
+def test_every_redis_case_goes_to_redis_for_every_acquire() -> None:
+    """A case that answered without Redis (a local fallback, a cached verdict) would look fast:
+    every token bucket case sends at least one command per acquire, every capacity case at least
+    two per acquire+release, counted by MONITOR on the benchmark's own server."""
+    _require_redis_server()
+    from benchmarks import bench_redis
+
+    for cls in bench_redis.BUCKETS:
+        assert bench_redis._count_run(cls, 60)[0] >= 1, cls.name
+    for slots in bench_redis.SLOTS:
+        assert bench_redis._slots_count(slots)(60) >= 2, slots.name
 
 
 def test_benchmark_cli_rejects_bad_arguments() -> None:

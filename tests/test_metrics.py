@@ -522,7 +522,16 @@ def test_objects_json() -> None:
     dump = _metrics.objects_json()
     decoded = json.loads(json.dumps(dump, allow_nan=False))
     assert decoded == dump
-    assert set(dump) == {"pools", "channels", "limiters", "buckets", "limits", "per_keys"}
+    assert set(dump) == {
+        "pools",
+        "channels",
+        "limiters",
+        "buckets",
+        "limits",
+        "per_keys",
+        "redis_buckets",
+        "redis_limiters",
+    }
 
     (entry,) = [e for e in dump["channels"] if e["name"] == "metrics-json"]
     assert entry["kind"] == "channel"

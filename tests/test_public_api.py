@@ -16,6 +16,7 @@ PUBLIC_MODULES = [
     "poolkit.debug",
     "poolkit.leaks",
     "poolkit.prometheus",
+    "poolkit.redis",
     "poolkit.testing",
 ]
 

@@ -25,6 +25,12 @@ The tree::
     │                            ``no_leaks()`` block; ``.snapshot`` says which and where
     ├── HeapAnalysisUnavailable  (also a RuntimeError) ``find_blocked`` cannot run on this
     │                            interpreter: its heap analysis is not verified here
+    ├── RedisUnavailable         a limit kept in Redis (``poolkit.redis``) could not reach Redis
+    │                            in time, and its ``on_error`` is "raise": nothing was granted;
+    │                            ``__cause__`` is redis-py's error
+    ├── LeaseLost                a ``RedisCapacityLimiter`` lost the lease under which Redis
+    │                            counted this process's weight (Redis restarted, or the lease
+    │                            could not be renewed in time): others may now use that weight
     └── Busy                     (also a RuntimeError) a finalizer or a coroutine's clean-up,
                                  run by a garbage collection in the middle of a primitive's
                                  critical section, called that primitive in a way that could
@@ -50,11 +56,13 @@ __all__ = [
     "HeapAnalysisUnavailable",
     "JobHandedBack",
     "LeakError",
+    "LeaseLost",
     "NotAcquired",
     "PoolClosed",
     "PoolkitError",
     "QueueFull",
     "ReceiversGone",
+    "RedisUnavailable",
     "WouldBlock",
 ]
 
@@ -187,4 +195,25 @@ class Busy(PoolkitError, RuntimeError):
     ``send()``, ``statistics()``...).  ``release()``, ``close()`` and assigning a rate are done
     as soon as the lock is free; ``*_nowait()`` and ``try_acquire()`` answer that they would
     block.  Outside a collection, and from other threads, nothing changes.
+    """
+
+
+class RedisUnavailable(PoolkitError):
+    """Raised by a limit kept in Redis when Redis cannot be reached in time and the limit's
+    ``on_error`` is ``"raise"`` (the default): refused, reset, timed out (``op_timeout``),
+    loading, or a read-only replica.
+
+    Nobody using the limit is at fault; the operation failed closed: nothing was granted to the
+    caller.  ``__cause__`` is the exception redis-py (or asyncio) raised.  A ticket the caller had
+    queued before the failure, if any, expires by itself (its lease) if it cannot be removed.
+    """
+
+
+class LeaseLost(PoolkitError):
+    """Raised inside (at the exit of) a block holding a ``RedisCapacityLimiter`` whose lease
+    was lost: Redis no longer counts this process's weight, so others may be using it.
+
+    Nobody using the limiter is at fault: Redis restarted without its data, or this process could
+    not renew its lease within ``lease_ttl`` (a partition, a paused process or server).  The weight
+    is forfeited (its ``release`` does nothing in Redis).  ``__cause__`` says why, if known.
     """

@@ -37,7 +37,17 @@ __all__ = [
 ]
 
 # What kinds there are, in the order dumps and metrics list them.
-KINDS = ("pool", "thread_pool", "channel", "limiter", "bucket", "limits", "per_key")
+KINDS = (
+    "pool",
+    "thread_pool",
+    "channel",
+    "limiter",
+    "bucket",
+    "limits",
+    "per_key",
+    "redis_bucket",
+    "redis_limiter",
+)
 
 _lock = threading.Lock()
 _seq = itertools.count(1)

@@ -6,14 +6,14 @@ touched on its hot path, so a process that never scrapes pays nothing.
 
 Series
 ------
-Every object is identified by one label named after what it is (``pool``, ``channel``,
-``limiter``, ``bucket``, ``limits``, ``per_key``) whose value is the object's name, or
-``<kind>-<seq>`` if it has none (``channel-12``).  Two live objects of one kind with the same
-name would make duplicate series, which Prometheus drops, so the older keeps the name and each
-later one gets ``<name>#<seq>``.  Both pool classes share the ``poolkit_pool_*`` families, told
-apart by ``kind="asyncio"`` (``WorkerPool``) or ``kind="thread"`` (``ThreadPool``): summing over
-``kind`` gives every pool.  A ``Limits`` has no counters of its own (its members are reported
-as themselves); ``poolkit_limits_member_info`` links it to their labels, for joins.
+Every object is identified by one label named after what it is (``pool``, ``channel``, ``limiter``,
+``bucket``, ``limits``, ``per_key``, ``redis_bucket``, ``redis_limiter``) whose value is the
+object's name, or ``<kind>-<seq>`` if it has none (``channel-12``). Two live objects of one kind
+with the same name would make duplicate series, which Prometheus drops, so the older keeps the name
+and each later one gets ``<name>#<seq>``. Both pool classes share the ``poolkit_pool_*`` families,
+told apart by ``kind="asyncio"`` (``WorkerPool``) or ``kind="thread"`` (``ThreadPool``): summing
+over ``kind`` gives every pool. A ``Limits`` has no counters of its own (its members are reported as
+themselves); ``poolkit_limits_member_info`` links it to their labels, for joins.
 
 A counter family is named without ``_total`` and its samples with it, as in OpenMetrics and
 ``prometheus_client``; the text format writes ``# HELP``/``# TYPE`` with the ``_total`` name, as
@@ -292,6 +292,96 @@ _SIMPLE: dict[str, tuple[tuple[str, str, str, str], ...]] = {
             "acquired_total",
         ),
     ),
+    # Limits kept in Redis (poolkit.redis): what this process's object has seen and done; the
+    # state shared by every process is in Redis, which a scrape does not ask.
+    "redis_bucket": (
+        (
+            "poolkit_redis_bucket_rate_tokens_per_second",
+            GAUGE,
+            "Tokens added per second, as Redis last reported it (shared by every process).",
+            "rate",
+        ),
+        (
+            "poolkit_redis_bucket_burst_tokens",
+            GAUGE,
+            "The bucket's size, as Redis last reported it.",
+            "burst",
+        ),
+        (
+            "poolkit_redis_bucket_waiting",
+            GAUGE,
+            "Tasks and threads of this process waiting in acquire on this object.",
+            "waiting",
+        ),
+        (
+            "poolkit_redis_bucket_granted",
+            COUNTER,
+            "Acquisitions Redis granted to this object.",
+            "granted_total",
+        ),
+        (
+            "poolkit_redis_bucket_granted_tokens",
+            COUNTER,
+            "Tokens Redis granted to this object.",
+            "cost_granted_total",
+        ),
+        (
+            "poolkit_redis_bucket_errors",
+            COUNTER,
+            "Operations that found Redis unavailable.",
+            "errors_total",
+        ),
+        (
+            "poolkit_redis_bucket_fallbacks",
+            COUNTER,
+            'Acquisitions on_error="allow" or "local" served without Redis.',
+            "fallbacks_total",
+        ),
+    ),
+    "redis_limiter": (
+        (
+            "poolkit_redis_limiter_total_tokens",
+            GAUGE,
+            "The capacity shared by every process, as Redis last reported it.",
+            "total",
+        ),
+        (
+            "poolkit_redis_limiter_held_tokens",
+            GAUGE,
+            "Weight this object holds in Redis under its lease.",
+            "held",
+        ),
+        (
+            "poolkit_redis_limiter_waiting",
+            GAUGE,
+            "Tasks and threads of this process waiting in acquire on this object.",
+            "waiting",
+        ),
+        (
+            "poolkit_redis_limiter_lease_lost",
+            GAUGE,
+            "1 if a lease of this object was ever lost (LeaseLost was raised), else 0.",
+            "lease_lost",
+        ),
+        (
+            "poolkit_redis_limiter_acquired",
+            COUNTER,
+            "Acquisitions through Redis.",
+            "acquired_total",
+        ),
+        (
+            "poolkit_redis_limiter_errors",
+            COUNTER,
+            "Operations that found Redis unavailable.",
+            "errors_total",
+        ),
+        (
+            "poolkit_redis_limiter_fallbacks",
+            COUNTER,
+            'Acquisitions on_error="allow" or "local" served without Redis.',
+            "fallbacks_total",
+        ),
+    ),
 }
 
 
@@ -304,7 +394,8 @@ def _simple(kind: str, objects: Objects) -> list[Family]:
         s = obj.statistics()
         ids = {kind: label}
         for family, field in families:
-            family.samples.append((ids, getattr(s, field)))
+            value = getattr(s, field)
+            family.samples.append((ids, int(value) if isinstance(value, bool) else value))
     return [family for family, _ in families]
 
 
@@ -337,6 +428,8 @@ def describe() -> list[Family]:
         *_simple("bucket", []),
         *_limits([], {}),
         *_simple("per_key", []),
+        *_simple("redis_bucket", []),
+        *_simple("redis_limiter", []),
     ]
 
 
@@ -361,6 +454,8 @@ def collect() -> list[Family]:
         *_simple("bucket", buckets),
         *_limits(_labelled("limits"), members_of),
         *_simple("per_key", per_keys),
+        *_simple("redis_bucket", _labelled("redis_bucket")),
+        *_simple("redis_limiter", _labelled("redis_limiter")),
     ]
 
 
@@ -431,6 +526,8 @@ _SECTIONS = {
     "bucket": "buckets",
     "limits": "limits",
     "per_key": "per_keys",
+    "redis_bucket": "redis_buckets",
+    "redis_limiter": "redis_limiters",
 }
 
 
@@ -460,11 +557,11 @@ def _jsonable(value: Any) -> Any:
 def objects_json() -> dict[str, Any]:
     """Every live object with its statistics, grouped by section, for ``/debug/pools``.
 
-    ``{"pools": [{"kind": "pool", "name": "fetch", "seq": 3, "statistics": {...}}, ...],
-    "channels": [...], "limiters": [...], "buckets": [...], "limits": [...], "per_keys":
-    [...]}``: ``kind`` is the registry's (``pool``, ``thread_pool``, ``channel``...), ``name``
-    the label the metrics use, ``seq`` the registration number (creation order).  A ``limits``
-    entry also lists its ``members`` as ``{"kind", "name"}``.  The result passes
+    ``{"pools": [{"kind": "pool", "name": "fetch", "seq": 3, "statistics": {...}}, ...], "channels":
+    [...], "limiters": [...], "buckets": [...], "limits": [...], "per_keys": [...], "redis_buckets":
+    [...], "redis_limiters": [...]}``: ``kind`` is the registry's (``pool``, ``thread_pool``,
+    ``channel``...), ``name`` the label the metrics use, ``seq`` the registration number (creation
+    order). A ``limits`` entry also lists its ``members`` as ``{"kind", "name"}``. The result passes
     ``json.dumps(..., allow_nan=False)``: infinities and NaN are strings, and anything else that
     JSON cannot hold is its ``str()``.
     """

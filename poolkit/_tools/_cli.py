@@ -251,6 +251,23 @@ _LINES: dict[str, tuple[tuple[str, str], ...]] = {
         ("waiting", "waiting"),
         ("granted", "granted_total"),
     ),
+    "redis_bucket": (
+        ("key", "key"),
+        ("rate/s", "rate"),
+        ("burst", "burst"),
+        ("waiting", "waiting"),
+        ("granted", "granted_total"),
+        ("errors", "errors_total"),
+    ),
+    "redis_limiter": (
+        ("key", "key"),
+        ("held", "held"),
+        ("total", "total"),
+        ("waiting", "waiting"),
+        ("acquired", "acquired_total"),
+        ("lease lost", "lease_lost"),
+        ("errors", "errors_total"),
+    ),
     "per_key": (
         ("keys", "keys"),
         ("created", "created_total"),
@@ -265,6 +282,8 @@ _SECTION_TITLES = {
     "buckets": "BUCKETS",
     "limits": "LIMITS",
     "per_keys": "PER-KEY LIMITS",
+    "redis_buckets": "REDIS BUCKETS",
+    "redis_limiters": "REDIS LIMITERS",
 }
 
 
