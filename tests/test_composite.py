@@ -17,7 +17,7 @@ import pytest
 import poolkit
 from poolkit import BudgetExhausted, CapacityLimiter, Limits, NotAcquired, PerKey, TokenBucket
 from tests.conftest import run_on
-from tests.test_ratelimit import HeldClock, usable
+from tests.test_ratelimit import HeldClock, strand, usable
 
 
 async def settle(n: int = 5) -> None:
@@ -571,18 +571,6 @@ def timed_without_gc() -> Iterator[list[float]]:
     finally:
         elapsed.append(time.perf_counter() - t0)
         gc.enable()
-
-
-def strand(*makes: Any) -> None:
-    """Start a task for each ``make()`` on a new loop of this thread, let each run until it
-    waits, then close the loop: they can never run again.  No reference to them is kept."""
-    loop = asyncio.new_event_loop()
-    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
-    for make in makes:
-        asyncio.ensure_future(make(), loop=loop)  # noqa: RUF006  (stranded on purpose)
-    for _ in range(3):
-        loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])

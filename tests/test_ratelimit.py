@@ -692,12 +692,27 @@ def timed_without_gc() -> Iterator[list[float]]:
         gc.enable()
 
 
-def strand(make: Any, n: int) -> None:
-    """Start ``n`` calls of ``make()`` as tasks on a new loop, let each run until it waits, then
-    close the loop: they can never run again.  No reference to them is kept."""
-    loop = asyncio.new_event_loop()
+class StillLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose clock stands still, for :func:`strand`: no timer comes due while
+    the waiters are being stranded, however slowly a loaded machine runs the loop.  (One that did
+    would wake its task, and closing the loop would drop that wake-up: the task, referenced by
+    nothing else, is then destroyed and withdraws, which is right, but leaves nothing stranded.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._still = super().time()
+
+    def time(self) -> float:
+        return self._still
+
+
+def strand(*makes: Any) -> None:
+    """Start a task for each ``make()`` on a new loop of this thread, let each run until it
+    waits, then close the loop: they can never run again.  No reference to them is kept."""
+    loop = StillLoop()
     loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
-    for _ in range(n):
+    for make in makes:
         asyncio.ensure_future(make(), loop=loop)  # noqa: RUF006  (stranded on purpose)
     for _ in range(3):
         loop.run_until_complete(asyncio.sleep(0))
@@ -734,7 +749,7 @@ def test_stranded_waiters_do_not_stall_a_later_acquire(kind: str) -> None:
     clock = HeldClock()
     bucket = TokenBucket(1000, 1, clock=clock)
     assert bucket.try_acquire()
-    strand(bucket.acquire, 9)
+    strand(*[bucket.acquire] * 9)
     assert (len(bucket._queue), bucket.statistics().waiting) == (9, 0)  # queued, not counted
     clock.go()
 
@@ -761,7 +776,7 @@ def test_stranded_waiters_do_not_stall_a_thread() -> None:
     clock = HeldClock()
     bucket = TokenBucket(1000, 1, clock=clock)
     assert bucket.try_acquire()
-    strand(bucket.acquire, 9)
+    strand(*[bucket.acquire] * 9)
     assert len(bucket._queue) == 9
     clock.go()
     with timed_without_gc() as elapsed:
@@ -777,7 +792,7 @@ def test_stranded_waiters_do_not_stall_a_change(change: str) -> None:
     bucket = TokenBucket(1, 2)
     assert bucket.try_acquire(2)
     r = bucket.reserve(1)
-    strand(bucket.acquire, 9)
+    strand(*[bucket.acquire] * 9)
     with timed_without_gc() as elapsed:
         if change == "rate":
             bucket.rate = 2
@@ -1268,7 +1283,7 @@ def test_a_stranded_waiter_in_the_queue_holds_up_nobody() -> None:
     clock = Clock()
     bucket = TokenBucket(1, 10, clock=clock)
     assert bucket.try_acquire(10)
-    strand(lambda: bucket.acquire(10), 1)  # queued for 10 s, and it will never run
+    strand(lambda: bucket.acquire(10))  # queued for 10 s, and it will never run
     clock.t = 100.0  # the bucket is full again
     s = bucket.statistics()
     assert (s.tokens, s.waiting) == (10.0, 0)
@@ -1294,7 +1309,7 @@ def test_a_stranded_waiter_in_the_middle_does_not_fail_a_timeout_at_once() -> No
     while not bucket._queue:
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    strand(lambda: bucket.acquire(5), 1)  # behind it, would need 5 s, and will never run
+    strand(lambda: bucket.acquire(5))  # behind it, would need 5 s, and will never run
 
     async def main() -> None:
         # 1 s for the head, 1 s for this one: 2.5 s is enough.  The dead waiter's 5 s were

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -375,3 +377,32 @@ def test_a_thread_that_cannot_start_is_an_error_except_at_shutdown(
         _wait.locked_soon(lock, ran.append, 2)  # a thread starts again
     wait_until(lambda: 2 in ran)
     assert ran == ([1, 2] if raises else [2])  # an error leaves the work queued, not lost
+
+
+EXIT_WITH_STRANDED_WAITERS = """
+import asyncio
+from poolkit import TokenBucket
+
+for _ in range(2):  # the first round's bucket and tasks are left to the collection at exit
+    bucket = TokenBucket(1000, 1)
+    bucket.try_acquire()
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed": expected
+    for _ in range(9):
+        asyncio.ensure_future(bucket.acquire(), loop=loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+print("exiting")
+"""
+
+
+def test_a_process_exits_with_waiters_stranded() -> None:
+    # At exit, the last collection closes the stranded coroutines; their clean-up deferred work
+    # to a thread, and on Python 3.11 Thread.start() at shutdown waits for ever: the exit hung.
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_STRANDED_WAITERS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "exiting\n"), done.stderr[-2000:]

@@ -339,6 +339,11 @@ def defer(fn: Callable[..., object], *args: Any) -> None:
     Raises ``RuntimeError`` if no thread can be started (the work stays queued for the next
     one), except at interpreter shutdown, when the work is dropped.
     """
+    if sys.is_finalizing():
+        # Nothing will wait on any primitive again, so the work can be dropped; and no thread
+        # can start: Python 3.11's Thread.start() would wait for it for ever, hanging the exit
+        # (3.12+ raise RuntimeError, handled below).
+        return
     _work.append((fn, args))
     if not _working.acquire(False):
         return  # the running thread will find it: it looks again after letting go of _working
