@@ -48,7 +48,6 @@ import math
 import os
 import random
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +73,7 @@ from pyrate_limiter.buckets import RedisBucket as PyrateRedisBucket
 from poolkit.redis import RedisCapacityLimiter, RedisTokenBucket
 
 from ._harness import Case, Suite, register, run_async
+from ._redis_server import RedisServer, delete_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_URL = os.environ.get("POOLKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -87,77 +87,39 @@ def _new_key(what: str) -> str:
 
 def _cleanup(url: str) -> None:
     """Delete every key this run made on ``url`` (never FLUSH: the server may be shared)."""
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=f"{PREFIX}*", count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
-    finally:
-        client.close()
+    delete_keys(url, f"{PREFIX}*")
 
 
 # ----------------------------------------------------------------- the benchmark's own server
 
 
 class _OwnServer:
-    """A ``redis-server`` of the benchmark's own, started on first use, stopped at exit."""
+    """A ``redis-server`` of the benchmark's own, started on first use (and again if it died),
+    stopped at exit."""
 
     def __init__(self) -> None:
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.server: RedisServer | None = None
+
+    def _running(self) -> RedisServer:
+        if self.server is None or not self.server.running:
+            try:
+                server = RedisServer(start_timeout=10)
+            except RuntimeError:
+                raise RuntimeError(
+                    "the command counts need redis-server on PATH (their own server)"
+                ) from None
+            server.start()
+            atexit.register(server.stop)
+            self.server = server
+        return self.server
 
     @property
     def url(self) -> str:
-        if self.process is None or self.process.poll() is not None:
-            self._start()
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._running().url
 
-    def _start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("the command counts need redis-server on PATH (their own server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        atexit.register(self.stop)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
-                    client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-            self.process = None
+    @property
+    def port(self) -> int:
+        return self._running().port
 
 
 OWN = _OwnServer()
