@@ -25,6 +25,10 @@ subscription a limit shares with the others of its process.
 * :class:`RedisCapacityLimiter` is weighted and FIFO across processes.  Each process holds one
   lease, renewed by a heartbeat.  A crashed holder's weight comes back when its lease expires.
   A holder that loses its lease is told: :class:`~poolkit.LeaseLost`.
+* Both take part wherever the local limits do: as members of a :class:`~poolkit.Limits`, made
+  per key by ``PerKey(factory, with_key=True)`` (the factory gets the key, to name the Redis
+  key), and as a pool's ``limit=``.  See "Redis members" in
+  :mod:`poolkit._primitives._composite`.
 * Every Redis call has a timeout.  ``on_error`` chooses what an unreachable Redis means:
   ``"raise"`` (:class:`~poolkit.RedisUnavailable`), ``"allow"`` or ``"local"``.
 

@@ -61,6 +61,51 @@ without changing it, from any thread; ``repr`` shows the same.  The metrics and 
 endpoint report poolkit's objects only: the ``Limits``' statistics there include the
 AsyncLimiter's, but it gets no series of its own.
 
+Redis members
+-------------
+A :class:`~poolkit.redis.RedisCapacityLimiter` or :class:`~poolkit.redis.RedisTokenBucket` may be
+a member too (also nested, or made by a ``PerKey`` factory), so one ``Limits`` can say "4 at a time
+in this process, 16 over every process, 5 a second over every process".  Redis cannot join the
+local buckets' atomic step, nor one Redis key another's script, so an acquisition takes, in order:
+
+1. the concurrency slots: the local limiters (by identity), then the Redis limiters by Redis key
+   (``{prefix}:{key}``, the same order in every process, so that two processes sharing two Redis
+   limiters never wait for each other's; local first, so that a task waiting for a local slot
+   holds nothing every process shares);
+2. each Redis bucket's tokens, one after the other in the order given (each a FIFO queue across
+   processes, within what is left of ``timeout``);
+3. each AsyncLimiter's part, as above;
+4. the local buckets in one step, as above.
+
+Redis members give back what they took: if the acquisition fails, times out or is cancelled
+after a Redis limiter granted its slots, they are released; after a Redis bucket granted its
+tokens, they are *refunded* (its state moves back by ``cost``, never beyond the burst), so a
+cancelled acquisition has spent nothing there either.  The giving back never waits: it runs in a
+task of the loop (which the member's ``aclose()`` waits for), or in the thread itself for the
+blocking forms.  Two limits: tokens granted by an ``on_error`` fallback (Redis unreachable) are
+not refunded, and a refund that cannot reach Redis leaves them spent (fails closed).  And as with
+AsyncLimiters, a Redis bucket's tokens are taken before the waits of the later steps, so its rate
+holds where it grants: put the rate that must hold at the start of the work last, in a local
+``TokenBucket``, or alone.
+
+``release(cost)`` is synchronous, as it must be for pools.  A Redis limiter's weight leaves the
+object's books at once and Redis hears of it in a task of the running loop started there and
+then (one round trip later; :meth:`RedisCapacityLimiter.aclose` waits for those in flight), or,
+from a thread without a loop, in the call itself.  Until the script runs Redis still counts the
+weight, so the cap is never exceeded, only a hair late to reopen; if it cannot run (Redis
+unreachable), the weight comes back with the lease's expiry.  What a holder of a ``Limits`` gets
+when a Redis lease is lost is the limiter's ``on_lease_lost`` callback and ``lease_lost`` flag;
+its task is not cancelled (that is for ``async with limiter:`` blocks).
+
+The blocking forms (``acquire_blocking``, ``hold_blocking``, ``with``, a ``ThreadPool``) use the
+members' blocking forms and refuse to run on an event loop's thread.  ``try_acquire`` with a Redis
+member needs a round trip per Redis member, so it works from threads; on an event loop's thread it
+raises ``RuntimeError``, and ``await try_acquire_async()`` is its form there (for any members).  A
+Redis member made with a client of one kind only (``redis.asyncio.Redis``: tasks; ``redis.Redis``:
+threads) is refused by the pool that cannot use it.  ``statistics()`` shows each Redis member's
+own statistics, read without calling Redis.  The user closes the Redis members they made
+(``aclose()``); a ``PerKey`` closes those its factory made.
+
 PerKey
 ------
 A key's limit is made by the factory the first time the key is used.  It is forgotten once it is
@@ -86,6 +131,17 @@ after the factory made it (a bucket's ``rate`` or ``burst``, a limiter's ``total
 new one would not have the change, so such a key is kept for as long as the ``PerKey`` lives.
 Waiters stranded on a closed event loop do not count: they wait for nothing.
 
+A Redis member keeps its state in Redis, so forgetting it loses nothing: it is idle when this
+object holds nothing through it, nobody of this process waits in it and no call of it is in flight
+(a release or refund still on its way counts as in flight; such a key is forgotten by a later
+sweep).  A forgotten Redis limit is closed at once, holding no lock: its heartbeat stops, its
+wake-up registrations are gone with its waiters, and it lets go of its share of the connections
+(which the ``PerKey`` keeps open while it lives, so a new key does not reconnect).  The factory
+gets the key with ``PerKey(factory, with_key=True)``, to name the Redis key; the Redis keys expire
+by themselves once idle (a bucket's once full again plus 12 s, a limiter's 10 minutes after its
+last use), so a million hosts leave nothing behind in Redis either.  ``aclose()`` (or ``close()``)
+closes the Redis limits still alive.
+
 An ``aiolimiter.AsyncLimiter`` follows the same rule: it is idle when its level has drained to
 exactly 0 (a new one starts empty), nobody waits in it, and its ``max_rate`` and ``time_period``
 are as the factory made them.  Forgetting one that has not drained would give the key a fresh,
@@ -110,13 +166,14 @@ The idle check reads a bucket's clock under the ``PerKey``'s own lock (not the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, final, overload
 
 from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import NotAcquired
@@ -146,6 +203,8 @@ from ._ratelimit import (
     wait_async,
     wait_thread,
 )
+from ._redis_bucket import RedisTokenBucket, RedisTokenBucketStatistics
+from ._redis_limiter import RedisCapacityLimiter, RedisCapacityLimiterStatistics
 
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
@@ -160,13 +219,21 @@ __all__ = [
 ]
 
 K = TypeVar("K", bound=Hashable)
-L = TypeVar("L", bound="CapacityLimiter | TokenBucket | Limits | AsyncLimiter")
-
-Simple: TypeAlias = "CapacityLimiter | TokenBucket | AsyncLimiter"
-MemberStatistics: TypeAlias = (
-    "CapacityLimiterStatistics | TokenBucketStatistics | AsyncLimiterStatistics"
+L = TypeVar(
+    "L",
+    bound="CapacityLimiter | TokenBucket | Limits | AsyncLimiter | RedisCapacityLimiter | "
+    "RedisTokenBucket",
 )
-TaskLimit: TypeAlias = "CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any] | AsyncLimiter"
+
+Redis: TypeAlias = "RedisCapacityLimiter | RedisTokenBucket"
+Simple: TypeAlias = "CapacityLimiter | TokenBucket | AsyncLimiter | Redis"
+MemberStatistics: TypeAlias = (
+    "CapacityLimiterStatistics | TokenBucketStatistics | AsyncLimiterStatistics | "
+    "RedisCapacityLimiterStatistics | RedisTokenBucketStatistics"
+)
+TaskLimit: TypeAlias = (
+    "CapacityLimiter | TokenBucket | Limits | PerKey[Any, Any] | AsyncLimiter | Redis"
+)
 """What a pool takes as ``limit=`` (a ``ThreadPool`` refuses an ``AsyncLimiter``: see
 :func:`pool_limits`)."""
 
@@ -178,14 +245,17 @@ mirror_collecting(globals())
 
 
 class _Entry(Generic[L]):
-    __slots__ = ("limit", "ops", "pins")
+    __slots__ = ("limit", "ops", "pins", "redis")
 
-    def __init__(self, limit: L, ops: CapacityLimiter | TokenBucket | Limits) -> None:
+    def __init__(
+        self, limit: L, ops: CapacityLimiter | TokenBucket | Limits, redis: tuple[Redis, ...]
+    ) -> None:
         self.limit: L = limit  # what the factory made (statistics_for shows it)
-        # What acquisitions go through: the limit itself, or for an aiolimiter.AsyncLimiter a
-        # Limits around it (which knows how to wait on it, refuse threads and tell when idle).
+        # What acquisitions go through: the limit itself, or for an aiolimiter.AsyncLimiter or
+        # a Redis limit a Limits around it (which knows how to wait on it and tell when idle).
         self.ops = ops
         self.pins = 0
+        self.redis = redis  # its Redis limits, closed when it is forgotten (the PerKey's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +278,14 @@ class PerKeyStatistics:
 class PerKey(Generic[K, L]):
     """A limit per key: ``PerKey(lambda: TokenBucket("2/s"))`` paces each host on its own.
 
-    ``factory`` is called with no arguments to make the limit of a new key: a
-    :class:`CapacityLimiter`, a :class:`TokenBucket`, a :class:`Limits` (for a cap *and* a rate
-    per key) or an ``aiolimiter.AsyncLimiter`` (asyncio only: see the module docstring).
+    ``factory`` is called with no arguments (or, with ``with_key=True``, with the key) to make
+    the limit of a new key: a :class:`CapacityLimiter`, a :class:`TokenBucket`, a
+    :class:`Limits` (for a cap *and* a rate per key), an ``aiolimiter.AsyncLimiter`` (asyncio
+    only: see the module docstring), or a ``RedisCapacityLimiter`` / ``RedisTokenBucket``
+    (which need the key to name theirs in Redis: ``PerKey(lambda host:
+    RedisTokenBucket(URL, f"host:{host}", "5/s"), with_key=True)``; see "Redis members" in the
+    module docstring).  The ``PerKey`` owns the Redis limits its factory makes: it closes those
+    it forgets, and :meth:`aclose` (or :meth:`close` from a thread) closes the rest.
     ``await acquire(key, cost)``, ``try_acquire``, ``acquire_blocking`` and ``release(key,
     cost)`` act on that key's limit; ``async with per_key.hold(key):`` (or ``hold_blocking`` in a
     thread) pairs them.  Releasing a token bucket or an AsyncLimiter does nothing (what they
@@ -219,42 +294,80 @@ class PerKey(Generic[K, L]):
     forgotten.
 
     Args:
-        factory: Called with no arguments to make a new key's limit.
+        factory: Makes a new key's limit: called with no arguments, or with the key if
+            ``with_key`` is true.
+        with_key: Whether ``factory`` takes the key (``factory(key)``); default False
+            (``factory()``).
         name: A name for dumps, metrics and ``repr``.
         sweep_per_use: How many of the least recently used keys each use checks for idleness
             (forgetting them if idle); at least 1.
 
     Raises:
-        TypeError: If ``factory`` is not callable, ``sweep_per_use`` is not an int, or ``name``
-            is not a str.
+        TypeError: If ``factory`` is not callable, ``with_key`` is not a bool,
+            ``sweep_per_use`` is not an int, or ``name`` is not a str.
         ValueError: If ``sweep_per_use`` is below 1.
     """
 
     __slots__ = (
         "__weakref__",
         "_acquired",
+        "_closed",
         "_created",
         "_entries",
         "_factory",
         "_forgotten",
+        "_links",
         "_lock",
         "_name",
         "_rate_only",
+        "_retired",
         "_sweep",
+        "_with_key",
     )
 
+    @overload
     def __init__(
-        self, factory: Callable[[], L], *, name: str | None = None, sweep_per_use: int = 4
+        self,
+        factory: Callable[[], L],
+        *,
+        with_key: Literal[False] = False,
+        name: str | None = None,
+        sweep_per_use: int = 4,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        factory: Callable[[K], L],
+        *,
+        with_key: Literal[True],
+        name: str | None = None,
+        sweep_per_use: int = 4,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        factory: Callable[..., L],
+        *,
+        with_key: bool = False,
+        name: str | None = None,
+        sweep_per_use: int = 4,
     ) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be a callable that makes a limit, got {factory!r}")
+        if not isinstance(with_key, bool):
+            raise TypeError(
+                f"with_key must be a bool (True: the factory is called with the key), got "
+                f"{with_key!r}"
+            )
         if isinstance(sweep_per_use, bool) or not isinstance(sweep_per_use, int):
             raise TypeError(f"sweep_per_use must be an int, got {sweep_per_use!r}")
         if sweep_per_use < 1:
             raise ValueError(f"sweep_per_use must be >= 1, got {sweep_per_use!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
-        self._factory: Callable[[], L] = factory
+        self._factory: Callable[..., L] = factory
+        self._with_key = with_key
         self._name = name
         self._sweep = sweep_per_use
         self._lock = threading.Lock()
@@ -265,30 +378,49 @@ class PerKey(Generic[K, L]):
         # Set by the first limit made: True if it holds nothing to give back (token buckets
         # only), so that release() has nothing to do even for a key forgotten meanwhile.
         self._rate_only: bool | None = None
+        # Redis members: the links of those made (kept open while this PerKey is: see
+        # RedisLink.retain), and those forgotten under the lock, closed once it is let go.
+        self._links: dict[int, Any] = {}
+        self._retired: list[_Entry[L]] = []
+        self._closed = False
         register(self, "per_key")
 
     # ----------------------------------------------------------------- keys
 
-    def _make(self) -> _Entry[L]:
+    def _make(self, key: K) -> _Entry[L]:
+        if self._closed:
+            raise RuntimeError(f"{self!r} was closed (aclose()/close()); make a new one")
         ops: CapacityLimiter | TokenBucket | Limits
         with unregistered():  # reported through this PerKey, not one by one
-            limit = self._factory()
-            if aio.is_async_limiter(limit):
+            limit = self._factory(key) if self._with_key else self._factory()
+            if aio.is_async_limiter(limit) or isinstance(
+                limit, (RedisCapacityLimiter, RedisTokenBucket)
+            ):
                 ops = Limits(limit)
             elif isinstance(limit, (CapacityLimiter, TokenBucket, Limits)):
                 ops = limit
             else:
                 raise TypeError(
                     f"the factory must return a CapacityLimiter, TokenBucket or Limits (or an "
-                    f"aiolimiter.AsyncLimiter), got {limit!r}"
+                    f"aiolimiter.AsyncLimiter, RedisCapacityLimiter or RedisTokenBucket), got "
+                    f"{limit!r}"
                 )
         if isinstance(limit, Limits) and limit._keyed:
             raise TypeError("the factory's Limits may not itself contain a PerKey")
+        redis: tuple[Redis, ...] = ()
+        if isinstance(ops, Limits) and ops._redis:
+            redis = (*ops._rlimiters, *ops._rbuckets)
+            for m in redis:
+                link = m._link
+                if id(link) not in self._links:
+                    link.retain()
+                    if self._links.setdefault(id(link), link) is not link:
+                        link.release_soon()  # another thread kept it first
         if self._rate_only is None:
             self._rate_only = isinstance(ops, TokenBucket) or (
-                isinstance(ops, Limits) and not ops._limiters
+                isinstance(ops, Limits) and not ops._limiters and not ops._rlimiters
             )
-        return _Entry(limit, ops)
+        return _Entry(limit, ops, redis)
 
     def _pin(self, key: K) -> _Entry[L]:
         lock = self._lock
@@ -303,9 +435,11 @@ class PerKey(Generic[K, L]):
             lock.release()
         if graveyard:  # waiters stranded in the limits looked at, dropped: let them go now
             lay_to_rest()
+        if self._retired:
+            self._retire()
         if entry is not None:
             return entry
-        fresh = self._make()  # the factory is the user's code: it runs holding no lock
+        fresh = self._make(key)  # the factory is the user's code: it runs holding no lock
         take(lock, "PerKey")
         try:
             entry = self._entries.get(key)
@@ -314,13 +448,31 @@ class PerKey(Generic[K, L]):
                 self._created += 1
             else:  # another thread made the key's limit meanwhile: that one is the key's
                 self._entries.move_to_end(key)
+                if fresh.redis:
+                    self._retired.append(fresh)
             entry.pins += 1
             self._forget_some()
         finally:
             lock.release()
         if graveyard:
             lay_to_rest()
+        if self._retired:
+            self._retire()
         return entry
+
+    def _retire(self) -> None:
+        """Close the Redis limits of the keys forgotten (called holding no lock: closing stops
+        heartbeats and lets go of links, without waiting)."""
+        lock = self._lock
+        if not take_or_defer(lock, self._retire):
+            return
+        try:
+            entries, self._retired = self._retired, []
+        finally:
+            lock.release()
+        for entry in entries:
+            for m in entry.redis:
+                m._retire()
 
     def _unpin(self, entry: _Entry[L], acquired: bool) -> None:
         lock = self._lock
@@ -345,6 +497,8 @@ class PerKey(Generic[K, L]):
                 entries[key] = entry  # busy: to the back of the line
             else:
                 self._forgotten += 1
+                if entry.redis:
+                    self._retired.append(entry)  # closed once the lock is let go
 
     def _forget_if_idle(self, key: K, entry: _Entry[L]) -> None:
         lock = self._lock
@@ -354,10 +508,14 @@ class PerKey(Generic[K, L]):
             if self._entries.get(key) is entry and not entry.pins and entry.ops._is_idle():
                 del self._entries[key]
                 self._forgotten += 1
+                if entry.redis:
+                    self._retired.append(entry)
         finally:
             lock.release()
         if graveyard:
             lay_to_rest()
+        if self._retired:
+            self._retire()
 
     def sweep(self) -> int:
         """Forget every idle key now; return how many were forgotten."""
@@ -365,13 +523,53 @@ class PerKey(Generic[K, L]):
         try:
             idle = [k for k, e in self._entries.items() if not e.pins and e.ops._is_idle()]
             for k in idle:
-                del self._entries[k]
+                entry = self._entries.pop(k)
+                if entry.redis:
+                    self._retired.append(entry)
             self._forgotten += len(idle)
         finally:
             self._lock.release()
         if graveyard:
             lay_to_rest()
+        if self._retired:
+            self._retire()
         return len(idle)
+
+    def _close_all(self) -> tuple[list[Redis], list[Any]]:
+        """Forget every key; return the Redis limits to close and the links to let go."""
+        take(self._lock, "PerKey.aclose()")
+        try:
+            self._closed = True
+            entries = [*self._entries.values(), *self._retired]
+            self._entries.clear()
+            self._retired = []
+            links = list(self._links.values())
+            self._links.clear()
+        finally:
+            self._lock.release()
+        return [m for e in entries for m in e.redis], links
+
+    async def aclose(self) -> None:
+        """Forget every key and close the Redis limits the factory made (their ``aclose()``:
+        what they hold is given back in Redis, their heartbeats stop); idempotent.
+
+        Only a ``PerKey`` with Redis members needs it (for the others it just forgets every
+        key).  Acquisitions still holding are not waited for; a new key after it raises
+        ``RuntimeError``.
+        """
+        limits, links = self._close_all()
+        for m in limits:
+            await m.aclose()
+        for link in links:
+            await link.arelease()
+
+    def close(self) -> None:
+        """Thread form of :meth:`aclose` (for Redis limits used from threads)."""
+        limits, links = self._close_all()
+        for m in limits:
+            m.close()
+        for link in links:
+            link.release()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -433,6 +631,25 @@ class PerKey(Generic[K, L]):
         ok = False
         try:
             ok = entry.ops.try_acquire(cost)  # type: ignore[arg-type]
+        finally:
+            self._unpin(entry, ok)
+        return ok
+
+    async def try_acquire_async(self, key: K, cost: float = 1) -> bool:
+        """:meth:`try_acquire` from a task, for keys whose limits are kept in Redis: it waits
+        for Redis' answers (a round trip or so), never for room.
+
+        Raises:
+            ValueError: If ``cost`` can never fit the key's limit.
+            RedisUnavailable: As the key's Redis limit raises it (``on_error="raise"``).
+        """
+        entry = self._pin(key)
+        ok = False
+        try:
+            if isinstance(entry.ops, Limits):
+                ok = await entry.ops.try_acquire_async(cost)
+            else:
+                ok = entry.ops.try_acquire(cost)  # type: ignore[arg-type]
         finally:
             self._unpin(entry, ok)
         return ok
@@ -579,7 +796,7 @@ class LimitsStatistics:
 class _Plan:
     """What one acquisition takes part in: the fixed members plus, per key, the keyed ones."""
 
-    __slots__ = ("aio", "buckets", "entries", "limiters")
+    __slots__ = ("aio", "buckets", "entries", "limiters", "rbuckets", "redis", "rlimiters")
 
     def __init__(
         self,
@@ -587,34 +804,62 @@ class _Plan:
         aio: tuple[AsyncLimiter, ...],
         buckets: tuple[TokenBucket, ...],
         entries: list[tuple[PerKey[Any, Any], _Entry[Any]]],
+        rlimiters: tuple[RedisCapacityLimiter, ...] = (),
+        rbuckets: tuple[RedisTokenBucket, ...] = (),
     ) -> None:
         self.limiters = limiters
         self.aio = aio
         self.buckets = buckets
         self.entries = entries
+        self.rlimiters = rlimiters
+        self.rbuckets = rbuckets
+        self.redis = bool(rlimiters or rbuckets)  # then the acquisition takes the Redis path
 
 
 def _flatten(limit: object) -> list[Simple]:
     if isinstance(limit, Limits):
         return list(limit._members)
-    if isinstance(limit, (CapacityLimiter, TokenBucket)) or aio.is_async_limiter(limit):
+    if isinstance(
+        limit, (CapacityLimiter, TokenBucket, RedisCapacityLimiter, RedisTokenBucket)
+    ) or aio.is_async_limiter(limit):
         return [limit]
     raise TypeError(
         f"Limits() takes CapacityLimiter, TokenBucket, PerKey or Limits objects, got {limit!r} "
-        f"(aiolimiter.AsyncLimiter objects are taken too)"
+        f"(aiolimiter.AsyncLimiter objects are taken too); so are RedisCapacityLimiter and "
+        f"RedisTokenBucket objects (poolkit.redis)"
     )
 
 
+def _redis_order(r: RedisCapacityLimiter) -> tuple[str, int]:
+    return r._order()
+
+
 def _member_statistics(m: Simple) -> MemberStatistics:
-    if isinstance(m, (CapacityLimiter, TokenBucket)):
+    if isinstance(m, (CapacityLimiter, TokenBucket, RedisCapacityLimiter, RedisTokenBucket)):
         return m.statistics()
     return aio.statistics(m)
 
 
-def _member_repr(m: CapacityLimiter | TokenBucket | AsyncLimiter | PerKey[Any, Any]) -> str:
-    if isinstance(m, (CapacityLimiter, TokenBucket, PerKey)):
+def _member_repr(m: Simple | PerKey[Any, Any]) -> str:
+    if isinstance(
+        m, (CapacityLimiter, TokenBucket, PerKey, RedisCapacityLimiter, RedisTokenBucket)
+    ):
         return repr(m)
     return aio.statistics_repr(aio.statistics(m))
+
+
+def _give_back_redis(
+    held: list[RedisCapacityLimiter], refunds: list[RedisTokenBucket], cost: float
+) -> None:
+    """Give back what a failed or cancelled acquisition took in Redis, without waiting (see
+    ``_release_soon`` and ``_refund_soon``); every member gets its share even if one fails."""
+    # The acquisition's own error is the one raised: these are only given their chance.
+    for r in reversed(held):
+        with contextlib.suppress(Exception):
+            r._release_soon(cost)  # type: ignore[arg-type]
+    for b in refunds:
+        with contextlib.suppress(Exception):
+            b._refund_soon(cost)
 
 
 def pool_limits(limit: object, *, threads: bool = False) -> Limits:
@@ -622,7 +867,9 @@ def pool_limits(limit: object, *, threads: bool = False) -> Limits:
     is reported; this wrapper is the pool's).
 
     ``WorkerPool`` calls it with ``threads=False``: a :class:`CapacityLimiter`,
-    :class:`TokenBucket`, :class:`Limits`, :class:`PerKey` or ``aiolimiter.AsyncLimiter``.
+    :class:`TokenBucket`, :class:`Limits`, :class:`PerKey`, ``RedisCapacityLimiter``,
+    ``RedisTokenBucket`` or ``aiolimiter.AsyncLimiter``.  A Redis limit must have a client the
+    pool's workers can use (a URL serves both kinds).
     ``ThreadPool`` calls it with ``threads=True``: the same but for an ``AsyncLimiter``, alone or
     in a ``Limits``, which worker threads cannot wait on.  (A ``PerKey`` whose factory makes
     ``AsyncLimiter`` objects cannot be recognised before its first key; a thread's acquisition
@@ -632,9 +879,10 @@ def pool_limits(limit: object, *, threads: bool = False) -> Limits:
         TypeError: ``limit`` is none of these; or, with ``threads=True``, it is or holds an
             ``aiolimiter.AsyncLimiter``.  The message names the pool's argument and the value.
     """
-    if not isinstance(limit, (CapacityLimiter, TokenBucket, Limits, PerKey)) and not (
-        aio.is_async_limiter(limit)
-    ):
+    if not isinstance(
+        limit,
+        (CapacityLimiter, TokenBucket, Limits, PerKey, RedisCapacityLimiter, RedisTokenBucket),
+    ) and not (aio.is_async_limiter(limit)):
         also = "" if threads else " (or an aiolimiter.AsyncLimiter)"
         raise TypeError(
             f"limit must be a CapacityLimiter, TokenBucket, Limits or PerKey{also}, got {limit!r}"
@@ -649,6 +897,20 @@ def pool_limits(limit: object, *, threads: bool = False) -> Limits:
             f"loop, so worker threads cannot wait on it; use a poolkit.TokenBucket (threads and "
             f"tasks share one), or a WorkerPool"
         )
+    redis: tuple[Redis, ...] = (*limits._rlimiters, *limits._rbuckets)
+    for m in redis:
+        if threads and not m._link.serves_threads:
+            raise TypeError(
+                f"limit={limit!r} cannot be used by a ThreadPool: {m!r} was given a "
+                f"redis.asyncio.Redis client, which worker threads cannot use; give it a URL or "
+                f"a redis.Redis"
+            )
+        if not threads and not m._link.serves_tasks:
+            raise TypeError(
+                f"limit={limit!r} cannot be used by a WorkerPool: {m!r} was given a blocking "
+                f"redis.Redis client, which tasks cannot use; give it a URL or a "
+                f"redis.asyncio.Redis"
+            )
     return limits
 
 
@@ -657,7 +919,9 @@ class Limits:
     """Several :class:`CapacityLimiter`, :class:`TokenBucket` and :class:`PerKey` limits as one.
 
     A member may also be an ``aiolimiter.AsyncLimiter``; such ``Limits`` work from tasks on that
-    limiter's event loop only (see "aiolimiter members" in the module docstring).
+    limiter's event loop only (see "aiolimiter members" in the module docstring).  Or a
+    ``RedisCapacityLimiter`` / ``RedisTokenBucket``, shared by every process: see "Redis members"
+    (``try_acquire`` then works from threads, :meth:`try_acquire_async` from tasks).
 
     ``async with limits:`` (or ``with`` in a thread) holds one unit of every member;
     ``acquire(cost)``/``release(cost)`` charge ``cost`` to every member (an ``int`` when there are
@@ -670,7 +934,7 @@ class Limits:
 
     Args:
         limits: The members: limiters, buckets, ``PerKey`` objects, other ``Limits``,
-            ``aiolimiter.AsyncLimiter`` objects.
+            ``aiolimiter.AsyncLimiter`` objects, Redis limiters and buckets.
         name: A name for dumps, metrics and ``repr``.
 
     Raises:
@@ -684,10 +948,14 @@ class Limits:
         "_aio",
         "_aio_made",
         "_buckets",
+        "_fixed",
         "_keyed",
         "_limiters",
         "_members",
         "_name",
+        "_rbuckets",
+        "_redis",
+        "_rlimiters",
     )
 
     _members: tuple[Simple, ...]
@@ -695,7 +963,7 @@ class Limits:
 
     def __init__(
         self,
-        *limits: CapacityLimiter | TokenBucket | PerKey[Any, Any] | Limits | AsyncLimiter,
+        *limits: CapacityLimiter | TokenBucket | PerKey[Any, Any] | Limits | AsyncLimiter | Redis,
         name: str | None = None,
     ) -> None:
         members: list[Simple] = []
@@ -723,15 +991,22 @@ class Limits:
         self._aio: tuple[AsyncLimiter, ...] = tuple(m for m in members if aio.is_async_limiter(m))
         # Their settings as given, for the idle check of PerKey (see aio.is_idle).
         self._aio_made = tuple(aio.settings(a) for a in self._aio)
+        self._rlimiters = tuple(
+            sorted((m for m in members if isinstance(m, RedisCapacityLimiter)), key=_redis_order)
+        )
+        self._rbuckets = tuple(m for m in members if isinstance(m, RedisTokenBucket))
+        self._redis = bool(self._rlimiters or self._rbuckets)
+        # What an acquisition takes part in, when no PerKey adds to it (see _plan).
+        self._fixed = _Plan(
+            self._limiters, self._aio, self._buckets, [], self._rlimiters, self._rbuckets
+        )
         if len({id(b._clock) for b in self._buckets}) > 1:
             raise ValueError("the token buckets in one Limits() must share one clock")
         self._name = name
         register(self, "limits")
 
     @property
-    def members(
-        self,
-    ) -> tuple[CapacityLimiter | TokenBucket | AsyncLimiter | PerKey[Any, Any], ...]:
+    def members(self) -> tuple[Simple | PerKey[Any, Any], ...]:
         """The limits enforced (nested ``Limits`` flattened; per-key members last)."""
         return (*self._members, *self._keyed)
 
@@ -756,7 +1031,9 @@ class Limits:
 
     def _is_idle(self) -> bool:
         return all(
-            m._is_idle() for m in self._members if isinstance(m, (CapacityLimiter, TokenBucket))
+            m._is_idle()
+            for m in self._members
+            if isinstance(m, (CapacityLimiter, TokenBucket, RedisCapacityLimiter, RedisTokenBucket))
         ) and all(aio.is_idle(a, made) for a, made in zip(self._aio, self._aio_made, strict=True))
 
     def _label(self) -> str:
@@ -769,7 +1046,7 @@ class Limits:
         if not self._keyed:
             if key is not None:
                 raise ValueError("key= given, but these Limits have no PerKey member")
-            plan = _Plan(self._limiters, self._aio, self._buckets, [])
+            plan = self._fixed  # read-only: shared by every acquisition
         else:
             if key is None:
                 raise ValueError("these Limits have a PerKey member: pass key=")
@@ -785,6 +1062,8 @@ class Limits:
             limiters = list(self._limiters)
             aios = list(self._aio)
             buckets = list(self._buckets)
+            rlimiters = list(self._rlimiters)
+            rbuckets = list(self._rbuckets)
             for _, entry in entries:
                 for m in _flatten(entry.limit):
                     if id(m) in seen:
@@ -799,15 +1078,27 @@ class Limits:
                         limiters.append(m)
                     elif isinstance(m, TokenBucket):
                         buckets.append(m)
+                    elif isinstance(m, RedisCapacityLimiter):
+                        rlimiters.append(m)
+                    elif isinstance(m, RedisTokenBucket):
+                        rbuckets.append(m)
                     else:
                         aios.append(m)
             limiters.sort(key=id)
-            plan = _Plan(tuple(limiters), tuple(aios), tuple(buckets), entries)
+            rlimiters.sort(key=_redis_order)
+            plan = _Plan(
+                tuple(limiters),
+                tuple(aios),
+                tuple(buckets),
+                entries,
+                tuple(rlimiters),
+                tuple(rbuckets),
+            )
             if len({id(b._clock) for b in plan.buckets}) > 1:
                 self._unpin(plan, False)
                 raise ValueError("the token buckets of these Limits and key must share one clock")
         try:
-            if plan.limiters:
+            if plan.limiters or plan.rlimiters:
                 check_weight(cost, "cost")  # type: ignore[arg-type]
             for lim in plan.limiters:
                 lim._check(cost)  # type: ignore[arg-type]
@@ -815,6 +1106,11 @@ class Limits:
                 aio.check_cost(a, cost)
             for b in plan.buckets:
                 b._check_cost(cost)
+            if plan.redis:
+                for r in plan.rlimiters:
+                    r._check(cost)
+                for rb in plan.rbuckets:
+                    rb._check_cost(cost)
         except BaseException:
             self._unpin(plan, False)
             raise
@@ -850,9 +1146,14 @@ class Limits:
             ValueError, TypeError: for a ``cost`` that can never fit a member, or a ``key=``
                 missing or unexpected.
             TypeError: an AsyncLimiter member, and this thread runs no event loop.
-            RuntimeError: an AsyncLimiter member belongs to another event loop, still open.
+            RuntimeError: an AsyncLimiter member belongs to another event loop, still open; or
+                a Redis member, and this thread runs an event loop (use
+                :meth:`try_acquire_async` there).
+            RedisUnavailable: a Redis member could not reach Redis (``on_error="raise"``).
         """
         plan = self._plan(key, cost)
+        if plan.redis:
+            return self._try_redis_blocking(plan, cost)
         ok = False
         try:
             if plan.aio:
@@ -927,6 +1228,7 @@ class Limits:
         label = self._label()
         deadline = None if timeout is None else loop.time() + timeout
         held: list[CapacityLimiter] = []
+        taken: tuple[list[RedisCapacityLimiter], list[RedisTokenBucket]] | None = None
         ok = False
         try:
             for a in plan.aio:
@@ -935,6 +1237,16 @@ class Limits:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 await lim.acquire(cost, timeout=left)  # type: ignore[arg-type]
                 held.append(lim)
+            if plan.redis:  # Redis slots in key order, then each Redis bucket's tokens
+                taken = rheld, refunds = [], []
+                for r in plan.rlimiters:
+                    left = None if deadline is None else max(0.0, deadline - loop.time())
+                    await r.acquire(cost, timeout=left)  # type: ignore[arg-type]
+                    rheld.append(r)
+                for rb in plan.rbuckets:
+                    left = None if deadline is None else max(0.0, deadline - loop.time())
+                    if await rb._take(cost, left):
+                        refunds.append(rb)
             for a in plan.aio:  # spent once granted: see the module docstring
                 await aio.take_async(a, cost, loop, deadline, label)
             if plan.buckets:
@@ -963,6 +1275,8 @@ class Limits:
                 plan.entries = []
             else:
                 self._give_back(held, cost)
+            if taken is not None:
+                _give_back_redis(*taken, cost)  # never waits
             raise
         finally:
             self._unpin(plan, ok)
@@ -982,14 +1296,27 @@ class Limits:
         plan = self._plan(key, cost)
         deadline = None if timeout is None else monotonic() + timeout
         held: list[CapacityLimiter] = []
+        taken: tuple[list[RedisCapacityLimiter], list[RedisTokenBucket]] | None = None
         ok = False
         try:
             if plan.aio:
                 raise aio.refuse_thread(plan.aio[0], "Limits.acquire_blocking()")
+            if plan.redis:
+                refuse_in_loop("Limits.acquire_blocking")  # a Redis call would block the loop
             for lim in plan.limiters:
                 left = None if deadline is None else max(0.0, deadline - monotonic())
                 lim.acquire_blocking(cost, timeout=left)  # type: ignore[arg-type]
                 held.append(lim)
+            if plan.redis:  # Redis slots in key order, then each Redis bucket's tokens
+                taken = rheld, refunds = [], []
+                for r in plan.rlimiters:
+                    left = None if deadline is None else max(0.0, deadline - monotonic())
+                    r.acquire_blocking(cost, timeout=left)  # type: ignore[arg-type]
+                    rheld.append(r)
+                for rb in plan.rbuckets:
+                    left = None if deadline is None else max(0.0, deadline - monotonic())
+                    if rb._take_blocking(cost, left):
+                        refunds.append(rb)
             if plan.buckets:
                 clock = plan.buckets[0]._clock
                 parts = tuple((b, cost) for b in plan.buckets)
@@ -1012,8 +1339,118 @@ class Limits:
             ok = True
         except BaseException:
             self._give_back(held, cost)
+            if taken is not None:
+                _give_back_redis(*taken, cost)
             raise
         finally:
+            self._unpin(plan, ok)
+
+    # ----------------------------------------------------------------- with Redis members
+    #
+    # (See "Redis members" in the module docstring.)
+
+    async def try_acquire_async(self, cost: float = 1, *, key: object = None) -> bool:
+        """:meth:`try_acquire` from a task, also with Redis members: it awaits Redis' answers
+        (a round trip per Redis member), never room.  Nothing is taken if it returns False, is
+        cancelled or raises (what Redis granted meanwhile is given back).
+
+        Raises:
+            As :meth:`try_acquire`; and RedisUnavailable if a Redis member cannot reach Redis
+            (``on_error="raise"``).
+        """
+        plan = self._plan(key, cost)
+        if not plan.redis:
+            self._unpin(plan, False)
+            return self.try_acquire(cost, key=key)
+        loop = asyncio.get_running_loop()
+        held: list[CapacityLimiter] = []
+        rheld: list[RedisCapacityLimiter] = []
+        refunds: list[RedisTokenBucket] = []
+        ok = False
+        try:
+            for a in plan.aio:
+                aio.check_loop(a, loop, "Limits.try_acquire_async()")
+            for lim in plan.limiters:
+                if not lim.try_acquire(cost):  # type: ignore[arg-type]
+                    return False
+                held.append(lim)
+            for r in plan.rlimiters:
+                if not await r.try_acquire(cost):  # type: ignore[arg-type]
+                    return False
+                rheld.append(r)
+            for rb in plan.rbuckets:
+                granted, refundable = await rb._try_take(cost)
+                if not granted:
+                    return False
+                if refundable:
+                    refunds.append(rb)
+            # From here on nothing is awaited, as in try_acquire: the AsyncLimiters' room holds.
+            for a in plan.aio:
+                if not aio.can_take_now(a, cost):
+                    return False
+            if plan.buckets and not self._try_buckets(plan, cost):
+                return False
+            for a in plan.aio:
+                aio.take_now(a, cost)
+            ok = True
+            return True
+        finally:
+            if not ok:
+                self._give_back(held, cost)
+                _give_back_redis(rheld, refunds, cost)
+            self._unpin(plan, ok)
+
+    def _try_buckets(self, plan: _Plan, cost: float) -> bool:
+        parts = tuple((b, cost) for b in plan.buckets)
+        now = plan.buckets[0]._now()  # the clock is the user's code: before the lock
+        if not COLLECTING:
+            LOCK.acquire()
+        elif not enter(LOCK):
+            return False
+        try:
+            taken = try_take(parts, now)
+        finally:
+            LOCK.release()
+        if graveyard:
+            lay_to_rest()
+        return taken
+
+    def _try_redis_blocking(self, plan: _Plan, cost: float) -> bool:
+        """:meth:`try_acquire` with Redis members: from a thread, with their blocking forms."""
+        held: list[CapacityLimiter] = []
+        rheld: list[RedisCapacityLimiter] = []
+        refunds: list[RedisTokenBucket] = []
+        ok = False
+        try:
+            if plan.aio:
+                raise aio.refuse_thread(plan.aio[0], "Limits.try_acquire() with Redis members")
+            if aio.running_loop() is not None:
+                raise RuntimeError(
+                    f"{self!r}.try_acquire() would wait for Redis on the event loop's thread; "
+                    f"await try_acquire_async() there"
+                )
+            for lim in plan.limiters:
+                if not lim.try_acquire(cost):  # type: ignore[arg-type]
+                    return False
+                held.append(lim)
+            for r in plan.rlimiters:
+                if not r.try_acquire_blocking(cost):  # type: ignore[arg-type]
+                    return False
+                rheld.append(r)
+            for rb in plan.rbuckets:
+                granted, refundable = rb._try_take_blocking(cost)
+                if not granted:
+                    return False
+                if refundable:
+                    refunds.append(rb)
+            if plan.buckets and not self._try_buckets(plan, cost):
+                return False
+            ok = True
+            return True
+        finally:
+            if not ok:
+                self._give_back(held, cost)
+                _give_back_redis(rheld, refunds, cost)
             self._unpin(plan, ok)
 
     def release(self, cost: float = 1, *, key: object = None) -> None:
@@ -1033,6 +1470,11 @@ class Limits:
             raise ValueError("these Limits have a PerKey member: pass key=")
         # Every member gets its share back, even if one of them complains.
         error: BaseException | None = None
+        for r in reversed(self._rlimiters):  # (none unless Redis members): Redis hears soon
+            try:
+                r._release_soon(cost)  # type: ignore[arg-type]
+            except BaseException as exc:
+                error = error or exc
         for lim in reversed(self._limiters):
             try:
                 lim.release(cost)  # type: ignore[arg-type]

@@ -60,6 +60,16 @@ caller is cancelled is waited for (it takes at most ``op_timeout``): if it had q
 the ticket is removed; if it had granted the tokens, they are given back (``tat -= c*T``), so a
 cancelled acquire has consumed nothing.
 
+In Limits and PerKey
+--------------------
+A :class:`~poolkit.Limits` takes a Redis bucket's tokens after every concurrency slot, one bucket
+after the other; if a later member then fails, times out or is cancelled, the tokens Redis
+granted are *refunded* (:meth:`RedisTokenBucket._refund_soon`: the leave script moves ``tat``
+back by the cost, so no more than the burst can ever be there), in a task that ``aclose()`` waits
+for, or in the call from a thread.  Tokens granted by the ``on_error`` policy are not refunded,
+and a refund that cannot reach Redis leaves them spent.  The state lives in Redis, so a ``PerKey``
+may forget an object as soon as nobody waits in it and nothing of it is in flight.
+
 Configuration lives in Redis
 ----------------------------
 Rate and burst are fields of the state hash.  The constructor's values are written only when
@@ -100,7 +110,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import threading
 import time
@@ -412,9 +421,6 @@ class RedisTokenBucketStatistics:
     """Acquisitions that ``on_error="allow"`` or ``"local"`` served without Redis."""
 
 
-_tickets = itertools.count(1)
-
-
 def _check_rate(rate: float | str) -> float:
     value = parse_rate(rate)
     if not (0 < value < math.inf):
@@ -704,6 +710,11 @@ class RedisTokenBucket:
             ValueError, TypeError: If ``cost`` is not a number in (0, burst].
             RedisUnavailable: With ``on_error="raise"``, if Redis cannot be reached in time.
         """
+        return (await self._try_take(cost))[0]
+
+    async def _try_take(self, cost: float) -> tuple[bool, bool]:
+        """:meth:`try_acquire`, and whether Redis granted it (then :meth:`_refund_soon` can give
+        it back) rather than the ``on_error`` policy."""
         cost = self._check_cost(cost)
         try:
             reply = await self._shielded(_LUA_ACQUIRE, self._try_args(cost), "try_acquire")
@@ -714,8 +725,9 @@ class RedisTokenBucket:
         except RedisUnavailable as e:
             if not self._failed(e):
                 raise
-            return self._local is None or self._local.try_acquire(self._local_cost(cost))
-        return self._read(reply, cost)[0] == _GRANTED
+            return self._local is None or self._local.try_acquire(self._local_cost(cost)), False
+        granted = self._read(reply, cost)[0] == _GRANTED
+        return granted, granted
 
     def _try_args(self, cost: float) -> list[object]:
         return self._acquire_args(cost, "try", "-", "-", int(self._lease * 1000), -1)
@@ -746,6 +758,11 @@ class RedisTokenBucket:
                 within ``timeout``, else when it passes.
             RedisUnavailable: With ``on_error="raise"``, if Redis cannot be reached in time.
         """
+        await self._take(cost, timeout)
+
+    async def _take(self, cost: float, timeout: float | None) -> bool:
+        """:meth:`acquire`; True if Redis granted the tokens (then :meth:`_refund_soon` can give
+        them back), False if the ``on_error`` policy admitted the caller without Redis."""
         cost = self._check_cost(cost)
         timeout = check_timeout(timeout)
         loop = asyncio.get_running_loop()
@@ -758,6 +775,8 @@ class RedisTokenBucket:
             if self._local is not None:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 await self._local.acquire(self._local_cost(cost), timeout=left)
+            return False
+        return True
 
     async def _acquire(
         self,
@@ -767,7 +786,7 @@ class RedisTokenBucket:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         link = self._link
-        ticket = f"{link.token}:{next(_tickets)}"
+        ticket = link.new_ticket()
         inbox = _Inbox(loop)
         queued = False  # a ticket may be in Redis: remove it unless granted
         refund = 0.0  # granted to a caller cancelled meanwhile: give it back
@@ -901,14 +920,19 @@ class RedisTokenBucket:
 
     def try_acquire_blocking(self, cost: float = 1) -> bool:
         """Thread form of :meth:`try_acquire`."""
+        return self._try_take_blocking(cost)[0]
+
+    def _try_take_blocking(self, cost: float) -> tuple[bool, bool]:
+        """Thread form of :meth:`_try_take`."""
         cost = self._check_cost(cost)
         try:
             reply = self._eval_blocking(_LUA_ACQUIRE, self._try_args(cost), "try_acquire")
         except RedisUnavailable as e:
             if not self._failed(e):
                 raise
-            return self._local is None or self._local.try_acquire(self._local_cost(cost))
-        return self._read(reply, cost)[0] == _GRANTED
+            return self._local is None or self._local.try_acquire(self._local_cost(cost)), False
+        granted = self._read(reply, cost)[0] == _GRANTED
+        return granted, granted
 
     def acquire_blocking(self, cost: float = 1, *, timeout: float | None = None) -> None:
         """Thread form of :meth:`acquire`: block this thread until the tokens are taken.
@@ -917,6 +941,10 @@ class RedisTokenBucket:
             RuntimeError: If called in a thread that runs an event loop (it would freeze it).
             ValueError, TypeError, TimeoutError, RedisUnavailable: As :meth:`acquire`.
         """
+        self._take_blocking(cost, timeout)
+
+    def _take_blocking(self, cost: float, timeout: float | None) -> bool:
+        """Thread form of :meth:`_take`."""
         cost = self._check_cost(cost)
         timeout = check_timeout(timeout)
         try:
@@ -937,10 +965,12 @@ class RedisTokenBucket:
             if self._local is not None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._local.acquire_blocking(self._local_cost(cost), timeout=left)
+            return False
+        return True
 
     def _acquire_blocking(self, cost: float, timeout: float | None, deadline: float | None) -> None:
         link = self._link
-        ticket = f"{link.token}:{next(_tickets)}"
+        ticket = link.new_ticket()
         inbox = _Inbox(None)
         link.subscribe_blocking(ticket, inbox.put)
         lease_ms = int(self._lease * 1000)
@@ -1028,6 +1058,48 @@ class RedisTokenBucket:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    # ----------------------------------------------------------------- Limits and PerKey
+
+    def _refund_soon(self, cost: float) -> None:
+        """Give back ``cost`` tokens that Redis granted (``_take`` said True) to an acquisition
+        that then failed or was cancelled (a ``Limits`` whose later member did not grant), from
+        synchronous code, without waiting: the bucket's ``tat`` moves back by ``cost``, so the
+        tokens are there again, never beyond the burst.
+
+        The leave script runs in a task of the running loop (which :meth:`aclose` waits for), or
+        in this call on a thread without a loop, or in poolkit's deferred-work thread when
+        neither fits (a garbage collection, or a loop's thread and only a blocking client).  If
+        Redis cannot be reached the tokens stay spent (it fails closed).
+        """
+        args = self._args("-", int(self._lease * 1000), _fmt(cost))
+
+        def start_task(loop: asyncio.AbstractEventLoop) -> None:
+            task = loop.create_task(self._eval(_LUA_LEAVE, args, "refund"))
+            self._pending.add(task)
+            task.add_done_callback(_settled(self._pending))
+
+        self._link.send_soon(start_task, lambda: self._refund_blocking(args))
+
+    def _refund_blocking(self, args: list[object]) -> None:
+        try:
+            self._eval_blocking(_LUA_LEAVE, args, "refund")
+        except (RedisUnavailable, RuntimeError):
+            with self._counting:
+                self._errors += 1
+
+    def _is_idle(self) -> bool:
+        """Whether nobody waits in this object and nothing of it is in flight, so that a
+        ``PerKey`` may forget it: the bucket's state lives in Redis, not here."""
+        return not self._waiting and not self._pending
+
+    def _retire(self) -> None:
+        """Close an idle object without waiting (a ``PerKey`` forgetting it; called holding no
+        lock): its share of the link is let go."""
+        if self._closed:
+            return
+        self._closed = True
+        self._link.release_soon()
+
     # ----------------------------------------------------------------- configuration
 
     def _configure_args(self, rate: float | str | None, burst: float | None) -> list[object]:
@@ -1063,6 +1135,18 @@ async def _wait_event(inbox: _Inbox, delay: float) -> bool:
     except TimeoutError:
         return bool(inbox.items)
     return True
+
+
+def _settled(tasks: set[asyncio.Task[Any]]) -> Any:
+    """A done callback that forgets a task nobody awaits, and reads its outcome (a failure is
+    counted by whoever made it, never reported as unretrieved)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Any:

@@ -82,6 +82,18 @@ the object holds nothing and nobody of it waits, and ``aclose()`` / ``close()`` 
 used from an event loop that then ends while it still holds weight loses its heartbeat: close it
 first.
 
+In Limits and PerKey
+--------------------
+A :class:`~poolkit.Limits` takes Redis limiters after its local slots, in the order of their
+Redis keys (:meth:`RedisCapacityLimiter._order`), the same in every process.  Its ``release`` is
+synchronous: :meth:`RedisCapacityLimiter._release_soon` takes the weight off this object's books
+at once and sends the release script in a task of the running loop (tracked: ``aclose()`` waits
+for it), or in the call from a thread; Redis counts the weight until then, so the cap holds.  A
+``PerKey`` forgets an object that holds nothing, has no waiter and no call in flight
+(``_is_idle``), and closes it without waiting (``_retire``): the heartbeat is stopped, the link let
+go.  ``release()`` itself runs its script in such a task, so a cancelled release still reaches
+Redis.
+
 When Redis is unavailable
 -------------------------
 ``on_error="raise"`` (default): :class:`RedisUnavailable` (cause attached) within ``op_timeout``.
@@ -100,7 +112,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import queue
 import threading
@@ -136,7 +147,6 @@ _KEEP_MS = 600_000
 _MARKS_US = 600_000_000
 
 _logger = logging.getLogger("poolkit.redis")
-_TICKETS = itertools.count()  # ticket numbers: unique per link, whichever limiter uses it
 
 _GRANTED = 1
 _HEAD = 2
@@ -576,6 +586,7 @@ class RedisCapacityLimiter:
         self._blocks: dict[asyncio.Task[Any], int] = {}
         self._doomed: set[asyncio.Task[Any]] = set()
         self._undoing: set[asyncio.Task[None]] = set()  # cancelled acquires being undone
+        self._releasing: set[asyncio.Task[None]] = set()  # releases sent in tasks of their own
         self._thread_blocks = threading.local()
         self._closed = False
         register(self, "redis_limiter")
@@ -952,7 +963,7 @@ class RedisCapacityLimiter:
     async def _acquire(self, weight: int, deadline: float | None, timeout: float | None) -> None:
         link = self._link
         loop = asyncio.get_running_loop()
-        ticket = f"{link.token}:{next(_TICKETS)}"
+        ticket = link.new_ticket()
         inbox = _Inbox(loop)
         await link.subscribe(ticket, inbox.put)
         self._inboxes[ticket] = inbox
@@ -1095,6 +1106,8 @@ class RedisCapacityLimiter:
     async def release(self, weight: int = 1) -> None:
         """Give back ``weight`` (one round trip); waiters anywhere that now fit are granted.
 
+        Cancelled, the release still finishes (in a task that :meth:`aclose` waits for).
+
         Raises:
             NotAcquired: If ``weight`` is more than this object holds.
             TypeError, ValueError: For a bad ``weight``.
@@ -1104,19 +1117,134 @@ class RedisCapacityLimiter:
         call = self._release_local(weight)
         if call is None:
             return
-        _, args = call
+        await asyncio.shield(self._release_task(asyncio.get_running_loop(), call[1]))
+
+    def _release_task(
+        self, loop: asyncio.AbstractEventLoop, args: list[object]
+    ) -> asyncio.Task[None]:
+        task = loop.create_task(self._send_release(args))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return task
+
+    async def _send_release(self, args: list[object]) -> None:
+        """The release script, for weight already taken off the books (``_busy`` counted)."""
+        failed = False
         try:
-            reply = await asyncio.shield(
-                self._link.eval(_RELEASE, self._keys, args, f"{self._label()}: release")
-            )
+            reply = await self._link.eval(_RELEASE, self._keys, args, f"{self._label()}: release")
             self._read(reply)
         except RedisUnavailable:
+            failed = True
             with self._lock:
                 self._errors += 1
-            self._new_lease_if_idle()
+        except BaseException:
+            failed = True  # (cancelled: its loop is shutting down) the outcome is unknown
+            raise
         finally:
             with self._lock:
                 self._busy -= 1
+            if failed:  # (after _busy: an object that holds nothing moves on to a new lease)
+                self._new_lease_if_idle()
+
+    def _send_release_blocking(self, args: list[object]) -> None:
+        """Thread form of :meth:`_send_release`."""
+        failed = False
+        try:
+            reply = self._link.eval_blocking(
+                _RELEASE, self._keys, args, f"{self._label()}: release"
+            )
+            self._read(reply)
+        except RedisUnavailable:
+            failed = True
+            with self._lock:
+                self._errors += 1
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            with self._lock:
+                self._busy -= 1
+            if failed:
+                self._new_lease_if_idle()
+
+    def _release_soon(self, weight: int) -> None:
+        """Give back ``weight`` from synchronous code without waiting for Redis (``Limits``).
+
+        The weight leaves this object's books at once (releasing it a second time raises
+        :class:`NotAcquired`); Redis hears of it
+
+        * on a thread running an event loop: in a task of that loop, started now, which
+          :meth:`aclose` waits for (so no release is lost, and none is left running);
+        * on a thread without one: in this call, one round trip (a ``ThreadPool``'s worker);
+        * during a garbage collection in this thread, or on a loop's thread when the limiter
+          has only a blocking client: in poolkit's deferred-work thread.
+
+        Until the script runs, Redis still counts the weight under the lease, so nobody is
+        admitted early: the cap holds.  If it cannot run (Redis unreachable; or no loop, and
+        only an asyncio client), the weight stays counted under the old lease, which this object
+        stops renewing once it holds nothing: it comes back within ``lease_ttl`` (fails closed).
+
+        Raises:
+            NotAcquired: If ``weight`` is more than this object holds.
+        """
+        call = self._release_local(weight)
+        if call is None:
+            return
+        args = call[1]
+        if self._link.send_soon(
+            lambda loop: self._release_task(loop, args),
+            lambda: self._send_release_blocking(args),
+        ):
+            return
+        with self._lock:  # nothing can send it now: the lease's expiry gives the weight back
+            self._busy -= 1
+            self._errors += 1
+        self._new_lease_if_idle()
+
+    # ----------------------------------------------------------------- Limits and PerKey
+
+    def _order(self) -> tuple[str, int]:
+        """Its place in the one order in which every ``Limits`` takes Redis limiters: by Redis
+        key, the same in every process, so that two processes never wait for each other."""
+        return (self._keys[0], id(self))
+
+    def _is_idle(self) -> bool:
+        """Whether this object holds nothing and has nobody waiting and nothing in flight, so
+        that a ``PerKey`` may forget it (all else it knows lives in Redis)."""
+        with self._lock:
+            return not (
+                self._held
+                or self._waiting
+                or self._busy
+                or self._forfeited
+                or self._allowed
+                or self._local_held
+                or self._undoing
+                or self._releasing
+                or self._inboxes
+            )
+
+    def _retire(self) -> None:
+        """Close an idle object without waiting (a ``PerKey`` forgetting it; called holding no
+        lock): its heartbeat is stopped (a task cancelled, a thread told, not joined), and its
+        share of the link is let go."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            task, self._hb_task = self._hb_task, None
+        self._hb_stop.set()
+        if task is not None and not task.done():
+            try:
+                here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if task.get_loop() is here:
+                task.cancel()
+            else:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+        self._link.release_soon()
 
     def _release_local(self, weight: int) -> tuple[str, list[object]] | None:
         """Take ``weight`` off the local books; return the release script's call, if Redis must
@@ -1261,8 +1389,9 @@ class RedisCapacityLimiter:
         with self._lock:
             held, self._held = self._held, 0
             lease = self._lease
-        if self._undoing:
-            await asyncio.wait(list(self._undoing), timeout=2 * self._link.op_timeout)
+        pending = self._undoing | self._releasing
+        if pending:
+            await asyncio.wait(list(pending), timeout=2 * self._link.op_timeout)
         task, self._hb_task = self._hb_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -1353,7 +1482,7 @@ class RedisCapacityLimiter:
 
     def _acquire_blocking(self, weight: int, deadline: float | None, timeout: float | None) -> None:
         link = self._link
-        ticket = f"{link.token}:{next(_TICKETS)}"
+        ticket = link.new_ticket()
         inbox = _Inbox(None)
         link.subscribe_blocking(ticket, inbox.put)
         self._inboxes[ticket] = inbox
@@ -1464,20 +1593,8 @@ class RedisCapacityLimiter:
     def release_blocking(self, weight: int = 1) -> None:
         """Thread form of :meth:`release`."""
         call = self._release_local(weight)
-        if call is None:
-            return
-        _, args = call
-        try:
-            self._read(
-                self._link.eval_blocking(_RELEASE, self._keys, args, f"{self._label()}: release")
-            )
-        except RedisUnavailable:
-            with self._lock:
-                self._errors += 1
-            self._new_lease_if_idle()
-        finally:
-            with self._lock:
-                self._busy -= 1
+        if call is not None:
+            self._send_release_blocking(call[1])
 
     def __enter__(self) -> None:
         self.acquire_blocking(1)

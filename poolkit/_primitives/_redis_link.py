@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import secrets
 import sys
@@ -73,6 +74,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import ModuleType
 from typing import Any, Literal, cast
 
+from poolkit._core import _wait
 from poolkit._core._exceptions import RedisUnavailable
 
 __all__ = [
@@ -291,6 +293,9 @@ class RedisLink:
         self.prefix = prefix
         self.op_timeout = op_timeout
         self.token = secrets.token_hex(8)
+        # One count for every limit sharing this link: a ticket names one waiter in the waker's
+        # table, so a bucket's and a limiter's waiters must never share a name.
+        self._tickets = itertools.count(1)
         self.channel = f"{prefix}:wake:{self.token}"
         self._noscript: type[Exception] = module.exceptions.NoScriptError
         self._url: str | None = None
@@ -331,6 +336,11 @@ class RedisLink:
 
     # ------------------------------------------------------------------- sharing
 
+    def new_ticket(self) -> str:
+        """A name for one waiter, unique among the waiters of every process (``itertools.count``
+        is safe across threads)."""
+        return f"{self.token}:{next(self._tickets)}"
+
     @classmethod
     def shared(cls, redis: object, *, prefix: str, op_timeout: float) -> RedisLink:
         """The process's link for this target, prefix and timeout (made if needed), counted as
@@ -364,6 +374,62 @@ class RedisLink:
             if self._key is not None and RedisLink._registry.get(self._key) is self:
                 del RedisLink._registry[self._key]
             return True
+
+    def send_soon(
+        self,
+        start_task: Callable[[asyncio.AbstractEventLoop], object],
+        blocking: Callable[[], object],
+    ) -> bool:
+        """Send a script from synchronous code without waiting for its answer: in a task of the
+        running loop (``start_task(loop)`` makes it), in this very call from a thread without a
+        loop (``blocking()``), or in poolkit's deferred-work thread when neither fits (a
+        garbage collection in this thread, or a loop's thread and only a blocking client).
+        False if this link has no client that can send it."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        collecting = threading.get_ident() == _wait.COLLECTING
+        if loop is not None and self.serves_tasks and not collecting:
+            start_task(loop)
+        elif not self.serves_threads:
+            return False
+        elif loop is None and not collecting:
+            blocking()
+        else:
+            _wait.defer(blocking)
+        return True
+
+    @property
+    def serves_tasks(self) -> bool:
+        """Whether tasks can use it: made from a URL or a ``redis.asyncio.Redis``."""
+        return self._url is not None or self._async_client is not None
+
+    @property
+    def serves_threads(self) -> bool:
+        """Whether threads can use it: made from a URL or a ``redis.Redis``."""
+        return self._url is not None or self._sync_client is not None
+
+    def retain(self) -> None:
+        """One user more, for a holder that is not a limit (a ``PerKey`` keeps the link of the
+        limits its factory makes, so that forgetting the last of them does not close it only
+        for the next key to open it again); let go with :meth:`release` or :meth:`arelease`.
+
+        Raises:
+            RuntimeError: If the link was closed.
+        """
+        with RedisLink._registry_lock:
+            if self.closed:
+                raise RuntimeError("this Redis link was closed")
+            self._users += 1
+
+    def release_soon(self) -> None:
+        """:meth:`release` that never waits: the last user's closing of the blocking side is
+        not joined, and each loop's clients are closed in a task of that loop."""
+        if self._drop_user():
+            self._close_sync(join=False)
+            for side in self._take_sides():
+                self._close_side_elsewhere(side)
 
     def release(self) -> None:
         """Blocking form of :meth:`arelease`: closes the blocking side (and forgets the loops'
