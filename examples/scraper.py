@@ -10,6 +10,20 @@ file, or from stdin, and flow through a closable :class:`poolkit.Channel` into a
 * at most ``--rate`` request starts per host, in bursts of ``--burst`` (a ``TokenBucket`` per
   host, through ``PerKey``).
 
+With ``--redis URL`` (``pip install 'poolkit[redis]'``) the same three limits are kept in Redis
+instead, so that several scraper processes, on one machine or many, hold them together: the
+global cap is a ``RedisCapacityLimiter``, each host's cap and rate a ``RedisCapacityLimiter`` and a
+``RedisTokenBucket`` made by a ``PerKey(..., with_key=True)`` factory, all under the key prefix
+``--redis-prefix``.  Every process naming the same URL and prefix shares them; the first to create
+a limit in Redis sets its size, so give them all the same limits (or another prefix).  The
+processes do not split the input between them: give each its own part of the URLs::
+
+    python examples/scraper.py part1.txt -o out1.jsonl --redis redis://127.0.0.1:6379/0 &
+    python examples/scraper.py part2.txt -o out2.jsonl --redis redis://127.0.0.1:6379/0 &
+
+A Redis that cannot be reached at the start is an error (exit status 2); one lost during the run
+stops it as a failed write does: the URLs not fetched are listed for the next run.
+
 Connection errors, timeouts, 429 and 5xx answers are retried by the pool's tenacity policy, with
 exponential backoff and jitter, or after the delay the server named in ``Retry-After`` (seconds
 or an HTTP date).  The pool takes its limits afresh for every attempt and gives them back while
@@ -36,8 +50,9 @@ must pass the limits too): a 3xx answer is a result, with its ``Location``.
 
 Progress goes to stderr: a live table per host on a terminal, a plain line every
 ``--progress-interval`` seconds otherwise.  Exit status: 0 when every URL was fetched with a
-status below 400, 1 when some were not, 2 for bad arguments, 3 if tasks or threads were left
-behind, 130 after SIGINT and 143 after SIGTERM.
+status below 400, 1 when some were not (or the run stopped on an error), 2 for bad arguments
+(a ``--redis`` that does not answer included), 3 if tasks or threads were left behind, 130 after
+SIGINT and 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -65,6 +80,7 @@ from typing import Any, TextIO
 import tenacity
 
 import poolkit
+from poolkit.redis import RedisCapacityLimiter, RedisTokenBucket
 
 try:
     import aiohttp
@@ -147,6 +163,13 @@ class Settings:
     waiting for a busy host do not keep the other hosts idle)."""
     progress_interval: float = 1.0
     """Seconds between progress reports."""
+    redis: str | None = None
+    """A Redis URL (``"redis://127.0.0.1:6379/0"``): keep the global cap and each host's cap and
+    rate there, shared by every process that names the same URL and ``redis_prefix``
+    (``None``: in this process only)."""
+    redis_prefix: str = "poolkit:scraper"
+    """The first part of every Redis key the limits use; processes with another prefix have
+    limits of their own."""
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "attempts"):
@@ -172,6 +195,14 @@ class Settings:
             _check_seconds(getattr(self, name), name)
         if self.timeout == 0 or self.progress_interval == 0:
             raise ValueError("timeout and progress_interval must be > 0")
+        if self.redis is not None and (not isinstance(self.redis, str) or not self.redis):
+            raise TypeError(f"redis must be a Redis URL or None, got {self.redis!r}")
+        if not isinstance(self.redis_prefix, str):
+            raise TypeError(f"redis_prefix must be a str, got {self.redis_prefix!r}")
+        if not self.redis_prefix or "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise ValueError(
+                f"redis_prefix must be a non-empty str without braces, got {self.redis_prefix!r}"
+            )
 
     @property
     def per_host_limits(self) -> bool:
@@ -365,7 +396,8 @@ class Summary:
     seconds: float
     hosts: dict[str, HostCounts] = field(default_factory=dict)
     error: str | None = None
-    """Why the run stopped on its own, if it did (writing a result failed)."""
+    """Why the run stopped on its own, if it did (writing a result failed, or Redis could not be
+    reached)."""
 
     @property
     def exit_code(self) -> int:
@@ -379,6 +411,9 @@ class Summary:
 
 
 # ======================================================================= the scraper
+
+
+_Member = poolkit.CapacityLimiter | RedisCapacityLimiter | poolkit.PerKey[str, poolkit.Limits]
 
 
 class Scraper:
@@ -409,10 +444,26 @@ class Scraper:
         self._lines_shown = 0
         self._per_host: poolkit.PerKey[str, poolkit.Limits] | None = None
         self.limits: poolkit.Limits | None = None
-        if s.per_host_limits or s.pool_workers > s.concurrency:
-            members: list[poolkit.CapacityLimiter | poolkit.PerKey[str, poolkit.Limits]] = [
-                poolkit.CapacityLimiter(s.concurrency, name="in flight")
-            ]
+        # The global cap when kept in Redis; run() closes it, and the PerKey (which closes the
+        # Redis limits its factory made).
+        self._redis_cap: RedisCapacityLimiter | None = None
+        self.redis_error: poolkit.RedisUnavailable | None = None
+        """Set if Redis could not be reached during the run: the run stopped at it."""
+        if s.redis is not None:
+            # The global cap is in Redis, so it is needed even where the workers alone would
+            # cap this process: they cannot cap the processes together.
+            self._redis_cap = RedisCapacityLimiter(
+                s.redis, "in-flight", s.concurrency, prefix=s.redis_prefix, name="in flight"
+            )
+            members: list[_Member] = [self._redis_cap]
+            if s.per_host_limits:
+                self._per_host = poolkit.PerKey(
+                    self._redis_host_limits, with_key=True, name="per host"
+                )
+                members.append(self._per_host)
+            self.limits = poolkit.Limits(*members, name="scraper")
+        elif s.per_host_limits or s.pool_workers > s.concurrency:
+            members = [poolkit.CapacityLimiter(s.concurrency, name="in flight")]
             if s.per_host_limits:
                 self._per_host = poolkit.PerKey(self._host_limits, name="per host")
                 members.append(self._per_host)
@@ -457,6 +508,41 @@ class Scraper:
         if s.rate is not None:
             parts.append(poolkit.TokenBucket(s.rate, s.burst))
         return poolkit.Limits(*parts)
+
+    def _redis_host_limits(self, host: str) -> poolkit.Limits:
+        """``_host_limits`` kept in Redis: the same cap and rate for ``host`` in every process
+        (the PerKey passes the host: the Redis keys are named after it; it closes them when it
+        forgets the host, or when it is closed)."""
+        s = self.settings
+        assert s.redis is not None
+        # A brace in a Redis key would move its Cluster hash tag; a host cannot have one
+        # legally, but the input is not trusted: encode it as a URL would.
+        name = host.replace("{", "%7B").replace("}", "%7D")
+        parts: list[RedisCapacityLimiter | RedisTokenBucket] = []
+        if s.per_host is not None:
+            parts.append(
+                RedisCapacityLimiter(
+                    s.redis, f"host-cap:{name}", s.per_host, prefix=s.redis_prefix, name=host
+                )
+            )
+        if s.rate is not None:
+            parts.append(
+                RedisTokenBucket(
+                    s.redis, f"host-rate:{name}", s.rate, s.burst, prefix=s.redis_prefix, name=host
+                )
+            )
+        return poolkit.Limits(*parts)
+
+    async def _close_redis(self) -> None:
+        """Close the limits kept in Redis (idempotent): they give back what they hold and stop
+        their heartbeats, and the last one closes the connections and the wake-up
+        subscription."""
+        cap, self._redis_cap = self._redis_cap, None
+        if cap is None:
+            return
+        if self._per_host is not None:
+            await self._per_host.aclose()
+        await cap.aclose()
 
     def _should_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, RetryableError) and (
@@ -525,10 +611,12 @@ class Scraper:
                 for item in list(self._outstanding.values()):
                     self._settle(item)  # done-callbacks not yet run
                 self._session = None
+                await self._close_redis()  # nothing holds them now: the pool is shut down
         crashed = [o for o in outcomes if isinstance(o, Exception)]
         if crashed:  # a bug in the feeder, the dispatcher or the progress task: not hidden
             raise crashed[0]
         self._report(final=True)
+        error = self.write_error if self.write_error is not None else self.redis_error
         return Summary(
             read=self._read,
             ok=self._ok,
@@ -539,7 +627,7 @@ class Scraper:
             input_complete=self._input_complete,
             seconds=time.monotonic() - self._t0,
             hosts={h: dataclasses.replace(c) for h, c in self.hosts.items()},  # copies
-            error=None if self.write_error is None else _describe(self.write_error),
+            error=None if error is None else _describe(error),
         )
 
     async def _wind_down(self, dispatcher: asyncio.Task[None]) -> None:
@@ -744,6 +832,13 @@ class Scraper:
                 self._give_up(item, record["status"], record["error"])
         elif isinstance(exc, (_NotStarted, poolkit.JobHandedBack)):
             self._leave(item)
+        elif isinstance(exc, poolkit.RedisUnavailable):
+            # The shared limits cannot be taken, so no request may go out: this URL (whose
+            # attempt never started) and every one after it are left for the next run.
+            self._leave(item)
+            if self.redis_error is None:
+                self.redis_error = exc
+                self.stop(f"Redis unavailable ({_describe(exc)})")
         elif isinstance(exc, RetryableError):
             why = str(exc)
             if exc.retry_after is not None and exc.retry_after > self.settings.max_retry_after:
@@ -900,7 +995,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scraper.py",
         description=(__doc__ or "").split("\n\n")[0],
-        epilog="Exit status: 0 all ok, 1 some failed, 3 leaked tasks, 130 SIGINT, 143 SIGTERM.",
+        epilog=(
+            "Exit status: 0 all ok, 1 some failed, 2 bad arguments (or no Redis at --redis), "
+            "3 leaked tasks, 130 SIGINT, 143 SIGTERM."
+        ),
     )
     p.add_argument("urls", nargs="?", default="-", help="file of URLs, one a line ('-': stdin)")
     p.add_argument("-o", "--output", help="write the JSON lines here (default: stdout)")
@@ -921,6 +1019,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--progress", choices=["auto", "live", "plain", "off"], default="auto")
     p.add_argument("--progress-interval", type=float, default=d.progress_interval)
+    shared = p.add_argument_group(
+        "limits shared by several scraper processes",
+        "With --redis, --concurrency, --per-host, --rate and --burst hold for every process that "
+        "names the same Redis and prefix, together (pip install 'poolkit[redis]'). The first "
+        "process to make a limit in Redis sets its size: give them all the same values. Give "
+        "each process its own part of the URLs.",
+    )
+    shared.add_argument(
+        "--redis",
+        metavar="URL",
+        default=d.redis,
+        help="keep the limits in this Redis, e.g. redis://127.0.0.1:6379/0 (default: per process)",
+    )
+    shared.add_argument(
+        "--redis-prefix",
+        metavar="PREFIX",
+        default=d.redis_prefix,
+        help=f"first part of the limits' Redis keys (default: {d.redis_prefix})",
+    )
     return p
 
 
@@ -931,6 +1048,31 @@ def _settings(args: argparse.Namespace) -> Settings:
     if values["per_host"] == 0:
         values["per_host"] = None
     return Settings(**values)
+
+
+def _check_redis(url: str) -> None:
+    """Fail early, before any URL is read, when ``--redis`` cannot work: redis-py is missing
+    (``ImportError``), the URL is malformed or no Redis answers there (``ValueError``)."""
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(
+            "--redis needs redis-py, an optional extra: pip install 'poolkit[redis]'"
+        ) from None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    except ValueError as exc:
+        raise ValueError(
+            f"--redis must be a Redis URL such as redis://127.0.0.1:6379/0, got {url!r}: {exc}"
+        ) from None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        where = client.connection_pool.connection_kwargs  # no password: it is not shown
+        at = where.get("path") or f"{where.get('host', 'localhost')}:{where.get('port', 6379)}"
+        raise ValueError(f"--redis: no Redis answers at {at} ({_describe(exc)})") from None
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -944,6 +1086,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.urls != "-" and not os.path.isfile(args.urls):
         parser.error(f"no such file: {args.urls}")
+    if settings.redis is not None:
+        try:
+            _check_redis(settings.redis)
+        except (ValueError, ImportError) as exc:
+            parser.error(str(exc))
     live = args.progress == "live" or (args.progress == "auto" and sys.stderr.isatty())
     progress = None if args.progress == "off" else sys.stderr
     with contextlib.ExitStack() as stack:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import importlib.util
 import json
 import math
 import os
@@ -26,7 +27,11 @@ from typing import Any
 
 import pytest
 
+import poolkit
+from tests.redis_support import OwnRedisServer, own_redis, redis_prefix, redis_url
 from tests.scraper_server import Arrival, Reply, ScraperServer
+
+__all__ = ["own_redis", "redis_prefix", "redis_url"]  # fixtures, used by name
 
 pytest.importorskip("aiohttp", reason="the scraper example needs aiohttp (the 'scraper' extra)")
 
@@ -303,6 +308,8 @@ def test_every_option_reaches_the_settings() -> None:
         "grace": 3.0,
         "workers": 5,
         "progress_interval": 2.5,
+        "redis": "redis://127.0.0.1:6379/1",
+        "redis_prefix": "pk-test",
     }
     assert set(given) == {f.name for f in dataclasses.fields(scraper.Settings)}
     argv = [part for name, v in given.items() for part in (f"--{name.replace('_', '-')}", str(v))]
@@ -433,3 +440,162 @@ def test_a_leak_after_the_run_still_writes_what_was_not_fetched(
     assert "left behind" in err and "Event.wait" in err, err  # where the stray task waits
     assert left.read_text().splitlines() == urls
     assert "stopped by SIGINT" in err
+
+
+# ======================================================================= limits shared in Redis
+
+
+def _fetched(out: Path) -> list[str]:
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["ok"] and r["attempts"] == 1 for r in records), records
+    return [r["url"] for r in records]
+
+
+def test_two_processes_share_every_limit_through_redis(
+    server: ScraperServer, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """Two scraper processes with --redis hold the global cap, each host's cap and each host's
+    rate together, as the server saw them.  Each alone would allow twice as much: 3 in flight
+    each (6 in all), 2 per host each (4), 5/s per host each (10/s)."""
+    server.default = Reply(delay=0.4)  # long enough to press the caps
+    parts: list[list[str]] = [[], []]
+    for n in range(28):
+        proc = n % 2
+        host = 0 if n < 12 else (2 if n < 18 else 1)
+        path = f"/p{proc}/{n}"
+        if host == 1:  # answered at once: only the rate holds these back
+            server.script(1, path, Reply())
+        parts[proc].append(server.url(host, path))
+    limits = ["--concurrency", "3", "--per-host", "2", "--rate", "5/s", "--burst", "1"]
+    shared = ["--redis", redis_url, "--redis-prefix", redis_prefix]
+    procs: list[subprocess.Popen[str]] = []
+    errs = [tmp_path / f"err{i}.txt" for i in (0, 1)]
+    outs = [tmp_path / f"out{i}.jsonl" for i in (0, 1)]
+    try:
+        for i in (0, 1):
+            with errs[i].open("w") as stderr:
+                procs.append(
+                    subprocess.Popen(
+                        _command(
+                            "-",
+                            *limits,
+                            *shared,
+                            *["--output", str(outs[i]), "--progress", "plain"],
+                            *["--progress-interval", "0.1", "--attempts", "1"],
+                        ),
+                        stdin=subprocess.PIPE,
+                        stderr=stderr,
+                        text=True,
+                        env=_env(),
+                    )
+                )
+        # Both are running (their first progress line is out) before either gets a URL, so
+        # that their requests overlap however slowly each started.
+        deadline = time.monotonic() + 10
+        while not all("progress " in e.read_text() for e in errs):
+            assert all(p.poll() is None for p in procs), [e.read_text() for e in errs]
+            assert time.monotonic() < deadline, [e.read_text() for e in errs]
+            time.sleep(0.02)
+        for p, urls in zip(procs, parts, strict=True):
+            assert p.stdin is not None
+            p.stdin.write("".join(u + "\n" for u in urls))
+            p.stdin.close()
+        end = time.monotonic() + 15  # about 4 s of fetching, and the processes' exits
+        try:
+            codes = [p.wait(timeout=max(0.1, end - time.monotonic())) for p in procs]
+        except subprocess.TimeoutExpired:
+            last = [line for e in errs for line in e.read_text().splitlines()[-2:]]
+            pytest.fail("not finished within 15 s; last progress:\n" + "\n".join(last))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [e.read_text() for e in errs]
+    assert codes == [scraper.EXIT_OK] * 2, logs
+    for log in logs:
+        assert "left behind" not in log and "Traceback" not in log, log
+
+    # Every URL fetched exactly once, by the process it was given to.
+    for out, urls in zip(outs, parts, strict=True):
+        assert sorted(_fetched(out)) == sorted(urls)
+    arrivals = server.arrivals
+    everything = parts[0] + parts[1]
+    assert Counter((a.host, a.path) for a in arrivals) == Counter(key_of(u) for u in everything)
+    # The two processes were at the server at the same time...
+    by_proc = [[a.at for a in arrivals if a.path.startswith(f"/p{i}/")] for i in (0, 1)]
+    assert max(min(t) for t in by_proc) < min(max(t) for t in by_proc), by_proc
+    # ... and together they kept every limit, from the server's side.
+    for host in server.hosts:
+        assert server.max_in_flight(host) <= 2, host
+    assert 2 <= server.max_in_flight_total <= 3
+    quick = [a.at for a in arrivals if a.host == server.hosts[1]]
+    assert worst_window(quick, 5, 1) <= 0
+
+
+async def test_redis_limits_hold_in_process_and_close_at_the_end(
+    server: ScraperServer, redis_url: str, redis_prefix: str
+) -> None:
+    """The library form: ``Settings(redis=...)``; the leak check of the suite sees that the
+    run closed every Redis limit and connection it made."""
+    server.default = Reply(delay=0.15)
+    urls = [server.url(n % 3, f"/r/{n}") for n in range(12)]
+    results: list[dict[str, Any]] = []
+    settings = scraper.Settings(
+        concurrency=2,
+        per_host=1,
+        rate="20/s",
+        attempts=1,
+        redis=redis_url,
+        redis_prefix=redis_prefix,
+    )
+    run = scraper.Scraper(settings, write=results.append)
+    cap, per_host = run._redis_cap, run._per_host
+    summary = await run.run(urls)
+    assert (summary.ok, summary.failed, summary.unfetched, summary.error) == (12, 0, [], None)
+    assert sorted(r["url"] for r in results) == sorted(urls)
+    assert all(server.max_in_flight(h) <= 1 for h in server.hosts)
+    assert server.max_in_flight_total <= 2
+    assert "closed=True" in repr(cap) and per_host is not None and len(per_host) == 0
+
+
+async def test_redis_lost_stops_the_run_and_loses_no_url(
+    server: ScraperServer, own_redis: OwnRedisServer
+) -> None:
+    """No Redis, no shared limits: no request goes out, the run stops as after a failed
+    write, and every URL is left for the next run."""
+    urls = [server.url(n % 3, f"/x/{n}") for n in range(8)]
+    settings = scraper.Settings(concurrency=2, per_host=1, attempts=2, redis=own_redis.url)
+    run = scraper.Scraper(settings)
+    own_redis.kill()
+    summary = await run.run(urls)
+    assert isinstance(run.redis_error, poolkit.RedisUnavailable)
+    assert summary.error is not None and "RedisUnavailable" in summary.error
+    assert summary.exit_code == scraper.EXIT_FAILED
+    assert summary.ok == summary.failed == 0 and sorted(summary.unfetched) == sorted(urls)
+    assert server.arrivals == []
+
+
+def test_redis_option_errors_are_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a\n")
+
+    def error(*redis: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            scraper.main([str(urls), "--progress", "off", *redis])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--redis URL" in scraper._parser().format_help()
+    assert "poolkit[redis]" in scraper._parser().format_help()
+    assert "braces" in error("--redis", "redis://127.0.0.1:1/0", "--redis-prefix", "a{b}")
+    if importlib.util.find_spec("redis") is not None:
+        err = error("--redis", "http://127.0.0.1:6379")
+        assert "--redis must be a Redis URL such as redis://" in err and "http://" in err, err
+        err = error("--redis", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+        assert "--redis: no Redis answers at 127.0.0.1:1" in err, err
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
+    err = error("--redis", "redis://127.0.0.1:6379/0")
+    assert "--redis needs redis-py" in err and "pip install 'poolkit[redis]'" in err, err
