@@ -57,7 +57,8 @@ class _JumpingSelector(selectors.BaseSelector):
         if timeout is None:
             # No timer at all: only I/O or another thread can wake us, so wait for real.
             return self._real.select(None)
-        self._loop.advance(timeout - (grace if grace < timeout else timeout))
+        # Nothing came within the grace (real time): the next timer is due, in virtual time.
+        self._loop.advance(timeout)
         return []
 
     def close(self) -> None:

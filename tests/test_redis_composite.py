@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from poolkit.redis import (
     RedisTokenBucket,
     RedisTokenBucketStatistics,
 )
-from poolkit.testing import VirtualTimeLoop, _JumpingSelector
+from poolkit.testing import VirtualTimeLoop
 from tests.redis_support import redis_client, redis_prefix, redis_url
 
 __all__ = ["redis_client", "redis_prefix", "redis_url"]  # fixtures, used by name
@@ -226,28 +225,6 @@ async def test_timeout_covers_every_member_and_leaves_nothing(
     assert _used(redis_client, redis_prefix, "c") == 0
 
 
-class _WaitForIO(_JumpingSelector):
-    """Waits up to ``autojump_threshold`` real seconds for I/O (a Redis reply), then jumps to the
-    next timer.  (VirtualTimeLoop's own selector, given a threshold, advances the clock by the
-    timeout *less* the threshold, so a timer within the threshold is never reached and the loop
-    spins: reported, and worked around here.)"""
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        grace = self._loop.autojump_threshold
-        if timeout is None or timeout <= 0:
-            return self._real.select(timeout)
-        ready = self._real.select(min(grace, timeout))
-        if not ready:
-            self._loop.advance(timeout)
-        return ready
-
-
-def _waiting_virtual_loop() -> VirtualTimeLoop:
-    loop = VirtualTimeLoop(autojump_threshold=0.2)
-    loop._selector = _WaitForIO(loop, loop._selector._real)  # type: ignore[attr-defined]
-    return loop
-
-
 def test_local_rate_keeps_virtual_time_with_redis_members(
     redis_url: str, redis_prefix: str, redis_client: Any
 ) -> None:
@@ -272,7 +249,7 @@ def test_local_rate_keeps_virtual_time_with_redis_members(
             await cap.aclose()
         return starts
 
-    with asyncio.Runner(loop_factory=_waiting_virtual_loop) as r:
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(autojump_threshold=0.2)) as r:
         starts = r.run(main())
     assert starts == pytest.approx([0.0, 0.5, 1.0, 1.5], abs=1e-9)
     assert _used(redis_client, redis_prefix, "c") == 0

@@ -39,3 +39,18 @@ def test_time_starts_where_asked_and_jumps_to_the_next_timer() -> None:
         assert loop.time() == 3700.0
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("threshold", [0.005, 0.5])
+def test_a_grace_still_jumps_all_the_way_to_the_timer(threshold: float) -> None:
+    # Regression: after waiting the grace (real seconds) the clock advanced by the timeout
+    # *less* the grace, so a timer within the grace was never reached and the loop spun for
+    # ever: any sleep hung once autojump_threshold was above 0.
+    loop = VirtualTimeLoop(autojump_threshold=threshold)
+    try:
+        loop.run_until_complete(asyncio.wait_for(asyncio.sleep(1.0), 10.0))
+        assert loop.time() == 1.0
+        loop.run_until_complete(asyncio.sleep(0.001))  # a timer closer than the grace
+        assert loop.time() == 1.001
+    finally:
+        loop.close()
