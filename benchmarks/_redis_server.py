@@ -74,13 +74,16 @@ class RedisServer:
     (SIGCONT), ``restart()`` (a fresh server on the same port, with no data).  ``port`` and
     ``url`` stay the same throughout.
 
+    ``binary`` is the server to run (default: ``redis-server`` on PATH).
+
     Raises:
-        RuntimeError: from the constructor, if ``redis-server`` is not on PATH; from ``start()``,
+        RuntimeError: from the constructor, if no ``binary`` is given and ``redis-server`` is
+            not on PATH; from ``start()``,
             if it has not answered within ``start_timeout`` seconds.
     """
 
-    def __init__(self, *, start_timeout: float = 5.0) -> None:
-        binary = shutil.which("redis-server")
+    def __init__(self, *, start_timeout: float = 5.0, binary: str | None = None) -> None:
+        binary = binary or shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
         self.binary = binary
