@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from poolkit import Limits
 from poolkit._observe import _metrics
 from poolkit._tools import _cli
 from poolkit.redis import RedisCapacityLimiter, RedisTokenBucket
@@ -56,6 +57,29 @@ async def test_redis_limits_are_reported_by_name_with_what_they_did(
         frame = _cli._Top("http://test", 1.0).frame(dump, 0.0)
         assert "REDIS BUCKETS" in frame and "REDIS LIMITERS" in frame
         assert "granted 2" in frame
+    finally:
+        await bucket.aclose()
+        await limiter.aclose()
+
+
+async def test_redis_members_of_a_limits_are_linked_to_it(
+    redis_url: str, redis_prefix: str
+) -> None:
+    bucket = RedisTokenBucket(redis_url, "r", "50/s", prefix=redis_prefix, name="shared-rate")
+    limiter = RedisCapacityLimiter(redis_url, "c", 4, prefix=redis_prefix, name="shared-cap")
+    limits = Limits(limiter, bucket, name="shared-limits")
+    try:
+        info = next(f for f in _metrics.collect() if f.name == "poolkit_limits_member_info")
+        mine = sorted(
+            (labels["member_kind"], labels["member"])
+            for labels, _ in info.samples
+            if labels["limits"] == "shared-limits"
+        )
+        assert mine == [("redis_bucket", "shared-rate"), ("redis_limiter", "shared-cap")]
+        dump = _metrics.objects_json()
+        (entry,) = [e for e in dump["limits"] if e["name"] == "shared-limits"]
+        assert sorted(m["kind"] for m in entry["members"]) == ["redis_bucket", "redis_limiter"]
+        assert {id(m) for m in limits.members} == {id(limiter), id(bucket)}  # (kept alive)
     finally:
         await bucket.aclose()
         await limiter.aclose()

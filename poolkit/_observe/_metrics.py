@@ -403,8 +403,8 @@ def _limits(objects: Objects, members_of: dict[int, tuple[str, str]]) -> list[Fa
     info = Family(
         "poolkit_limits_member_info",
         GAUGE,
-        "1 for each member of a Limits: its kind (limiter, bucket, per_key) and its label "
-        "in that kind's metrics.",
+        "1 for each member of a Limits: its kind (limiter, bucket, per_key, redis_bucket, "
+        "redis_limiter) and its label in that kind's metrics.",
         ("limits", "member_kind", "member"),
     )
     # Members are read from the Limits, not from its statistics(), which would read every
@@ -442,9 +442,16 @@ def collect() -> list[Family]:
         (flavour, label, obj) for kind, flavour in _POOL_KINDS for _, label, obj in _labelled(kind)
     ]
     limiters, buckets, per_keys = _labelled("limiter"), _labelled("bucket"), _labelled("per_key")
+    redis_buckets, redis_limiters = _labelled("redis_bucket"), _labelled("redis_limiter")
     members_of = {
         id(obj): (kind, label)
-        for kind, objects in (("limiter", limiters), ("bucket", buckets), ("per_key", per_keys))
+        for kind, objects in (
+            ("limiter", limiters),
+            ("bucket", buckets),
+            ("per_key", per_keys),
+            ("redis_bucket", redis_buckets),
+            ("redis_limiter", redis_limiters),
+        )
         for _, label, obj in objects
     }
     return [
@@ -454,8 +461,8 @@ def collect() -> list[Family]:
         *_simple("bucket", buckets),
         *_limits(_labelled("limits"), members_of),
         *_simple("per_key", per_keys),
-        *_simple("redis_bucket", _labelled("redis_bucket")),
-        *_simple("redis_limiter", _labelled("redis_limiter")),
+        *_simple("redis_bucket", redis_buckets),
+        *_simple("redis_limiter", redis_limiters),
     ]
 
 
