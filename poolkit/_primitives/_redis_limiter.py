@@ -116,7 +116,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, final
@@ -1129,31 +1129,27 @@ class RedisCapacityLimiter:
 
     async def _send_release(self, args: list[object]) -> None:
         """The release script, for weight already taken off the books (``_busy`` counted)."""
-        failed = False
-        try:
+        with self._sending_release():
             reply = await self._link.eval(_RELEASE, self._keys, args, f"{self._label()}: release")
             self._read(reply)
-        except RedisUnavailable:
-            failed = True
-            with self._lock:
-                self._errors += 1
-        except BaseException:
-            failed = True  # (cancelled: its loop is shutting down) the outcome is unknown
-            raise
-        finally:
-            with self._lock:
-                self._busy -= 1
-            if failed:  # (after _busy: an object that holds nothing moves on to a new lease)
-                self._new_lease_if_idle()
 
     def _send_release_blocking(self, args: list[object]) -> None:
         """Thread form of :meth:`_send_release`."""
-        failed = False
-        try:
+        with self._sending_release():
             reply = self._link.eval_blocking(
                 _RELEASE, self._keys, args, f"{self._label()}: release"
             )
             self._read(reply)
+
+    @contextlib.contextmanager
+    def _sending_release(self) -> Iterator[None]:
+        """Around the release script: an unreachable Redis is counted (the lease's expiry gives
+        the weight back); ``_busy`` is settled whatever happens; and after a failure (or a
+        cancellation: its loop is shutting down, the outcome is unknown) an object that holds
+        nothing moves on to a new lease."""
+        failed = False
+        try:
+            yield
         except RedisUnavailable:
             failed = True
             with self._lock:
@@ -1164,7 +1160,7 @@ class RedisCapacityLimiter:
         finally:
             with self._lock:
                 self._busy -= 1
-            if failed:
+            if failed:  # (after _busy)
                 self._new_lease_if_idle()
 
     def _release_soon(self, weight: int) -> None:
