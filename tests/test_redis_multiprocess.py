@@ -254,7 +254,7 @@ def test_the_window_checks_find_excess() -> None:
 def test_a_bucket_shared_by_8_processes_admits_the_rate_and_never_more(
     redis_url: str, redis_prefix: str
 ) -> None:
-    rate, burst, tasks, seconds = 200.0, 20, 16, 4.0
+    rate, burst, tasks, seconds = 200.0, 20, 16, 5.0
     config = {
         "url": redis_url,
         "prefix": redis_prefix,
