@@ -830,10 +830,6 @@ def _flatten(limit: object) -> list[Simple]:
     )
 
 
-def _redis_order(r: RedisCapacityLimiter) -> tuple[str, int]:
-    return r._order()
-
-
 def _member_statistics(m: Simple) -> MemberStatistics:
     if isinstance(m, (CapacityLimiter, TokenBucket, RedisCapacityLimiter, RedisTokenBucket)):
         return m.statistics()
@@ -992,7 +988,10 @@ class Limits:
         # Their settings as given, for the idle check of PerKey (see aio.is_idle).
         self._aio_made = tuple(aio.settings(a) for a in self._aio)
         self._rlimiters = tuple(
-            sorted((m for m in members if isinstance(m, RedisCapacityLimiter)), key=_redis_order)
+            sorted(
+                (m for m in members if isinstance(m, RedisCapacityLimiter)),
+                key=RedisCapacityLimiter._order,
+            )
         )
         self._rbuckets = tuple(m for m in members if isinstance(m, RedisTokenBucket))
         self._redis = bool(self._rlimiters or self._rbuckets)
@@ -1085,7 +1084,7 @@ class Limits:
                     else:
                         aios.append(m)
             limiters.sort(key=id)
-            rlimiters.sort(key=_redis_order)
+            rlimiters.sort(key=RedisCapacityLimiter._order)
             plan = _Plan(
                 tuple(limiters),
                 tuple(aios),
@@ -1172,23 +1171,9 @@ class Limits:
                 if not aio.can_take_now(a, cost):
                     self._give_back(held, cost)
                     return False
-            if plan.buckets:
-                parts = tuple((b, cost) for b in plan.buckets)
-                now = plan.buckets[0]._now()  # the clock is the user's code: before the lock
-                if not COLLECTING:
-                    LOCK.acquire()
-                elif not enter(LOCK):
-                    self._give_back(held, cost)
-                    return False
-                try:
-                    taken = try_take(parts, now)
-                finally:
-                    LOCK.release()
-                if graveyard:
-                    lay_to_rest()
-                if not taken:
-                    self._give_back(held, cost)  # after letting go of the buckets' lock
-                    return False
+            if plan.buckets and not self._try_buckets(plan, cost):
+                self._give_back(held, cost)  # after letting go of the buckets' lock
+                return False
             try:
                 for a in plan.aio:
                     aio.take_now(a, cost)  # they had room above, and nothing was awaited since
