@@ -33,6 +33,8 @@ another's (``tests/test_layers.py`` holds the code to this map)::
     _pools._bridge              (internal) submit_blocking(): other threads into a WorkerPool
     _pools._pool                WorkerPool, Job            asyncio workers
     _pools._thread_pool         ThreadPool, ThreadJob      worker threads
+    _pools._process_child       (internal) what a ProcessPool's worker process runs
+    _pools._process_pool        ProcessPool, ProcessJob    worker processes, for CPU-bound work
     _leaks                      leak hunting (names the waits below by string, imports _core)
     _leaks._introspect          (internal) what each task and thread is doing: stacks, states
     _leaks._blocked             find_blocked               tasks that nothing alive can wake
@@ -69,11 +71,13 @@ from ._core._exceptions import JobHandedBack as JobHandedBack
 from ._core._exceptions import LeakError as LeakError
 from ._core._exceptions import LeaseLost as LeaseLost
 from ._core._exceptions import NotAcquired as NotAcquired
+from ._core._exceptions import NotPicklable as NotPicklable
 from ._core._exceptions import PoolClosed as PoolClosed
 from ._core._exceptions import PoolkitError as PoolkitError
 from ._core._exceptions import QueueFull as QueueFull
 from ._core._exceptions import ReceiversGone as ReceiversGone
 from ._core._exceptions import RedisUnavailable as RedisUnavailable
+from ._core._exceptions import WorkerCrashed as WorkerCrashed
 from ._core._exceptions import WouldBlock as WouldBlock
 from ._leaks._noleaks import no_leaks as no_leaks
 from ._pools._jobs import Outcome as Outcome
@@ -81,6 +85,10 @@ from ._pools._jobs import PoolStatistics as PoolStatistics
 from ._pools._jobs import UnstartedJob as UnstartedJob
 from ._pools._pool import Job as Job
 from ._pools._pool import WorkerPool as WorkerPool
+from ._pools._process_pool import ProcessJob as ProcessJob
+from ._pools._process_pool import ProcessMap as ProcessMap
+from ._pools._process_pool import ProcessPool as ProcessPool
+from ._pools._process_pool import ProcessPoolStatistics as ProcessPoolStatistics
 from ._pools._retry import RetryPolicy as RetryPolicy
 from ._pools._thread_pool import ThreadJob as ThreadJob
 from ._pools._thread_pool import ThreadPool as ThreadPool
@@ -127,12 +135,17 @@ __all__ = [
     "Limits",
     "LimitsStatistics",
     "NotAcquired",
+    "NotPicklable",
     "Outcome",
     "PerKey",
     "PerKeyStatistics",
     "PoolClosed",
     "PoolStatistics",
     "PoolkitError",
+    "ProcessJob",
+    "ProcessMap",
+    "ProcessPool",
+    "ProcessPoolStatistics",
     "QueueFull",
     "ReceiveCase",
     "ReceiveHandle",
@@ -149,6 +162,7 @@ __all__ = [
     "TokenBucket",
     "TokenBucketStatistics",
     "UnstartedJob",
+    "WorkerCrashed",
     "WorkerPool",
     "WouldBlock",
     "no_leaks",

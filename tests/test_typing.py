@@ -13,7 +13,16 @@ import concurrent.futures as cf
 from collections.abc import AsyncIterator, Iterator
 from typing import assert_type
 
-from poolkit import Job, Outcome, ThreadJob, ThreadPool, WorkerPool
+from poolkit import (
+    Job,
+    Outcome,
+    ProcessJob,
+    ProcessMap,
+    ProcessPool,
+    ThreadJob,
+    ThreadPool,
+    WorkerPool,
+)
 
 
 async def fetch(url: str, *, retries: int = 0) -> bytes:
@@ -75,6 +84,29 @@ def test_thread_pool_types_flow() -> None:
         assert [(o.item, o.value) for o in outcomes] == [(b"ccc", 3)]
 
 
+def test_process_pool_types_flow() -> None:
+    # len and math-free builtins are importable by name in the worker processes.
+    with ProcessPool(workers=1) as pool:
+        job = pool.submit(len, b"abcd")
+        assert_type(job, ProcessJob[int])
+        assert job.result(timeout=30) == 4
+
+        results = pool.map(len, [b"a", b"bb"])
+        assert_type(results, ProcessMap[int])
+        assert list(results) == [1, 2]
+
+        outcomes = pool.map(len, [b"ccc"], outcomes=True)
+        assert_type(outcomes, ProcessMap[Outcome[bytes, int]])
+        assert [(o.item, o.value) for o in outcomes] == [(b"ccc", 3)]
+
+
+async def _process_pool_async(pool: ProcessPool) -> None:
+    """Only type-checked: awaiting a job gives its result, async for its map's."""
+    assert_type(await pool.submit(len, b"ab"), int)
+    async for n in pool.map(len, [b"a"]):
+        assert_type(n, int)
+
+
 async def _misuse_is_caught(pool: WorkerPool, threads: ThreadPool) -> None:
     """Never run: only type-checked.  Each line is a mistake the signatures must catch."""
     await pool.submit(fetch, 1)  # type: ignore[call-overload]
@@ -82,3 +114,4 @@ async def _misuse_is_caught(pool: WorkerPool, threads: ThreadPool) -> None:
     pool.map(fetch, [1, 2])  # type: ignore[arg-type]
     threads.submit(parse, "not bytes")  # type: ignore[arg-type]
     threads.map(parse, ["not bytes"])  # type: ignore[arg-type]
+    ProcessPool().submit(parse, "not bytes")  # type: ignore[arg-type]

@@ -9,6 +9,10 @@ The tree::
     ├── JobHandedBack            awaiting a job that never started: the pool was shut down
     │                            (cancel=True, or a drain that ran out of time) and handed it
     │                            back to the caller of shutdown()
+    ├── WorkerCrashed            a ProcessPool's worker process died while running the job
+    │                            (a segfault, os._exit, the OOM killer): .exitcode / .signal
+    ├── NotPicklable             (also a TypeError) a job for a ProcessPool cannot be sent to a
+    │                            worker process: its function or an argument cannot be pickled
     ├── ChannelClosed            you (or your side of the program) closed the channel, or your
     │                            handle of it, and then tried to use it: send on it, receive
     │                            through the closed handle, make a new handle
@@ -58,11 +62,13 @@ __all__ = [
     "LeakError",
     "LeaseLost",
     "NotAcquired",
+    "NotPicklable",
     "PoolClosed",
     "PoolkitError",
     "QueueFull",
     "ReceiversGone",
     "RedisUnavailable",
+    "WorkerCrashed",
     "WouldBlock",
 ]
 
@@ -142,6 +148,46 @@ class JobHandedBack(PoolkitError):
     Nobody did anything wrong with the job: it was handed back, with its function and arguments,
     in the list that ``shutdown()`` returned (and in ``pool.handed_back``), so that it can be
     stored or submitted again.
+    """
+
+
+class WorkerCrashed(PoolkitError):
+    """The outcome of a ``ProcessPool`` job whose worker process died while running it: a
+    segfault, ``os._exit()``, a signal such as the OOM killer's ``SIGKILL``.
+
+    Whose fault it is, the pool cannot tell (the job's code, a C extension, the machine's
+    memory); only this job fails: the pool starts a new worker, and the other jobs go on.
+    ``exitcode`` is the process's exit status (``None`` if a signal ended it), ``signal`` the
+    number of the signal that ended it (``None`` otherwise), ``pid`` its process id.
+    """
+
+    def __init__(
+        self, message: str, *, pid: int | None, exitcode: int | None, signal: int | None
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_crashed, (self.args[0], self.pid, self.exitcode, self.signal))
+
+
+def _rebuild_crashed(
+    message: str, pid: int | None, exitcode: int | None, signal: int | None
+) -> WorkerCrashed:
+    return WorkerCrashed(message, pid=pid, exitcode=exitcode, signal=signal)
+
+
+class NotPicklable(PoolkitError, TypeError):
+    """Raised by ``ProcessPool.submit()`` and ``map()`` when a job's function, an argument or
+    an item cannot be pickled, so it could never reach a worker process.
+
+    The caller is at fault, and is told at once rather than by a worker failing later: the
+    message names what could not be pickled (the function, which argument, which item) and the
+    usual fix (a function defined at the top level of a module instead of a lambda or a local
+    function; a path instead of an open file).  ``__cause__`` is pickle's own error.  Nothing
+    was queued.
     """
 
 

@@ -40,6 +40,7 @@ __all__ = [
 KINDS = (
     "pool",
     "thread_pool",
+    "process_pool",
     "channel",
     "limiter",
     "bucket",

@@ -1,0 +1,171 @@
+"""The code a ``ProcessPool`` worker process runs: receive batches of calls, run them, report.
+
+This is the whole of the child's side; everything else is in ``poolkit._pools._process_pool``.
+The protocol, over two one-way pipes (``multiprocessing`` connections):
+
+* parent → child: one message per batch, ``pickle.dumps((fn, calls, star))``: ``fn(*args,
+  **kwargs)`` for each ``(args, kwargs)`` in ``calls`` if ``star``, else ``fn(item)`` for each
+  item (a ``map()`` chunk).  An empty message asks the worker to exit.
+* child → parent: ``(READY, pid)`` once, when the worker can take work; then, per batch, one or
+  more ``(first, values, errors, seconds, rss)`` messages: ``values[i]`` is the result of call
+  ``first + i``, ``errors`` maps such an ``i`` to ``(exception, traceback text)`` for the calls
+  that raised, ``seconds`` is the time the calls took, ``rss`` the worker's resident memory in
+  bytes (0 unless asked for).  A batch that runs longer than :data:`FLUSH_AFTER` reports what it
+  has so far before going on, so that a long chunk whose worker then dies loses little.
+
+Before each call of a multi-call batch, the worker writes the call's index into ``progress``,
+a shared integer: if the process dies, the parent reads there which call it was running (that
+call failed; the ones after it never started and are run elsewhere).
+
+The worker ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the parent
+decides what happens to running jobs) and exits by itself when its parent process dies: a
+thread checks ``os.getppid()`` every :data:`PARENT_POLL` seconds (with the forkserver start
+method, the parent is the fork server, which exits when the pool's process does).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["FLUSH_AFTER", "PARENT_POLL", "READY", "RemoteTraceback", "main", "portable_error"]
+
+READY = "ready"
+FLUSH_AFTER = 0.05  # seconds of a batch's work after which finished results are sent early
+PARENT_POLL = 0.2  # seconds between checks that the parent is still alive
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text: it is the
+    ``__cause__`` of the exception a ``ProcessPool`` job raises, so that the report shows where
+    in the worker it came from."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\nin the worker process:\n{self.text}"
+
+
+def portable_error(exc: BaseException) -> tuple[BaseException, str]:
+    """``exc`` and its traceback as text, with ``exc`` replaced by a ``RuntimeError`` that
+    names it if it cannot make the trip back through pickle."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception as why:
+        exc = RuntimeError(
+            f"the job raised {type(exc).__qualname__}: {exc}; that exception could not be sent "
+            f"back from the worker process ({type(why).__name__}: {why})"
+        )
+    return exc, text
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL)
+        if os.getppid() != parent:
+            os._exit(70)  # orphaned: whoever owned this worker is gone
+
+
+def _send(results: Connection, message: tuple[Any, ...]) -> None:
+    try:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        data = pickle.dumps(_picklable(message), pickle.HIGHEST_PROTOCOL)
+    results.send_bytes(data)
+
+
+def _picklable(message: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``message`` with each result that cannot be pickled replaced by an error saying so."""
+    first, values, errors, seconds, rss = message
+    errors = dict(errors or {})
+    for i, value in enumerate(values):
+        try:
+            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as why:
+            values[i] = None
+            errors[i] = portable_error(
+                TypeError(
+                    f"the job's result {value!r:.200} could not be pickled to send it back from "
+                    f"the worker process ({type(why).__name__}: {why}); return plain data"
+                )
+            )
+    return first, values, errors, seconds, rss
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def main(
+    jobs: Connection,
+    results: Connection,
+    progress: Any,
+    report_rss: bool,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """The worker process: run batches until told to stop, or until the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(),), name="poolkit parent watch", daemon=True
+    ).start()
+    if initializer is not None:
+        initializer(*initargs)
+    at = memoryview(progress).cast("B").cast("i")  # (faster to write than progress.value)
+    results.send_bytes(pickle.dumps((READY, os.getpid())))
+    clock = time.perf_counter
+    while True:
+        try:
+            data = jobs.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent closed its end: it is gone, or done with us
+        if not data:
+            return
+        try:
+            fn, calls, star = pickle.loads(data)
+        except BaseException as exc:
+            # The job cannot be loaded here (a module the worker cannot import, say): error -1
+            # tells the parent that every call of the batch fails with it; the worker is fine.
+            _send(results, (0, [], {-1: portable_error(exc)}, 0.0, 0))
+            continue
+        values: list[Any] = []
+        append = values.append
+        errors: dict[int, tuple[BaseException, str]] | None = None
+        track = len(calls) > 1
+        first = 0
+        flushed = clock()
+        for i, call in enumerate(calls):
+            if track:
+                at[0] = i
+            try:
+                append(fn(*call[0], **call[1]) if star else fn(call))
+            except BaseException as exc:
+                if errors is None:
+                    errors = {}
+                errors[i - first] = portable_error(exc)
+                append(None)
+            now = clock()
+            if now - flushed > FLUSH_AFTER and i + 1 < len(calls):
+                _send(results, (first, values, errors, now - flushed, 0))
+                first, values, errors, flushed = i + 1, [], None, now
+                append = values.append
+        rss = _rss() if report_rss else 0
+        _send(results, (first, values, errors, clock() - flushed, rss))
