@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -114,6 +114,52 @@ def _rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+class _Reporter:
+    """Sends a batch's results: what is finished every :data:`FLUSH_AFTER` seconds (from a
+    thread of its own, so the loop over the calls pays nothing for it), the rest at the end.
+
+    The calling thread only appends to ``values`` and records ``errors`` (an error is recorded
+    before its ``None`` is appended), so a snapshot taken under the GIL is consistent."""
+
+    def __init__(self, results: Connection) -> None:
+        self.results = results
+        self.lock = threading.Lock()
+        self.values: list[Any] | None = None  # the running batch's results, None between
+        self.errors: dict[int, tuple[BaseException, str]] = {}
+        self.sent = 0  # values already sent
+        self.since = 0.0  # when what is not sent yet began
+
+    def begin(self, values: list[Any]) -> None:
+        with self.lock:
+            self.values = values
+            self.errors = {}
+            self.sent = 0
+            self.since = time.perf_counter()
+
+    def _flush(self, values: list[Any], rss: int) -> None:  # lock held
+        end = len(values)
+        first = self.sent
+        errors = {k - first: e for k, e in self.errors.items() if first <= k < end} or None
+        now = time.perf_counter()
+        _send(self.results, (first, values[first:end], errors, now - self.since, rss))
+        self.sent = end
+        self.since = now
+
+    def end(self, rss: int) -> None:
+        with self.lock:
+            values, self.values = self.values, None
+            assert values is not None
+            self._flush(values, rss)
+
+    def run(self) -> None:
+        while True:
+            time.sleep(FLUSH_AFTER)
+            with self.lock:
+                values = self.values
+                if values is not None and len(values) > self.sent:
+                    self._flush(values, 0)
+
+
 def main(
     jobs: Connection,
     results: Connection,
@@ -130,8 +176,9 @@ def main(
     if initializer is not None:
         initializer(*initargs)
     at = memoryview(progress).cast("B").cast("i")  # (faster to write than progress.value)
+    reporter = _Reporter(results)
+    threading.Thread(target=reporter.run, name="poolkit results", daemon=True).start()
     results.send_bytes(pickle.dumps((READY, os.getpid())))
-    clock = time.perf_counter
     while True:
         try:
             data = jobs.recv_bytes()
@@ -147,25 +194,43 @@ def main(
             _send(results, (0, [], {-1: portable_error(exc)}, 0.0, 0))
             continue
         values: list[Any] = []
-        append = values.append
-        errors: dict[int, tuple[BaseException, str]] | None = None
-        track = len(calls) > 1
-        first = 0
-        flushed = clock()
-        for i, call in enumerate(calls):
-            if track:
-                at[0] = i
-            try:
-                append(fn(*call[0], **call[1]) if star else fn(call))
-            except BaseException as exc:
-                if errors is None:
-                    errors = {}
-                errors[i - first] = portable_error(exc)
-                append(None)
-            now = clock()
-            if now - flushed > FLUSH_AFTER and i + 1 < len(calls):
-                _send(results, (first, values, errors, now - flushed, 0))
-                first, values, errors, flushed = i + 1, [], None, now
-                append = values.append
-        rss = _rss() if report_rss else 0
-        _send(results, (first, values, errors, clock() - flushed, rss))
+        reporter.begin(values)
+        errors = reporter.errors
+        if star:  # submitted jobs: one call each
+            for args, kwargs in calls:
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as exc:
+                    errors[len(values)] = portable_error(exc)
+                    value = None
+                values.append(value)
+        else:
+            _run_items(fn, calls, values, errors, at)
+        reporter.end(_rss() if report_rss else 0)
+
+
+def _run_items(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    values: list[Any],
+    errors: dict[int, tuple[BaseException, str]],
+    at: memoryview,
+) -> None:
+    """``values.append(fn(item))`` for each item, with ``at[0]`` the index of the item being run.
+
+    ``values.extend(map(...))`` runs the loop in C and keeps what it appended when ``fn`` raises;
+    the generator that feeds it writes the index (measured: about half the time per item of a
+    plain ``for`` loop with ``try`` inside)."""
+    n = len(items)
+
+    def feed() -> Iterator[Any]:
+        for k in range(len(values), n):
+            at[0] = k
+            yield items[k]
+
+    while len(values) < n:
+        try:
+            values.extend(map(fn, feed()))
+        except BaseException as exc:
+            errors[len(values)] = portable_error(exc)
+            values.append(None)

@@ -286,7 +286,7 @@ class ProcessJob(cf.Future[T]):
                 return False
             self._settled = True
         if slot is not None:
-            slot.stop(_USER_CANCEL)
+            slot.stop(_USER_CANCEL, batch)
         return _cf_cancel(self)
 
     def set_result(self, result: T) -> None:
@@ -423,11 +423,12 @@ class _Slot:
             self.wake_w.close()
             pool._slot_gone(self)
 
-    def stop(self, reason: str) -> None:
-        """Ask the slot to kill its worker, which runs a batch (any thread)."""
+    def stop(self, reason: str, batch: _Batch) -> None:
+        """Ask the slot to kill its worker if it still runs ``batch`` (any thread)."""
         with self.pool._lock:
-            if self.stop_reason is None:
-                self.stop_reason = reason
+            if self.batch is not batch or self.stop_reason is not None:
+                return  # done with it meanwhile (a stale stop must not hit the next batch)
+            self.stop_reason = reason
         try:
             self.wake_w.send_bytes(b"!")
         except OSError:
@@ -1610,12 +1611,12 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                     calls.extend(self._cancel_queued(batch))
             self._queue.clear()
             self._queued_jobs = 0
-            running = [s for s in self._slots if s.batch is not None]
+            running = [(s, s.batch) for s in self._slots if s.batch is not None]
             self._work.notify_all()
         for call in calls:
             call()
-        for slot in running:
-            slot.stop(_POOL_CANCEL)
+        for slot, batch in running:
+            slot.stop(_POOL_CANCEL, batch)
 
     def _cancel_queued(self, batch: _Batch) -> list[Callable[[], None]]:  # lock held
         owner = batch.owner
