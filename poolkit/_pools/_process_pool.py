@@ -328,6 +328,7 @@ class ProcessJob(cf.Future[T]):
         """Record the job's outcome (lock held, counted by the caller); the returned call
         resolves the future once the lock is released."""
         self._settled = True
+        self._batch.payload = b""  # a kept handle must not pin what it sent
         if error is None:
             return lambda: _cf_set_result(self, value)
         if isinstance(error, cf.CancelledError):
@@ -396,6 +397,7 @@ class _Slot:
         self.batch: _Batch | None = None
         self.stop_reason: str | None = None  # set (lock held), then woken
         self.start_error: Exception | None = None  # why the last worker could not start
+        self.starting = False  # starting a worker process (stop() may interrupt it)
         self.calls = 0  # calls run by the current process
         self.rss = 0
         self.thread = threading.Thread(
@@ -423,11 +425,14 @@ class _Slot:
             self.wake_w.close()
             pool._slot_gone(self)
 
-    def stop(self, reason: str, batch: _Batch) -> None:
-        """Ask the slot to kill its worker if it still runs ``batch`` (any thread)."""
+    def stop(self, reason: str, batch: _Batch | None) -> None:
+        """Ask the slot to kill its worker if it still runs ``batch``, or, with None, if it is
+        starting one between batches (any thread)."""
         with self.pool._lock:
             if self.batch is not batch or self.stop_reason is not None:
                 return  # done with it meanwhile (a stale stop must not hit the next batch)
+            if batch is None and not self.starting:
+                return
             self.stop_reason = reason
         try:
             self.wake_w.send_bytes(b"!")
@@ -439,13 +444,19 @@ class _Slot:
     def _start_process(self) -> bool:
         """Start a worker process and wait until it is ready; False if it died first."""
         pool = self.pool
-        ctx = pool._ctx
+        with pool._lock:
+            self.starting = True
         try:
-            return self._launch(ctx)
+            return self._launch(pool._ctx)
         except Exception as exc:  # fork or pipe failed (EMFILE, ENOMEM), or multiprocessing refused
             logger.warning("%s: worker %d could not start: %r", pool._label(), self.ident, exc)
             self.start_error = exc
             return False
+        finally:
+            with pool._lock:
+                self.starting = False
+                if self.batch is None:
+                    self.stop_reason = None  # (a stop meant for this start, now done)
 
     def _launch(self, ctx: Any) -> bool:
         pool = self.pool
@@ -584,8 +595,12 @@ class _Slot:
         started = _monotonic()
         try:
             if self.process is None and not self._start_process():
-                why = "; it was stopped" if self.stop_reason else ""
-                pool._settle(batch, 0, *self._start_failed(batch, why))
+                if self.stop_reason == _POOL_CANCEL:
+                    pool._requeue(self, batch, 0)  # never started: handed back
+                elif self.stop_reason == _USER_CANCEL:
+                    pool._settle(batch, 0, [None], {0: cf.CancelledError()})
+                else:
+                    pool._settle(batch, 0, *self._start_failed(batch, ""))
             elif pool._retry is not None:
                 self._run_retrying(batch)
             else:
@@ -1118,10 +1133,13 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 f"platform, got {start_method!r}"
             )
         self._start_method = start_method
-        grace = check_timeout(kill_grace, "kill_grace")
-        if grace is None:
-            raise TypeError("kill_grace must be a number of seconds, got None")
-        self._kill_grace = grace
+        if isinstance(kill_grace, bool) or not isinstance(kill_grace, (int, float)):
+            raise TypeError(f"kill_grace must be a number of seconds, got {kill_grace!r}")
+        if not 0 <= kill_grace < math.inf:
+            raise ValueError(
+                f"kill_grace must be a finite number of seconds >= 0, got {kill_grace!r}"
+            )
+        self._kill_grace = float(kill_grace)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable or None, got {initializer!r}")
         if not isinstance(initargs, tuple):
@@ -1392,6 +1410,8 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             batch = slot.batch
             if batch is not None:
                 batch.state = _DONE
+                if isinstance(batch.owner, _Chunk):
+                    batch.payload = b""  # (a job keeps its own, for a retry or a requeue)
                 self._busy -= 1
                 self._run_total += _monotonic() - started
                 if self._waiting or self._putters:
@@ -1611,12 +1631,14 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                     calls.extend(self._cancel_queued(batch))
             self._queue.clear()
             self._queued_jobs = 0
-            running = [(s, s.batch) for s in self._slots if s.batch is not None]
+            # The slots running a batch, and those starting a worker between batches (an
+            # initializer that hangs must not hang the shutdown).
+            running = [(s, s.batch) for s in self._slots if s.batch is not None or s.starting]
             self._work.notify_all()
         for call in calls:
             call()
-        for slot, batch in running:
-            slot.stop(_POOL_CANCEL, batch)
+        for slot, busy in running:
+            slot.stop(_POOL_CANCEL, busy)
 
     def _cancel_queued(self, batch: _Batch) -> list[Callable[[], None]]:  # lock held
         owner = batch.owner
