@@ -1229,14 +1229,14 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             slot.thread.start()
 
     def _slot_gone(self, slot: _Slot) -> None:
+        waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         with self._lock:
             self._live -= 1
-            last = self._live == 0
-            waiters, self._gone_waiters = (self._gone_waiters, []) if last else ([], [])
-        if last:
-            self._gone.set()
-            for loop, fut in waiters:
-                _wake_soon(loop, fut)
+            if self._live == 0:
+                waiters, self._gone_waiters = self._gone_waiters, []
+                self._gone.set()  # (under the lock: _wait_gone checks it there)
+        for loop, fut in waiters:
+            _wake_soon(loop, fut)
 
     # ------------------------------------------------------------- the queue
 
