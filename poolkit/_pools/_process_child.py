@@ -128,6 +128,11 @@ class _Reporter:
         self.errors: dict[int, tuple[BaseException, str]] = {}
         self.sent = 0  # values already sent
         self.since = 0.0  # when what is not sent yet began
+        # An idle worker's reporter parks on `wake` rather than waking every FLUSH_AFTER; a
+        # busy one never parks, so a stream of batches costs it no wake-ups.
+        self.wake = threading.Event()
+        self.parked = False
+        self.batches = 0  # batches begun (the reporter parks after a period with none)
 
     def begin(self, values: list[Any]) -> None:
         with self.lock:
@@ -135,6 +140,10 @@ class _Reporter:
             self.errors = {}
             self.sent = 0
             self.since = time.perf_counter()
+            self.batches += 1
+            if self.parked:
+                self.parked = False
+                self.wake.set()
 
     def _flush(self, values: list[Any], rss: int) -> None:  # lock held
         end = len(values)
@@ -152,12 +161,20 @@ class _Reporter:
             self._flush(values, rss)
 
     def run(self) -> None:
+        seen = -1
         while True:
             time.sleep(FLUSH_AFTER)
             with self.lock:
                 values = self.values
                 if values is not None and len(values) > self.sent:
                     self._flush(values, 0)
+                idle = values is None and self.batches == seen
+                seen = self.batches
+                if idle:
+                    self.parked = True
+                    self.wake.clear()
+            if idle:
+                self.wake.wait()
 
 
 def main(
