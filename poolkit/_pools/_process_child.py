@@ -18,9 +18,13 @@ a shared integer: if the process dies, the parent reads there which call it was 
 call failed; the ones after it never started and are run elsewhere).
 
 The worker ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the parent
-decides what happens to running jobs) and exits by itself when its parent process dies: a
-thread checks ``os.getppid()`` every :data:`PARENT_POLL` seconds (with the forkserver start
-method, the parent is the fork server, which exits when the pool's process does).
+decides what happens to running jobs) and exits by itself when the pool's process dies, even
+by SIGKILL: a thread reads the *lifeline*, a pipe whose only write end the pool's process holds,
+and exits when it reads end-of-file.  (Watching ``os.getppid()`` is not enough: with the
+forkserver start method the parent is the fork server, which outlives the pool's process as
+long as its children, our workers, hold its own lifeline.)  A worker started with ``"fork"``
+inherits every descriptor, the lifeline's write end too, so it checks ``os.getppid()`` every
+:data:`PARENT_POLL` seconds instead: its parent is the pool's process itself.
 """
 
 from __future__ import annotations
@@ -70,11 +74,17 @@ def portable_error(exc: BaseException) -> tuple[BaseException, str]:
     return exc, text
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, lifeline: Connection | None) -> None:
+    if lifeline is not None:
+        try:
+            lifeline.recv_bytes()  # nothing is ever sent: this returns when the pool's end closes
+        except (EOFError, OSError):
+            pass
+        os._exit(70)  # orphaned: the pool's process is gone
     while True:
         time.sleep(PARENT_POLL)
         if os.getppid() != parent:
-            os._exit(70)  # orphaned: whoever owned this worker is gone
+            os._exit(70)
 
 
 def _send(results: Connection, message: tuple[Any, ...]) -> None:
@@ -184,11 +194,16 @@ def main(
     report_rss: bool,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
+    lifeline: Connection | None,
 ) -> None:
-    """The worker process: run batches until told to stop, or until the parent is gone."""
+    """The worker process: run batches until told to stop, or until the pool's process is
+    gone (``lifeline``'s other end closes; without one, ``os.getppid()`` changes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="poolkit parent watch", daemon=True
+        target=_watch_parent,
+        args=(os.getppid(), lifeline),
+        name="poolkit parent watch",
+        daemon=True,
     ).start()
     if initializer is not None:
         initializer(*initargs)

@@ -471,6 +471,7 @@ class _Slot:
                 pool._max_memory is not None,
                 pool._initializer,
                 pool._initargs,
+                pool._lifeline_r,
             ),
             name=f"poolkit {pool._label()} worker {self.ident}",
         )
@@ -1174,6 +1175,9 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         self._gone_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._maps: weakref.WeakSet[ProcessMap[Any]] = weakref.WeakSet()
         self._crashed = self._killed = self._recycled = 0
+        # Workers exit when they read end-of-file here: only this process holds the write end.
+        self._lifeline_r: mpc.Connection | None = None
+        self._lifeline_w: mpc.Connection | None = None
         self._ctx: Any = multiprocessing.get_context(self._start_method)
         _live_pools.add(self)
         register(self, "process_pool")
@@ -1217,6 +1221,8 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             self._state = OPEN
             if self._start_method == "forkserver":
                 _preload(self._ctx)
+            if self._start_method != "fork":  # (a forked worker would inherit the write end)
+                self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
             self._gone.clear()
             for _ in range(self._target):
                 self._next_id += 1
@@ -1791,6 +1797,12 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             slots = list(self._slots)
         for slot in slots:
             slot.thread.join()
+        with self._lock:
+            lifeline = (self._lifeline_r, self._lifeline_w)
+            self._lifeline_r = self._lifeline_w = None
+        for conn in lifeline:
+            if conn is not None:
+                conn.close()
         _live_pools.discard(self)
         return self.handed_back
 
