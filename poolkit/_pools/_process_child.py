@@ -136,6 +136,7 @@ class _Reporter:
         self.lock = threading.Lock()
         self.values: list[Any] | None = None  # the running batch's results, None between
         self.errors: dict[int, tuple[BaseException, str]] = {}
+        self.n = 0  # calls in the running batch
         self.sent = 0  # values already sent
         self.since = 0.0  # when what is not sent yet began
         # An idle worker's reporter parks on `wake` rather than waking every FLUSH_AFTER; a
@@ -144,9 +145,10 @@ class _Reporter:
         self.parked = False
         self.batches = 0  # batches begun (the reporter parks after a period with none)
 
-    def begin(self, values: list[Any]) -> None:
+    def begin(self, values: list[Any], n: int) -> None:
         with self.lock:
             self.values = values
+            self.n = n
             self.errors = {}
             self.sent = 0
             self.since = time.perf_counter()
@@ -176,7 +178,10 @@ class _Reporter:
             time.sleep(FLUSH_AFTER)
             with self.lock:
                 values = self.values
-                if values is not None and len(values) > self.sent:
+                # Never all of them: the last call's result goes in end()'s message, the one
+                # that tells the pool the batch is over (an early flush of everything, then an
+                # empty final message, would be read as the start of the next batch's answer).
+                if values is not None and self.sent < len(values) < self.n:
                     self._flush(values, 0)
                 idle = values is None and self.batches == seen
                 seen = self.batches
@@ -226,7 +231,7 @@ def main(
             _send(results, (0, [], {-1: portable_error(exc)}, 0.0, 0))
             continue
         values: list[Any] = []
-        reporter.begin(values)
+        reporter.begin(values, len(calls))
         errors = reporter.errors
         if star:  # submitted jobs: one call each
             for args, kwargs in calls:

@@ -701,6 +701,9 @@ class _Slot:
                     what = _DIED
                 else:
                     first, values, errors = self._received(batch, data, done)
+                    if first != done or first + len(values) > n:
+                        values, errors = self._out_of_step(batch, done, first, len(values))
+                        first = done
                     if settle:
                         pool._settle(batch, first, values, errors)
                     else:
@@ -714,6 +717,26 @@ class _Slot:
                 results = values, errors
             break
         return results
+
+    def _out_of_step(self, batch: _Batch, done: int, first: int, count: int) -> Results:
+        """The worker answered for calls it was not running (a bug, of ours or of a job that
+        wrote to its pipe): it cannot be trusted, so it is stopped, and the calls left fail."""
+        logger.error(
+            "%s: worker %d answered for calls %d-%d while %d-%d were due; it is replaced",
+            self.pool._label(),
+            self.ident,
+            first,
+            first + count,
+            done,
+            batch.size,
+        )
+        self._end_process(graceful=False, counter="_crashed")
+        error = RuntimeError(
+            f"the worker process running this job answered out of step (calls {first}-"
+            f"{first + count} of a batch of {batch.size}, at {done}); it was replaced"
+        )
+        left = batch.size - done
+        return [None] * left, dict.fromkeys(range(left), error)
 
     def _received(
         self, batch: _Batch, data: bytes, done: int
@@ -886,8 +909,7 @@ class ProcessMap(Generic[R]):
         chunk = _Chunk(self, self._seq, items)
         self._seq += 1
         payload = _pickle_chunk(self._fn, items, base)
-        self._pool._put_chunk(chunk, payload)
-        self._chunks.append(chunk)
+        self._pool._put_chunk(chunk, payload)  # (which puts it in _chunks too)
 
     def _fill(self, it: Iterator[Any]) -> None:
         while self._window_open():
@@ -1341,6 +1363,8 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             if owner not in self._maps:
                 self._maps.add(owner)
             self._submitted += len(chunk.items)
+            # In the map's books in the same step: a worker may finish it before we return.
+            owner._chunks.append(chunk)
             self._queue_batch(_Batch(chunk, 0, len(chunk.items), payload))
 
     def _drop_map(self, m: ProcessMap[Any]) -> None:
