@@ -16,7 +16,9 @@ Routes (``GET`` or ``HEAD``; another method on a route is answered ``405``, an u
     the same snapshot as JSON.  Any other value is answered ``400``.
 ``/debug/pools``
     Every live pool, channel, limiter, bucket, ``Limits`` and ``PerKey`` with its statistics,
-    as JSON (what ``poolkit top`` polls).
+    as JSON (what ``poolkit top`` polls).  A ``ProcessPool``'s entry (``"kind":
+    "process_pool"``) also has its worker processes: ``worker_pids``, how many ``crashed``,
+    were ``killed`` or ``recycled``, and its ``start_method``.
 ``/metrics``
     The same objects in the Prometheus text format, for a scraper.
 ``/``
@@ -117,7 +119,8 @@ poolkit debug server
 /debug/tasks              tasks and threads, grouped by identical stack (?debug=1, the default)
 /debug/tasks?debug=2      every task and thread in full
 /debug/tasks?debug=json   the same snapshot as JSON
-/debug/pools              live pools, channels, limiters and buckets with their statistics (JSON)
+/debug/pools              live pools, channels, limiters and buckets with their statistics (JSON;
+                          a process pool's include its worker PIDs)
 /metrics                  the same in the Prometheus text format
 """
 

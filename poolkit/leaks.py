@@ -19,7 +19,8 @@ The asyncio and threads counterpart of Go's ``goleak`` and ``/debug/pprof/gorout
   them for all tasks of a loop, and :func:`label` tags a task or thread for dumps.
 * :func:`find_blocked` proves tasks blocked forever, using the garbage collector's view of who
   can reach what (see :mod:`poolkit._leaks._blocked` for the method and its cost).
-* :func:`no_leaks` fails a block (or a test) that leaves tasks or threads behind; the pytest
+* :func:`no_leaks` fails a block (or a test) that leaves tasks, threads or (on Linux) child
+  processes behind (:class:`LeakSnapshot`, :class:`ProcessInfo` in its report); the pytest
   plugin (``pytest --poolkit-leaks``, or the ``no_leaks`` marker) applies it to tests.
 * :class:`Watchdog` counts live tasks, threads and workers while a program runs and reports
   steady growth.
@@ -34,7 +35,9 @@ from ._leaks._introspect import TaskInfo as TaskInfo
 from ._leaks._introspect import ThreadInfo as ThreadInfo
 from ._leaks._introspect import label as label
 from ._leaks._introspect import track_tasks as track_tasks
+from ._leaks._noleaks import LeakSnapshot as LeakSnapshot
 from ._leaks._noleaks import NoLeaks as NoLeaks
+from ._leaks._noleaks import ProcessInfo as ProcessInfo
 from ._leaks._noleaks import no_leaks as no_leaks
 from ._leaks._snapshot import snapshot as snapshot
 from ._leaks._watchdog import Growth as Growth
@@ -46,7 +49,9 @@ __all__ = [
     "Growth",
     "HeapAnalysisUnavailable",
     "LeakError",
+    "LeakSnapshot",
     "NoLeaks",
+    "ProcessInfo",
     "Sample",
     "Snapshot",
     "TaskInfo",

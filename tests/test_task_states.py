@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import queue
 import selectors
+import signal
 import socket
 import socketserver
 import threading
@@ -414,6 +416,49 @@ async def _thread_scenes(
     )
     limited.submit(time.sleep, 0)
     sc.expect("poolkit._pools._thread_pool:_Worker._run", "limit wait")
+
+    # ProcessPool: an idle worker thread, one whose process runs a job, one whose process is
+    # still starting (a slow initializer), a map waiting for a result, a shutdown waiting for a
+    # job.  Each is stopped by a cancelling shutdown, from a thread (this is async code).
+    def processes(**options: Any) -> poolkit.ProcessPool:
+        pool = poolkit.ProcessPool(workers=1, kill_grace=0.1, **options)
+
+        def stop() -> None:
+            thread = threading.Thread(target=pool.shutdown, kwargs={"cancel": True})
+            thread.start()
+            thread.join(30)
+
+        sc.cleanups.append(stop)
+        return pool
+
+    idle_p = processes(name="idle-processes")
+    await asyncio.to_thread(lambda: idle_p.submit(pow, 2, 2).result(30))
+    sc.expect("poolkit._pools._process_pool:ProcessPool._take", "pool idle")
+    busy_p = processes(name="busy-processes")
+    busy_p.submit(time.sleep, 30)
+    sc.expect("poolkit._pools._process_pool:_Slot._exchange", "running")
+    # (A cancelling shutdown does not stop a worker whose initializer runs: keep it short.)
+    starting = processes(initializer=time.sleep, initargs=(2,), name="starting-processes")
+    starting.submit(pow, 2, 2)
+    sc.expect("poolkit._pools._process_pool:_Slot._start_process", "process start")
+    mapping = processes(name="mapping-processes")
+    threads.append(
+        (
+            lambda: list(mapping.map(time.sleep, [30])),
+            "poolkit._pools._process_pool:ProcessMap._sync",
+            "pool map",
+        )
+    )
+    closing_p = poolkit.ProcessPool(workers=1, kill_grace=0.1, name="closing-processes")
+    closing_p.submit(time.sleep, 30)
+    sc.cleanups.append(lambda: [os.kill(pid, signal.SIGKILL) for pid in closing_p.worker_pids])
+    threads.append(
+        (
+            closing_p.shutdown,
+            "poolkit._pools._process_pool:ProcessPool.shutdown",
+            "pool shutdown",
+        )
+    )
 
     # The standard library.
     cond = threading.Condition()

@@ -251,6 +251,14 @@ _STATE_TABLE: tuple[tuple[str, str, bool], ...] = (
     ("poolkit._pools._thread_pool:ThreadPool.submit", "pool submit", False),
     ("poolkit._pools._thread_pool:ThreadPool.shutdown", "pool shutdown", False),
     ("poolkit._pools._thread_pool:ThreadPool.shutdown_async", "pool shutdown", False),
+    # A ProcessPool's worker threads each own a worker process: waiting for a job, for the
+    # process to start (its initializer), or for the job it runs there (named "running", as a
+    # ThreadPool worker in its job is: the frames below it are only the wait for the answer).
+    ("poolkit._pools._process_pool:ProcessPool._take", "pool idle", False),
+    ("poolkit._pools._process_pool:_Slot._start_process", "process start", False),
+    ("poolkit._pools._process_pool:_Slot._exchange", "running", False),
+    ("poolkit._pools._process_pool:ProcessPool.shutdown", "pool shutdown", False),
+    ("poolkit._pools._process_pool:ProcessMap._sync", "pool map", False),
     ("asyncio.tasks:sleep", "sleep", False),
     ("asyncio.tasks:wait", "wait", False),
     ("asyncio.tasks:wait_for", "wait", False),

@@ -1,21 +1,41 @@
-"""``no_leaks()``: fail when a block of code leaves tasks or threads running behind it.
+"""``no_leaks()``: fail when a block of code leaves tasks, threads or processes running behind it.
 
 What counts as a leak
 ---------------------
-A task of the running loop, or a thread, that is still alive when the block ends and was not
-alive when it began (``ignore_current=True``, the default), and that no ignore rule excuses.
-The block's own task and thread never count, and neither do *idle* threads of the event loop's
-default executor (``asyncio_0``..., ``uvloop_0``...: the threads ``asyncio.to_thread`` starts):
-they belong to the loop, which stops them when it closes.  One still running a call counts.
+A task of the running loop, a thread, or a child process that is still alive when the block
+ends and was not alive when it began (``ignore_current=True``, the default), and that no ignore
+rule excuses.  The block's own task and thread never count, and neither do *idle* threads of the
+event loop's default executor (``asyncio_0``..., ``uvloop_0``...: the threads
+``asyncio.to_thread`` starts): they belong to the loop, which stops them when it closes.  One
+still running a call counts.
+
+Child processes
+---------------
+A process counts if it descends from this one (a child, or a child's child: with the
+``forkserver`` start method a ``ProcessPool``'s workers are children of ``multiprocessing``'s
+fork server, which is ours), appeared during the block and has not exited; one that has exited
+but was not yet reaped (a zombie) is gone.  ``multiprocessing``'s own long-lived helpers, the
+fork server and the resource tracker, are started once on first use and live as long as the
+process: they never count, though what the fork server starts does.  A process whose parent
+left it behind is adopted by ``init`` (or a subreaper) and no longer descends from this one, so
+a daemon that detached itself by a double fork is not seen.  ``ignore_names`` excuses a process
+whose name (``sleep``, as ``ps`` shows it) or command line (``sleep 30``) matches;
+``processes=False`` leaves processes out of the check.
+
+Processes are read from Linux's ``/proc``: one listing of it on entering the block and one on
+leaving, plus the parent chain of any process that appeared meanwhile, so the check costs well
+under a millisecond when no process was started.  Where there is no ``/proc`` (macOS, Windows)
+processes are not checked, and ``no_leaks`` checks tasks and threads only.
 
 Waiting before judging
 ----------------------
 Work that is merely finishing (a worker that saw the channel close and is on its way out) is not
 a leak, so on exit the check is retried with backoff (1 ms, doubling, at most 100 ms apart) for
 up to ``timeout`` seconds, goleak's default budget being 0.4 s.  The budget for tasks is measured
-on the loop's clock (so a test on virtual time does not wait in real time); for threads, in real
-time.  While only threads are left, the wait is a short blocking sleep (at most 100 ms) between
-turns of the loop, so a thread that waits on the loop can still finish.
+on the loop's clock (so a test on virtual time does not wait in real time); for threads and
+processes, in real time.  While only threads (or processes) are left, the wait is a short
+blocking sleep (at most 100 ms) between turns of the loop, so a thread that waits on the loop can
+still finish.
 
 A leaked task that nothing can reach may be freed by the garbage collector before the check
 (asyncio then logs "Task was destroyed but it is pending!").  The async form watches the loop's
@@ -28,9 +48,11 @@ tasks it left behind are its consequence.
 The report
 ----------
 :class:`~poolkit.LeakError` carries a :class:`~poolkit.leaks.Snapshot` of what leaked, grouped
-by stack with creation sites as in ``/debug/pprof/goroutine?debug=1``.  Tasks that are provably
-blocked forever (nothing alive can wake them: :func:`poolkit.leaks.find_blocked`) are marked as
-such; the others are only still running when the budget ran out.  Where that analysis cannot
+by stack with creation sites as in ``/debug/pprof/goroutine?debug=1``; it is a
+:class:`LeakSnapshot`, whose ``processes`` lists the leaked processes (PID, parent, state and
+command line), shown after the tasks and threads.  Tasks that are provably blocked forever
+(nothing alive can wake them: :func:`poolkit.leaks.find_blocked`) are marked as such; the others
+are only still running when the budget ran out.  Where that analysis cannot
 run (:class:`~poolkit.HeapAnalysisUnavailable`: a free-threaded build, an unverified CPython
 version), the leaks are reported all the same, without the mark, and the message says why.
 """
@@ -41,10 +63,14 @@ import asyncio
 import fnmatch
 import functools
 import inspect
+import os
+import shlex
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -63,7 +89,7 @@ from ._introspect import (
 )
 from ._snapshot import blocked_ids
 
-__all__ = ["NoLeaks", "no_leaks"]
+__all__ = ["LeakSnapshot", "NoLeaks", "ProcessInfo", "no_leaks"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +107,249 @@ def _patterns(value: str | Iterable[str], name: str) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise TypeError(f"{name} must be strings (glob patterns), got {item!r}")
     return items
+
+
+# ----------------------------------------------------------------------- child processes
+#
+# Linux only: everything is read from /proc, which other systems lack or lay out otherwise.
+# The check costs one listing of /proc on entering a block and one on leaving it: a process
+# started in the block is one whose PID was not listed on entry (PIDs are handed out in order,
+# up to pid_max, so one being reused within a block is out of reach in practice), and only
+# such new PIDs have their parent chain read.  /proc/<pid>/task/*/children would give the
+# children directly, but it is a kernel option that is often off.
+
+_PROC = "/proc"
+_GONE_STATES = frozenset("ZXx")  # zombie, dead: exited, only waiting to be reaped
+
+
+def _procfs() -> bool:
+    """Whether processes can be read here (Linux's /proc)."""
+    return sys.platform.startswith("linux") and os.path.exists(f"{_PROC}/self/stat")
+
+
+_HAS_PROCFS = _procfs()
+
+
+def _pids() -> set[int]:
+    """The PIDs of every process of the system (empty without /proc)."""
+    if not _HAS_PROCFS:
+        return set()
+    try:
+        return {int(name) for name in os.listdir(_PROC) if name.isdigit()}
+    except OSError:
+        return set()
+
+
+def _read(path: str, size: int = 4096) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat(pid: int) -> tuple[int, str, str] | None:
+    """``(ppid, state, name)`` of ``pid`` from ``/proc/<pid>/stat``; ``None`` if it is gone."""
+    data = _read(f"{_PROC}/{pid}/stat")
+    if not data:
+        return None
+    # "pid (name) state ppid ...": the name may hold spaces and parentheses, but is the only
+    # part in parentheses, and ends at the last ")".
+    open_, close = data.find(b"("), data.rfind(b")")
+    rest = data[close + 2 :].split(None, 2)
+    if open_ < 0 or close < open_ or len(rest) < 2:
+        return None
+    name = data[open_ + 1 : close].decode("utf-8", "replace")
+    return int(rest[1]), rest[0].decode("ascii", "replace"), name
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    # Each argument ends with a NUL; a program that rewrote its title (redis-server, say) may
+    # leave one string padded with NULs instead, which is its title.
+    data = (_read(f"{_PROC}/{pid}/cmdline", 65536) or b"").rstrip(b"\0")
+    return tuple(arg.decode("utf-8", "replace") for arg in data.split(b"\0")) if data else ()
+
+
+def multiprocessing_helpers() -> set[int]:
+    """PIDs of ``multiprocessing``'s own long-lived processes in this process: the fork server
+    and the resource tracker.  Each is started once, on first use, and lives as long as the
+    process (or until it dies): started in one block, it is that block's helper, not a leak."""
+    found = set()
+    # Read defensively: private attributes, and the modules are only looked at if imported.
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    tracker = getattr(
+        sys.modules.get("multiprocessing.resource_tracker"), "_resource_tracker", None
+    )
+    for pid in (getattr(server, "_forkserver_pid", None), getattr(tracker, "_pid", None)):
+        if isinstance(pid, int) and pid > 0:
+            found.add(pid)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """A process started by this process (a child, or a child's child...) that outlived a
+    :func:`no_leaks` block; plain data, as :class:`~poolkit.leaks.ThreadInfo`."""
+
+    pid: int
+    ppid: int
+    """Its parent's PID: this process's, or another descendant's."""
+    name: str
+    """The command's name, as ``ps`` shows it (``sleep``, ``python3.11``)."""
+    state: str
+    """Its state letter from ``/proc/<pid>/stat``: ``R`` running, ``S`` sleeping, ``D`` in
+    uninterruptible I/O, ``T`` stopped."""
+    cmdline: tuple[str, ...]
+    """Its arguments (empty if it could not be read).  A worker forked by ``multiprocessing``'s
+    fork server has the fork server's."""
+    parent: str
+    """What its parent is: ``"this process"``, ``"multiprocessing fork server"``, or the
+    parent's name."""
+
+    kind = "process"
+
+    @property
+    def command(self) -> str:
+        """The command line, quoted as a shell would need it (``[name]`` without one; as it is,
+        for a program that rewrote it as one string, as ``ps`` shows it)."""
+        if not self.cmdline:
+            return f"[{self.name}]"
+        return self.cmdline[0] if len(self.cmdline) == 1 else shlex.join(self.cmdline)
+
+
+def new_descendants(before: set[int], root: int | None = None) -> list[tuple[int, int, str, str]]:
+    """``(pid, ppid, state, name)`` of each live descendant of ``root`` (default: this
+    process) whose PID is not in ``before``, oldest PID first, leaving out multiprocessing's
+    helpers (:func:`multiprocessing_helpers`) and zombies."""
+    if root is None:
+        root = os.getpid()
+    new = _pids() - before
+    if not new:
+        return []  # the usual case: no process appeared at all
+    helpers = multiprocessing_helpers()
+    stats: dict[int, tuple[int, str, str] | None] = {}
+    ours: dict[int, bool] = {root: True}
+
+    def stat(pid: int) -> tuple[int, str, str] | None:
+        if pid not in stats:
+            stats[pid] = _stat(pid)
+        return stats[pid]
+
+    def descends(pid: int) -> bool:
+        chain = []
+        while pid not in ours:
+            chain.append(pid)
+            found = stat(pid)
+            if found is None or found[0] <= 0 or len(chain) > 64:
+                result = False
+                break
+            pid = found[0]
+        else:
+            result = ours[pid]
+        for link in chain:
+            ours[link] = result
+        return result
+
+    leftover = []
+    for pid in sorted(new):
+        if pid == root or pid in helpers or not descends(pid):
+            continue
+        found = stat(pid)
+        if found is not None and found[1] not in _GONE_STATES:
+            leftover.append((pid, *found))
+    return leftover
+
+
+def count_descendants() -> int:
+    """Live descendants of this process, leaving out multiprocessing's helpers and zombies
+    (0 where ``/proc`` cannot be read)."""
+    return len(new_descendants(set()))
+
+
+def process_infos(found: Iterable[tuple[int, int, str, str]]) -> list[ProcessInfo]:
+    """The processes ``found`` by :func:`new_descendants`, with their command lines."""
+    me, helpers = os.getpid(), multiprocessing_helpers()
+
+    def parent(ppid: int) -> str:
+        if ppid == me:
+            return "this process"
+        if ppid in helpers:
+            return "multiprocessing fork server"
+        stat = _stat(ppid)
+        return "?" if stat is None else stat[2]
+
+    return [
+        ProcessInfo(pid, ppid, name, state, _cmdline(pid), parent(ppid))
+        for pid, ppid, state, name in found
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class LeakSnapshot(Snapshot):
+    """What a :class:`~poolkit.LeakError` reports: the tasks and threads that leaked, as in any
+    :class:`~poolkit.leaks.Snapshot`, and the processes."""
+
+    processes: tuple[ProcessInfo, ...] = ()
+    """The child processes (and their children) that outlived the block, oldest PID first."""
+
+    def dump(self, debug: int = 1) -> str:
+        """As :meth:`Snapshot.dump <poolkit.leaks.Snapshot.dump>`, then the processes, one a
+        line, if any leaked (``debug`` makes no difference to them)."""
+        text = Snapshot.dump(self, debug)  # not super(): slots dataclasses are rebuilt
+        if not self.processes:
+            return text
+        lines = [f"process profile: total {len(self.processes)}"]
+        lines += [_process_line(p) for p in self.processes]
+        return text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        """As :meth:`Snapshot.to_json <poolkit.leaks.Snapshot.to_json>`, with ``"processes"``:
+        each a dict of ``pid``, ``ppid``, ``parent``, ``name``, ``state`` and ``cmdline`` (a
+        list)."""
+        data = Snapshot.to_json(self)
+        data["processes"] = [
+            {
+                "pid": p.pid,
+                "ppid": p.ppid,
+                "parent": p.parent,
+                "name": p.name,
+                "state": p.state,
+                "cmdline": [*p.cmdline],
+            }
+            for p in self.processes
+        ]
+        return data
+
+
+def _process_line(info: ProcessInfo) -> str:
+    return f"pid {info.pid} [{info.state}], parent {info.ppid} ({info.parent}): {_what(info)}"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
+
+
+def _joined(parts: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (and nothing for no parts)."""
+    return " and ".join(parts) if len(parts) < 3 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def _what(info: ProcessInfo) -> str:
+    """A process, as reports show it: its command line (its name, for a fork server's worker,
+    whose command line is the fork server's and says nothing of what the worker is)."""
+    if info.parent == "multiprocessing fork server":
+        return f"{info.name}, forked by multiprocessing's fork server"
+    return info.command
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 class _Watch:
@@ -135,6 +404,7 @@ class NoLeaks:
         "_ids_before",
         "_loop",
         "_me",
+        "_pids_before",
         "_task",
         "_tasks_before",
         "_threads_before",
@@ -142,6 +412,7 @@ class NoLeaks:
         "ignore_current",
         "ignore_functions",
         "ignore_names",
+        "processes",
         "timeout",
     )
 
@@ -152,21 +423,26 @@ class NoLeaks:
         ignore_names: str | Iterable[str] = (),
         ignore_functions: str | Iterable[str] = (),
         ignore_current: bool = True,
+        processes: bool = True,
     ) -> None:
         checked = check_timeout(timeout)
         if checked is None:
             raise ValueError(f"timeout must be a finite number of seconds, got {timeout!r}")
         if not isinstance(ignore_current, bool):
             raise TypeError(f"ignore_current must be True or False, got {ignore_current!r}")
+        if not isinstance(processes, bool):
+            raise TypeError(f"processes must be True or False, got {processes!r}")
         self.timeout = checked
         self.ignore_names = _patterns(ignore_names, "ignore_names")
         self.ignore_functions = _patterns(ignore_functions, "ignore_functions")
         self.ignore_current = ignore_current
+        self.processes = processes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._me: threading.Thread | None = None
         self._tasks_before: weakref.WeakSet[asyncio.Task[Any]] | None = None
         self._threads_before: set[threading.Thread] | None = None
+        self._pids_before: set[int] = set()
         self._destroyed: list[TaskInfo] = []
         self._ids_before: set[int] = set()
         self._watch: _Watch | None = None
@@ -174,7 +450,8 @@ class NoLeaks:
     def __repr__(self) -> str:
         return (
             f"no_leaks(timeout={self.timeout!r}, ignore_names={self.ignore_names!r}, "
-            f"ignore_functions={self.ignore_functions!r}, ignore_current={self.ignore_current!r})"
+            f"ignore_functions={self.ignore_functions!r}, ignore_current={self.ignore_current!r}, "
+            f"processes={self.processes!r})"
         )
 
     def _copy(self) -> NoLeaks:
@@ -183,6 +460,7 @@ class NoLeaks:
             ignore_names=self.ignore_names,
             ignore_functions=self.ignore_functions,
             ignore_current=self.ignore_current,
+            processes=self.processes,
         )
 
     # ------------------------------------------------------------------- entering
@@ -193,6 +471,7 @@ class NoLeaks:
         self._loop = loop
         self._me = threading.current_thread()
         self._threads_before = set(threading.enumerate()) if self.ignore_current else set()
+        self._pids_before = _pids() if self.processes and self.ignore_current else set()
         if loop is not None:
             self._task = asyncio.current_task(loop)
             before = asyncio.all_tasks(loop) if self.ignore_current else ()
@@ -209,6 +488,7 @@ class NoLeaks:
         self._loop = self._task = self._me = self._watch = None
         self._tasks_before = self._threads_before = None
         self._ids_before = set()
+        self._pids_before = set()
 
     def _note_destroyed(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Note a task the garbage collector destroyed while it was pending (a leak that no
@@ -267,6 +547,19 @@ class NoLeaks:
             found = [t for t in found if t.ident not in idle]
         return found
 
+    def _leftover_processes(self) -> list[tuple[int, int, str, str]]:
+        """``(pid, ppid, state, name)`` of the descendants started in the block, still alive."""
+        if not self.processes:
+            return []
+        found = new_descendants(self._pids_before)
+        if found and self.ignore_names:
+            found = [
+                p
+                for p in found
+                if not self._excused(p[3]) and not self._excused(shlex.join(_cmdline(p[0])))
+            ]
+        return found
+
     def _keep(self, info: Info) -> bool:
         patterns = self.ignore_functions
         if not patterns:
@@ -294,18 +587,25 @@ class NoLeaks:
     def _fail(self, waited: float) -> None:
         __tracebackhide__ = True  # pytest: the report is the point, not this frame
         destroyed = self._destroyed
-        # Proving tasks blocked walks the whole heap: only when there is something to report.
-        tasks, threads = self._leaks(mark_blocked=True)
-        if not tasks and not threads and not destroyed:
+        # Proving tasks blocked walks the whole heap: only when there are tasks to report.
+        tasks, threads = self._leaks(mark_blocked=bool(self._leftover_tasks()))
+        processes = process_infos(self._leftover_processes())
+        if not tasks and not threads and not destroyed and not processes:
             return
-        report = Snapshot(tuple(tasks + destroyed), tuple(threads), time.time())
+        report = LeakSnapshot(
+            tuple(tasks + destroyed), tuple(threads), time.time(), tuple(processes)
+        )
         parts = []
         if tasks:
-            parts.append(f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}")
+            parts.append(_counted(len(tasks), "task"))
         if threads:
-            parts.append(f"{len(threads)} thread{'s' if len(threads) != 1 else ''}")
+            parts.append(_counted(len(threads), "thread"))
+        if processes:
+            shown = "; ".join(f"pid {p.pid}: {_short(_what(p))}" for p in processes[:3])
+            more = f"; {len(processes) - 3} more" if len(processes) > 3 else ""
+            parts.append(f"{_counted(len(processes), 'process')} ({shown}{more})")
         stuck = sum(1 for t in tasks if t.blocked)
-        message = f"{' and '.join(parts)} still alive {waited:.3g} s after the block ended"
+        message = f"{_joined(parts)} still alive {waited:.3g} s after the block ended"
         if destroyed:
             gone = f"{len(destroyed)} task{'s' if len(destroyed) != 1 else ''}"
             lost = f"{gone} destroyed by the garbage collector while still pending"
@@ -342,6 +642,8 @@ class NoLeaks:
                 if (tasks or threads) and self.ignore_functions:
                     found_tasks, found_threads = self._leaks(mark_blocked=False)
                     tasks, threads = bool(found_tasks), bool(found_threads)
+                # Processes wait in real time, as threads do.
+                threads = threads or bool(self._leftover_processes())
                 if not tasks and not threads:
                     if not self._destroyed:
                         return  # the usual case: no report, and so no heap walk for one
@@ -372,8 +674,11 @@ class NoLeaks:
                 return
             deadline = time.monotonic() + self.timeout
             delay = _FIRST_DELAY
-            while self._leftover_threads():
-                if self.ignore_functions and not self._leaks(mark_blocked=False)[1]:
+            while True:
+                threads = bool(self._leftover_threads())
+                if threads and self.ignore_functions:
+                    threads = bool(self._leaks(mark_blocked=False)[1])
+                if not threads and not self._leftover_processes():
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -423,8 +728,10 @@ def no_leaks(
     ignore_names: str | Iterable[str] = (),
     ignore_functions: str | Iterable[str] = (),
     ignore_current: bool = True,
+    processes: bool = True,
 ) -> NoLeaks:
-    """Fail with :class:`~poolkit.LeakError` if tasks or threads outlive the block.
+    """Fail with :class:`~poolkit.LeakError` if tasks, threads or child processes outlive the
+    block.
 
     ::
 
@@ -434,40 +741,47 @@ def no_leaks(
         @poolkit.no_leaks(timeout=1.0)
         async def test_shutdown(): ...
 
-        with poolkit.no_leaks():  # sync form: threads only
+        with poolkit.no_leaks():  # sync form: threads and processes
             run_threads()
 
     The async form checks the running loop's tasks and all threads; the sync form, used from a
-    thread or outside any loop, checks threads only (it cannot wait for tasks).  The block's own
-    task and thread never count, nor do idle threads of the loop's default executor.  Work that
-    is merely finishing is not a leak: on exit the check is repeated, 1 ms apart and doubling up
-    to 100 ms, until ``timeout`` has passed (on the loop's clock for tasks, in real time for
-    threads).  Nothing is checked if the block raises.
+    thread or outside any loop, checks threads only (it cannot wait for tasks).  Both check the
+    processes this one started, and theirs (on Linux; see the module docstring), leaving out
+    ``multiprocessing``'s fork server and resource tracker.  The block's own task and thread
+    never count, nor do idle threads of the loop's default executor, nor processes that have
+    exited but were not yet reaped.  Work that is merely finishing is not a leak: on exit the
+    check is repeated, 1 ms apart and doubling up to 100 ms, until ``timeout`` has passed (on
+    the loop's clock for tasks, in real time for threads and processes).  Nothing is checked if
+    the block raises.
 
     Args:
         timeout: Seconds to keep re-checking before failing, a finite number; leaks are
             reported only after it.
         ignore_names: Task and thread names to excuse, as glob patterns (``"asyncio_*"``
-            excuses the default executor's worker threads even while they run a call).
+            excuses the default executor's worker threads even while they run a call); a
+            process is excused by its name (``"sleep"``) or its command line (``"sleep *"``).
         ignore_functions: ``module.qualname`` glob patterns; a task or thread with such a
             function anywhere on its stack is excused.
         ignore_current: Excuse whatever was alive when the block began (``False`` counts every
-            task of the loop and every thread except the block's own).
+            task of the loop, every thread except the block's own, and every child process).
+        processes: Check child processes too (``False``: tasks and threads only).
 
     Returns:
         A :class:`~poolkit.leaks.NoLeaks`, for ``async with``, ``with`` or decorating.
 
     Raises:
-        LeakError: On leaving the block normally, if tasks or threads outlived it by
+        LeakError: On leaving the block normally, if tasks, threads or processes outlived it by
             ``timeout``, or a task started in it was destroyed by the garbage collector while
-            still pending; its ``snapshot`` says what leaked.
+            still pending; its ``snapshot`` (a :class:`~poolkit.leaks.LeakSnapshot`) says what
+            leaked.
         ValueError: If ``timeout`` is negative, NaN, infinite or ``None``.
         TypeError: If ``timeout`` is not a number, a pattern is not a ``str``, or
-            ``ignore_current`` is not a ``bool``.
+            ``ignore_current`` or ``processes`` is not a ``bool``.
     """
     return NoLeaks(
         timeout=timeout,
         ignore_names=ignore_names,
         ignore_functions=ignore_functions,
         ignore_current=ignore_current,
+        processes=processes,
     )

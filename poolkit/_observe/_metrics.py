@@ -10,10 +10,14 @@ Every object is identified by one label named after what it is (``pool``, ``chan
 ``bucket``, ``limits``, ``per_key``, ``redis_bucket``, ``redis_limiter``) whose value is the
 object's name, or ``<kind>-<seq>`` if it has none (``channel-12``). Two live objects of one kind
 with the same name would make duplicate series, which Prometheus drops, so the older keeps the name
-and each later one gets ``<name>#<seq>``. Both pool classes share the ``poolkit_pool_*`` families,
-told apart by ``kind="asyncio"`` (``WorkerPool``) or ``kind="thread"`` (``ThreadPool``): summing
-over ``kind`` gives every pool. A ``Limits`` has no counters of its own (its members are reported as
-themselves); ``poolkit_limits_member_info`` links it to their labels, for joins.
+and each later one gets ``<name>#<seq>``. The pool classes share the ``poolkit_pool_*`` families,
+told apart by ``kind="asyncio"`` (``WorkerPool``), ``kind="thread"`` (``ThreadPool``) or
+``kind="process"`` (``ProcessPool``): summing over ``kind`` gives every pool.  Process pools
+also have worker processes, which end and are replaced: ``poolkit_pool_worker_replacements``
+counts them by ``reason`` and ``poolkit_pool_worker_process_info`` names the live ones by
+``pid`` (a worker replaced is a new series, so these churn as fast as the pool replaces its
+workers). A ``Limits`` has no counters of its own (its members are reported as themselves);
+``poolkit_limits_member_info`` links it to their labels, for joins.
 
 A counter family is named without ``_total`` and its samples with it, as in OpenMetrics and
 ``prometheus_client``; the text format writes ``# HELP``/``# TYPE`` with the ``_total`` name, as
@@ -22,8 +26,8 @@ A counter family is named without ``_total`` and its samples with it, as in Open
 From another thread
 -------------------
 Collecting is meant to run in a thread of its own (a debug server's, a scrape handler's).
-``Channel``, ``CapacityLimiter``, ``TokenBucket``, ``PerKey`` and ``ThreadPool`` take their
-lock for a consistent snapshot.  Two caveats, both in the objects' ``statistics()``:
+``Channel``, ``CapacityLimiter``, ``TokenBucket``, ``PerKey``, ``ThreadPool`` and ``ProcessPool``
+take their lock for a consistent snapshot.  Two caveats, both in the objects' ``statistics()``:
 
 * ``WorkerPool.statistics()`` takes no lock (a pool lives on one event loop).  Read from another
   thread, each counter is a value it really had, but ``queued``, ``running``, ``busy`` and
@@ -99,7 +103,10 @@ def _labelled(kind: str) -> list[tuple[int, str, Any]]:
 
 Objects = list[tuple[int, str, Any]]
 
-_POOL_KINDS = (("pool", "asyncio"), ("thread_pool", "thread"))
+_POOL_KINDS = (("pool", "asyncio"), ("thread_pool", "thread"), ("process_pool", "process"))
+
+# Why a process pool's worker process ended: (label value, field of ProcessPoolStatistics).
+_REPLACEMENTS = (("crashed", "crashed"), ("killed", "killed"), ("recycled", "recycled"))
 
 
 def _pools(objects: list[tuple[str, str, Any]]) -> list[Family]:
@@ -143,6 +150,23 @@ def _pools(objects: list[tuple[str, str, Any]]) -> list[Family]:
         "Seconds jobs spent queued, summed (divide by started for the mean).",
     )
     run = fam("poolkit_pool_run_seconds", COUNTER, "Seconds jobs spent running, summed.")
+    replaced = fam(
+        "poolkit_pool_worker_replacements",
+        COUNTER,
+        "Worker processes of a process pool that ended, by reason: crashed (died by itself: a "
+        "segfault, os._exit, a signal from outside such as the OOM killer), killed (stopped by "
+        "the pool: a job ran past its timeout, or a running job was cancelled) or recycled "
+        "(retired by max_jobs_per_worker or max_memory). An open pool replaces each at once.",
+        "reason",
+    )
+    processes = fam(
+        "poolkit_pool_worker_process_info",
+        GAUGE,
+        "1 for each worker process of a process pool alive now: its process id, and how the "
+        "pool starts processes (forkserver, spawn or fork).",
+        "pid",
+        "start_method",
+    )
     for flavour, label, pool in objects:
         s = pool.statistics()
         ids = {"pool": label, "kind": flavour}
@@ -167,6 +191,17 @@ def _pools(objects: list[tuple[str, str, Any]]) -> list[Family]:
         retries.samples.append((ids, s.retried))
         wait.samples.append((ids, s.queue_wait_total))
         run.samples.append((ids, s.run_time_total))
+        pids = getattr(s, "worker_pids", None)
+        if pids is not None:  # a ProcessPool
+            replaced.samples += [
+                ({"pool": label, "kind": flavour, "reason": reason}, getattr(s, field))
+                for reason, field in _REPLACEMENTS
+            ]
+            method = str(s.start_method)
+            processes.samples += [
+                ({"pool": label, "kind": flavour, "pid": str(pid), "start_method": method}, 1)
+                for pid in pids
+            ]
     return [
         workers,
         target,
@@ -180,6 +215,8 @@ def _pools(objects: list[tuple[str, str, Any]]) -> list[Family]:
         retries,
         wait,
         run,
+        replaced,
+        processes,
     ]
 
 
@@ -528,6 +565,7 @@ def exposition(families: list[Family] | None = None) -> str:
 _SECTIONS = {
     "pool": "pools",
     "thread_pool": "pools",
+    "process_pool": "pools",
     "channel": "channels",
     "limiter": "limiters",
     "bucket": "buckets",
@@ -567,10 +605,12 @@ def objects_json() -> dict[str, Any]:
     ``{"pools": [{"kind": "pool", "name": "fetch", "seq": 3, "statistics": {...}}, ...], "channels":
     [...], "limiters": [...], "buckets": [...], "limits": [...], "per_keys": [...], "redis_buckets":
     [...], "redis_limiters": [...]}``: ``kind`` is the registry's (``pool``, ``thread_pool``,
-    ``channel``...), ``name`` the label the metrics use, ``seq`` the registration number (creation
-    order). A ``limits`` entry also lists its ``members`` as ``{"kind", "name"}``. The result passes
-    ``json.dumps(..., allow_nan=False)``: infinities and NaN are strings, and anything else that
-    JSON cannot hold is its ``str()``.
+    ``process_pool``, ``channel``...), ``name`` the label the metrics use, ``seq`` the
+    registration number (creation order). A ``limits`` entry also lists its ``members`` as
+    ``{"kind", "name"}``; a ``process_pool``'s statistics include ``worker_pids``, ``crashed``,
+    ``killed``, ``recycled`` and ``start_method``. The result passes ``json.dumps(...,
+    allow_nan=False)``: infinities and NaN are strings, and anything else that JSON cannot hold is
+    its ``str()``.
     """
     labelled = {kind: _labelled(kind) for kind in KINDS}
     names = {id(obj): (kind, label) for kind in KINDS for _, label, obj in labelled[kind]}

@@ -5,7 +5,9 @@
     Print the program's tasks and threads (``--debug 1``: grouped by stack, the default;
     ``2``: each in full; ``json``).
 ``poolkit top URL``
-    Watch its pools, channels, limiters and buckets, refreshed every ``--interval`` seconds.
+    Watch its pools, channels, limiters and buckets, refreshed every ``--interval`` seconds;
+    process pools also show their worker processes (PIDs, and how many crashed, were killed
+    or were recycled).
 ``poolkit demo``
     Run the demo (its own options follow).
 
@@ -110,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         help="watch the program's pools, channels, limiters and buckets",
         description="Show the pools, channels, limiters and buckets of a program serving "
         "poolkit.debug.serve(), refreshed until Ctrl-C.  FAILED counts jobs that raised or "
-        "timed out; JOBS/S is the rate of finished jobs since the previous refresh.",
+        "timed out; JOBS/S is the rate of finished jobs since the previous refresh.  WORKER "
+        "PROCESSES lists each process pool's worker PIDs and how many workers crashed, were "
+        "killed (timeout, cancel) or were recycled.",
     )
     top.add_argument("url", metavar="URL", type=_base_url, help=url_help)
     top.add_argument(
@@ -227,6 +231,8 @@ def _dump(base: str, debug: str, timeout: float, out: TextIO) -> int:
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 _POOL_COLUMNS = ("BUSY", "IDLE", "MAX", "QUEUED", "DONE", "FAILED", "CANCELLED", "JOBS/S")
+_POOL_KINDS = {"pool": "asyncio", "thread_pool": "thread", "process_pool": "process"}
+_PIDS_SHOWN = 16  # a process pool's line lists this many worker PIDs, then "+N more"
 
 # For each kind, the statistics one line shows: (label, key, ...) - a missing key is skipped.
 _LINES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -324,7 +330,9 @@ class _Top:
     def frame(self, data: Mapping[str, Any], now: float) -> str:
         clock = time.strftime("%H:%M:%S")
         lines = [f"{_PROG} top  {self.url}  {clock}  every {self.interval:g} s", ""]
-        lines += self._pools(_entries(data, "pools"), now)
+        pools = _entries(data, "pools")
+        lines += self._pools(pools, now)
+        lines += _processes(pools)
         for section in (*_SECTION_TITLES, *(s for s in data if s not in _SECTION_TITLES)):
             if section == "pools":
                 continue
@@ -353,7 +361,7 @@ class _Top:
                 if before is not None and now > before[0]:
                     rate = f"{(finished - before[1]) / (now - before[0]):.1f}"
                 seen[key] = (now, finished)
-            kind = {"pool": "asyncio", "thread_pool": "thread"}.get(str(entry.get("kind")), "?")
+            kind = _POOL_KINDS.get(str(entry.get("kind")), "?")
             rows.append(
                 (
                     str(entry.get("name", "?")),
@@ -403,6 +411,34 @@ class _Top:
         if stats.get("closed") is True:
             parts.append("closed")
         return f"{str(entry.get('name', '?')).ljust(width)}  " + "  ".join(parts)
+
+
+def _processes(pools: list[Mapping[str, Any]]) -> list[str]:
+    """The WORKER PROCESSES section: one line per process pool, or nothing if there is none."""
+    rows = []
+    for entry in pools:
+        stats = entry.get("statistics")
+        if entry.get("kind") != "process_pool" or not isinstance(stats, Mapping):
+            continue
+        pids = stats.get("worker_pids")
+        pids = [str(p) for p in pids] if isinstance(pids, list) else []
+        shown = " ".join(pids[:_PIDS_SHOWN]) or "-"
+        if len(pids) > _PIDS_SHOWN:
+            shown += f" +{len(pids) - _PIDS_SHOWN} more"
+        parts = [
+            f"{label} {_number(stats.get(key))}"
+            for label, key in (
+                ("start", "start_method"),
+                ("crashed", "crashed"),
+                ("killed", "killed"),
+                ("recycled", "recycled"),
+            )
+        ]
+        rows.append((str(entry.get("name", "?")), "  ".join([*parts, f"pids {shown}"])))
+    if not rows:
+        return []
+    width = max(len(name) for name, _ in rows)
+    return ["", "WORKER PROCESSES", *(f"{name.ljust(width)}  {rest}" for name, rest in rows)]
 
 
 def _top(base: str, interval: float, count: int | None, timeout: float, out: TextIO) -> int:
