@@ -125,6 +125,7 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 CHUNK_SECONDS = 0.01  # what an auto-sized chunk aims to take in its worker
 MAX_CHUNK = 10_000  # the most items an auto-sized chunk holds
 _CHILD_MODULE = child.__name__
+_STARTING = threading.Lock()  # one worker starts at a time, so none sees another in _children
 
 # A batch's state, under the pool's lock.
 _WAITING = 0  # a submit waiting for room in the queue (from an event loop's thread)
@@ -476,7 +477,16 @@ class _Slot:
             name=f"poolkit {pool._label()} worker {self.ident}",
         )
         try:
-            process.start()
+            with _STARTING:
+                process.start()
+                # Out of multiprocessing's books: Process.start() and active_children(), in any
+                # thread, poll every process in them, and a poll racing the slot's own join() (a
+                # worker that just died) loses its exit status, or reads the next worker's pid
+                # from a reused descriptor (measured: exit code 255 for a SIGKILL, or a slot
+                # waiting for ever in its next start()).  The slot alone waits for its worker.
+                _mp_children = getattr(multiprocessing.process, "_children", None)
+                if _mp_children is not None:
+                    _mp_children.discard(process)
         finally:
             jobs_r.close()
             results_w.close()
