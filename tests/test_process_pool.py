@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import random
 import re
 import signal
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -632,6 +633,45 @@ def test_early_flushes_never_put_answers_out_of_step() -> None:
             assert [job.result(timeout=10) for job in jobs] == list(range(6))
     s = check_closed(pool)
     assert (s.succeeded, s.failed, s.crashed, s.killed) == (132, 0, 0, 0)
+
+
+class _Wire:
+    """Stands in for the worker's results connection: keeps what is sent, unpickled."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sent.append(pickle.loads(data))
+
+
+def test_the_worker_never_flushes_a_whole_batch_early() -> None:
+    # The regression behind test_early_flushes_never_put_answers_out_of_step, made exact: the
+    # periodic flush runs after the last call has finished but before end() (a GIL hand-off in
+    # that window did it under load on 3.12+).  It must leave the last result to end(), whose
+    # message is the only one that can complete a batch.
+    from multiprocessing.connection import Connection
+
+    from poolkit._pools._process_child import _Reporter
+
+    wire = _Wire()
+    reporter = _Reporter(cast(Connection, wire))
+    values: list[Any] = []
+    reporter.begin(values, 3)
+    values.append("a")
+    seen, idle = reporter.tick(-1)
+    assert wire.sent[-1][:2] == (0, ["a"]) and not idle  # a partial flush mid-batch
+    values.extend(["b", "c"])  # every call done; end() has not run yet
+    seen, idle = reporter.tick(seen)
+    assert len(wire.sent) == 1, wire.sent  # nothing more: not the whole batch
+    reporter.end(123)
+    assert wire.sent[-1][:2] == (1, ["b", "c"]) and wire.sent[-1][4] == 123
+    assert reporter.tick(seen) == (1, True)  # no batch began since the last tick: it parks
+    assert reporter.parked and not reporter.wake.is_set()
+    reporter.begin([], 1)  # the next batch wakes it
+    assert not reporter.parked and reporter.wake.is_set()
+    assert reporter.tick(1) == (2, False)
+    assert len(wire.sent) == 2
 
 
 def test_a_crash_in_a_chunk_fails_that_item_and_the_rest_of_the_chunk_runs_elsewhere() -> None:

@@ -176,20 +176,26 @@ class _Reporter:
         seen = -1
         while True:
             time.sleep(FLUSH_AFTER)
-            with self.lock:
-                values = self.values
-                # Never all of them: the last call's result goes in end()'s message, the one
-                # that tells the pool the batch is over (an early flush of everything, then an
-                # empty final message, would be read as the start of the next batch's answer).
-                if values is not None and self.sent < len(values) < self.n:
-                    self._flush(values, 0)
-                idle = values is None and self.batches == seen
-                seen = self.batches
-                if idle:
-                    self.parked = True
-                    self.wake.clear()
+            seen, idle = self.tick(seen)
             if idle:
                 self.wake.wait()
+
+    def tick(self, seen: int) -> tuple[int, bool]:
+        """One period: send what is finished, if the batch is still running.  ``seen`` is the
+        count of batches at the last tick; returns the count now, and whether the worker was
+        idle all period (the reporter then parks until the next batch)."""
+        with self.lock:
+            values = self.values
+            # Never all of them: the last call's result goes in end()'s message, the one that
+            # tells the pool the batch is over (an early flush of everything, then an empty final
+            # message, would be read as the start of the next batch's answer).
+            if values is not None and self.sent < len(values) < self.n:
+                self._flush(values, 0)
+            idle = values is None and self.batches == seen
+            if idle:
+                self.parked = True
+                self.wake.clear()
+            return self.batches, idle
 
 
 def main(
