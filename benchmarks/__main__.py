@@ -12,6 +12,7 @@ from . import bench_channel as bench_channel  # each module registers its suites
 from . import bench_leaks as bench_leaks
 from . import bench_limits as bench_limits
 from . import bench_pools as bench_pools
+from . import bench_process as bench_process
 from . import bench_redis as bench_redis
 from . import bench_scraper as bench_scraper
 from . import bench_threads as bench_threads

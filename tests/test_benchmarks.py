@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,6 +18,12 @@ from tests.redis_support import require_redis
 
 def _is_redis(suite: _harness.Suite) -> bool:
     return suite.name.startswith("redis ")
+
+
+def _is_process(suite: _harness.Suite) -> bool:
+    from benchmarks import bench_process
+
+    return suite in bench_process.SUITES
 
 
 def _check_table(out: str, suites: list[_harness.Suite]) -> None:
@@ -41,24 +49,94 @@ def _require_redis_server() -> None:
         pytest.skip(message)
 
 
-# Every suite but the Redis ones (below) once, with fresh interpreters for the memory figures and
-# a 1,000-thread pool: about 30 s on an idle 2-core machine, several times that when it is shared.
+# Every suite but the Redis and process ones (below) once, with fresh interpreters for the memory
+# figures and a 1,000-thread pool: about 30 s on an idle 2-core machine, several times that when
+# it is shared.
 @pytest.mark.timeout(600)
 def test_benchmarks_run_at_tiny_scale(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    others = [s for s in _harness.suites() if not _is_redis(s)]
+    others = [s for s in _harness.suites() if not _is_redis(s) and not _is_process(s)]
     monkeypatch.setattr(_harness, "_SUITES", others)
     assert bench.main(["--scale", "0.001", "--repeat", "1"]) == 0
     _check_table(capsys.readouterr().out, others)
+
+
+@contextlib.contextmanager
+def _own_redis_server_stopped() -> Iterator[None]:
+    """The Redis suite keeps a redis-server of its own until exit (for its command counts); the
+    leak check, which counts child processes, wants it gone with the test that started it."""
+    from benchmarks import bench_redis
+
+    try:
+        yield
+    finally:
+        if bench_redis.OWN.server is not None:
+            bench_redis.OWN.server.stop()
 
 
 # The Redis suites: about 35 s at this size (an 8-process run per library, waits of 0.5 s).
 @pytest.mark.timeout(300)
 def test_redis_benchmarks_run_at_tiny_scale(capsys: pytest.CaptureFixture[str]) -> None:
     _require_redis_server()
-    assert bench.main(["--only", "redis ", "--scale", "0.001", "--repeat", "1"]) == 0
+    with _own_redis_server_stopped():
+        assert bench.main(["--only", "redis ", "--scale", "0.001", "--repeat", "1"]) == 0
     _check_table(capsys.readouterr().out, [s for s in _harness.suites() if _is_redis(s)])
+
+
+# The process pool suites: every case runs in an interpreter of its own, which starts its pool and
+# waits for both workers; about 20 s on an idle 2-core machine (a new interpreter and pool per
+# case, two job timeouts of 0.2 s).
+@pytest.mark.timeout(300)
+def test_process_benchmarks_run_at_tiny_scale_and_get_every_result(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each case's child checks what it got back (as many results as items, each the value
+    expected, in order) and reports; here every case must have reported, all of it right.  A
+    case that dropped results or got wrong values would make its pool look faster."""
+    from benchmarks import bench_process
+
+    reports: dict[str, tuple[int, dict[str, object]]] = {}
+    real_run_case = bench_process.run_case
+
+    def recording(case: str, n: int) -> dict[str, object]:
+        report = real_run_case(case, n)
+        reports[case] = (n, report)
+        return report
+
+    monkeypatch.setattr(bench_process, "run_case", recording)
+    monkeypatch.setattr(_harness, "_SUITES", bench_process.SUITES)
+    assert bench.main(["--scale", "0.001", "--repeat", "1"]) == 0
+    _check_table(capsys.readouterr().out, bench_process.SUITES)
+    assert sorted(reports) == sorted(bench_process.CHILD_CASES.values())
+    for case, (n, report) in reports.items():
+        assert n >= 1
+        assert report["results"] == n, case
+        assert report["correct"] is True, (case, report)
+    # The timeout cases: every hanging job failed with TimeoutError (``correct``), and
+    # poolkit's pool killed each hanging job's worker.
+    n, report = reports["timeout:poolkit"]
+    assert report["killed"] == bench_process.WORKERS * n, report
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        '{"seconds": 0.1, "results": 9, "correct": true}',  # one result lost
+        '{"seconds": 0.1, "results": 10, "correct": false}',  # a wrong value, or out of order
+    ],
+)
+def test_a_process_case_with_a_wrong_answer_is_refused(
+    monkeypatch: pytest.MonkeyPatch, report: str
+) -> None:
+    from benchmarks import bench_process
+
+    def child(*args: object, **kwargs: object) -> object:
+        return subprocess.CompletedProcess(args, 0, stdout=report + "\n", stderr="")
+
+    monkeypatch.setattr(bench_process.subprocess, "run", child)
+    with pytest.raises(AssertionError, match="wrong answer"):
+        bench_process.run_case("map:poolkit", 10)
 
 
 @pytest.mark.timeout(120)
@@ -69,10 +147,11 @@ def test_every_redis_case_goes_to_redis_for_every_acquire() -> None:
     _require_redis_server()
     from benchmarks import bench_redis
 
-    for cls in bench_redis.BUCKETS:
-        assert bench_redis._count_run(cls, 60)[0] >= 1, cls.name
-    for slots in bench_redis.SLOTS:
-        assert bench_redis._slots_count(slots)(60) >= 2, slots.name
+    with _own_redis_server_stopped():
+        for cls in bench_redis.BUCKETS:
+            assert bench_redis._count_run(cls, 60)[0] >= 1, cls.name
+        for slots in bench_redis.SLOTS:
+            assert bench_redis._slots_count(slots)(60) >= 2, slots.name
 
 
 def test_benchmark_cli_rejects_bad_arguments() -> None:
