@@ -6,10 +6,10 @@ pipe and waits for the answer, the process's death, the job's deadline or a requ
 whichever comes first.  What that buys over ``concurrent.futures.ProcessPoolExecutor`` and
 ``multiprocessing.Pool``:
 
-* **A timeout stops the job.**  At a job's deadline its worker process is sent SIGTERM, then
-  SIGKILL after ``kill_grace`` seconds; the job fails with ``TimeoutError`` and the slot starts a
-  new process.  The old one is gone before the new one starts, so no more than ``workers``
-  worker processes ever run.
+* **A timeout stops the job.**  At a job's deadline the job fails with ``TimeoutError`` and its
+  worker process is sent SIGTERM, then SIGKILL after ``kill_grace`` seconds if it is still
+  there; then the slot starts a new process.  The old one is gone before the new one starts, so
+  no more than ``workers`` worker processes ever run.
 * **A dead worker fails one job.**  A segfault, ``os._exit()`` or the OOM killer's SIGKILL fails
   the job the worker was running with :class:`~poolkit.WorkerCrashed` (with the exit code or the
   signal); the slot starts a new process and the pool goes on.  Nothing marks the pool broken and
@@ -720,6 +720,12 @@ class _Slot:
                         results = values, errors
                     done = first + len(values)
                     continue
+            if what == _TIMEOUT and settle and n == 1:
+                # The job fails at its deadline, not once its worker is gone: one that ignores
+                # SIGTERM takes kill_grace more to stop (the slot takes no job meanwhile).
+                pool._settle(batch, done, [None], {0: self._expired(batch)})
+                self._kill()
+                break
             values, errors = self._stopped(batch, what, done)
             if settle:
                 pool._settle(batch, done, values, errors)
@@ -769,6 +775,16 @@ class _Slot:
             self.pool._observe(batch.owner, len(values), seconds)
         return first, values, errors
 
+    def _expired(self, batch: _Batch) -> TimeoutError:
+        """The error of a job whose worker is stopped at its deadline."""
+        error = TimeoutError(
+            self.pool._timed_out_message(
+                _fn_of(batch), f"; its worker process (pid {self.pid}) was killed and replaced"
+            )
+        )
+        setattr(error, _DEADLINE, True)  # counted as timed out, not failed
+        return error
+
     def _stopped(self, batch: _Batch, what: int, done: int) -> Results:
         """The worker stopped in the middle of ``batch`` (``done`` calls reported): the outcomes
         of the calls up to the one it was running; the rest (never started) are queued again,
@@ -789,13 +805,7 @@ class _Slot:
             lost = error
         elif what == _TIMEOUT:
             self._kill()
-            error = TimeoutError(
-                pool._timed_out_message(
-                    _fn_of(batch), f"; its worker process (pid {pid}) was killed and replaced"
-                )
-            )
-            setattr(error, _DEADLINE, True)  # counted as timed out, not failed
-            lost = error
+            error = lost = self._expired(batch)
         else:
             code, sig = self._reap()
             how = (
