@@ -29,6 +29,10 @@ pools *are* the design the core describes, not users of a service: ``statistics(
 pool can build on it as well.  (What is a separate part is held, not inherited: the
 ``submit_blocking()`` door of a ``WorkerPool``, in ``poolkit._pools._bridge``.)
 
+``BlockingPoolCore`` adds what the two pools whose workers are threads of this process share
+(``ThreadPool``; ``ProcessPool``, whose worker threads each own a process): ``with`` and
+``async with`` around their blocking ``shutdown()`` and loop-friendly ``shutdown_async()``.
+
 Each pool's ``_Worker`` is the part that really differs: how a worker waits for a job and runs
 it (a task awaiting, a thread calling).
 
@@ -40,12 +44,14 @@ for a pool on one event loop; a pool whose counters change on several threads se
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures as cf
 import math
+import threading
 from collections.abc import Callable, Hashable
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import tenacity
 
@@ -66,9 +72,13 @@ __all__ = [
     "OPEN",
     "QUEUED",
     "RUNNING",
+    "BlockingPoolCore",
     "Limit",
     "PoolCore",
     "check_count",
+    "check_plain_fn",
+    "in_loop",
+    "refuse_in_loop",
 ]
 
 # A pool's lifecycle.
@@ -114,6 +124,37 @@ def check_count(value: object, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return value
+
+
+# inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR: read off the code object at submit (an
+# inspect.iscoroutinefunction() call would cost more than the rest of the check).
+_ASYNC_CODE = 0x80 | 0x200
+
+
+def check_plain_fn(fn: object, refusal: str) -> None:
+    """Refuse (``TypeError``) what is not callable, and ``async def`` functions, for a pool that
+    calls plain functions; ``refusal`` says why and what to use instead."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    code = getattr(fn, "__code__", None)
+    if code is not None and code.co_flags & _ASYNC_CODE:
+        raise TypeError(f"{fn_name(fn)} is an async function: {refusal}")
+
+
+def in_loop() -> bool:
+    """Whether this thread runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def refuse_in_loop(what: str, instead: str) -> None:
+    """Raise ``RuntimeError`` if this thread runs an event loop, which ``what`` would block;
+    ``instead`` names what to use there."""
+    if in_loop():
+        raise RuntimeError(f"{what} would block the event loop running in this thread; {instead}")
 
 
 class PoolCore(Generic[RetryingT]):
@@ -389,3 +430,91 @@ class PoolCore(Generic[RetryingT]):
 
     def _resize_closed(self, workers: int) -> PoolClosed:
         return PoolClosed(f"{self._label()} is shut down; resize({workers}) cannot change it")
+
+
+class BlockingPoolCore(PoolCore[RetryingT]):
+    """What the pools whose workers are threads of this process share (``ThreadPool``, and
+    ``ProcessPool``, whose worker threads each own a process): ``with`` and ``async with``, and
+    the wait of ``shutdown_async()`` for the workers to exit, which never blocks the loop.
+
+    A pool sets, in its ``_setup()``, ``_workers_gone`` (set once every worker has exited,
+    under ``_lock``) and ``_gone_waiters`` (the futures of loops waiting for that; the last
+    worker takes the list under ``_lock`` and wakes each).  ``with`` ends in ``shutdown()``,
+    ``async with`` in ``shutdown_async()``: a drain, or ``cancel=True`` if the block raised or
+    ``fail_fast`` tripped, whose failure is then raised.
+    """
+
+    _workers_gone: threading.Event
+    _gone_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
+
+    @abc.abstractmethod
+    def _start(self) -> None:
+        """Start the pool (``PoolClosed`` once it is shut down); nothing if it runs already."""
+
+    @abc.abstractmethod
+    def shutdown(self, *, cancel: bool = False, timeout: float | None = None) -> list[UnstartedJob]:
+        """Shut the pool down, blocking this thread."""
+
+    @abc.abstractmethod
+    async def shutdown_async(
+        self, *, cancel: bool = False, timeout: float | None = None
+    ) -> list[UnstartedJob]:
+        """Shut the pool down without blocking the event loop."""
+
+    async def _wait_gone(self, timeout: float | None) -> bool:
+        """Wait, without blocking the loop, until every worker has exited; False on timeout."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            if self._workers_gone.is_set():
+                return True
+            self._gone_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                await fut
+        except TimeoutError:
+            if scope.expired():
+                return False
+            raise
+        finally:
+            with self._lock:
+                try:
+                    self._gone_waiters.remove(entry)
+                except ValueError:
+                    pass  # taken by the last worker, which woke us
+        return True
+
+    def __enter__(self) -> Self:
+        self._start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._first_error is None:
+            self.shutdown()
+        else:
+            self.shutdown(cancel=True)
+        if exc_type is None and self._first_error is not None:
+            raise self._first_error
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and self._first_error is None:
+            await self.shutdown_async()
+        else:
+            await self.shutdown_async(cancel=True)
+        if exc_type is None and self._first_error is not None:
+            raise self._first_error

@@ -97,7 +97,6 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from itertools import islice
-from types import TracebackType
 from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar, overload
 
 import tenacity
@@ -108,7 +107,17 @@ from poolkit._core._registry import record_origin, register
 
 from . import _process_child as child
 from ._jobs import Outcome, PoolStatistics, UnstartedJob, fn_name
-from ._pool_core import CLOSED, CLOSING, NEW, OPEN, PoolCore, check_count
+from ._pool_core import (
+    CLOSED,
+    CLOSING,
+    NEW,
+    OPEN,
+    BlockingPoolCore,
+    check_count,
+    check_plain_fn,
+    in_loop,
+    refuse_in_loop,
+)
 from ._retry import keep_result, sync_retrying
 
 __all__ = ["ProcessJob", "ProcessMap", "ProcessPool", "ProcessPoolStatistics"]
@@ -325,7 +334,7 @@ class ProcessJob(cf.Future[T]):
 
     # ------------------------------------------------------------- as a batch's owner
 
-    def _outcome(self, i: int, value: Any, error: BaseException | None) -> Callable[[], None]:
+    def _outcome(self, value: Any, error: BaseException | None) -> Callable[[], None]:
         """Record the job's outcome (lock held, counted by the caller); the returned call
         resolves the future once the lock is released."""
         self._settled = True
@@ -341,11 +350,10 @@ class _Chunk:
     """``size`` consecutive items of a map(), sent to a worker together (or in parts, if a
     worker died in the middle and the rest was queued again)."""
 
-    __slots__ = ("errors", "items", "left", "owner", "seq", "values")
+    __slots__ = ("errors", "items", "left", "owner", "values")
 
-    def __init__(self, owner: ProcessMap[Any], seq: int, items: list[Any]) -> None:
+    def __init__(self, owner: ProcessMap[Any], items: list[Any]) -> None:
         self.owner = owner
-        self.seq = seq
         self.items = items
         self.values: list[Any] = [None] * len(items)
         self.errors: dict[int, BaseException] | None = None
@@ -421,7 +429,7 @@ class _Slot:
             logger.exception("%s: worker %d failed", pool._label(), self.ident)
             raise
         finally:
-            self._end_process(graceful=True)
+            self._end_process("ask")
             self.wake_r.close()
             self.wake_w.close()
             pool._slot_gone(self)
@@ -542,53 +550,37 @@ class _Slot:
                 conn.close()
         self.jobs_w = self.results_r = None
 
-    def _forget(self, counter: str) -> None:
-        """The worker process is gone: off the books, counted as ``counter``."""
-        pool = self.pool
-        with pool._lock:
-            pool._pids.pop(self.ident, None)
-            setattr(pool, counter, getattr(pool, counter) + 1)
-        self.pid = None
-        self.process = None
-
     def _reap(self) -> tuple[int | None, int | None]:
         """The worker died by itself: collect it, and return ``(exitcode, signal)``."""
-        process = self.process
-        process.join()
-        code = process.exitcode
-        self._close_pipes()
-        process.close()
-        self._forget("_crashed")
-        if code is not None and code < 0:
-            return None, -code
-        return code, None
+        return self._end_process("reap", "_crashed")
 
     def _kill(self) -> None:
         """Stop the worker now: SIGTERM, then SIGKILL after the pool's ``kill_grace``."""
-        process = self.process
-        process.terminate()
-        process.join(self.pool._kill_grace)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
-        self._close_pipes()
-        process.close()
-        self._forget("_killed")
+        self._end_process("term", "_killed")
 
-    def _end_process(self, graceful: bool, counter: str | None = None) -> None:
-        """Let the worker go: ask it to exit (if ``graceful``), kill it if it does not in time."""
+    def _end_process(self, how: str, counter: str | None = None) -> tuple[int | None, int | None]:
+        """End the worker process and take it off the books (counted as ``counter``): ``"ask"``
+        it to exit, send it SIGTERM (``"term"``), collect one that died by itself (``"reap"``),
+        or ``"kill"`` it; one still there after the pool's ``kill_grace`` gets SIGKILL.
+        Returns ``(exitcode, signal)``."""
         process = self.process
         if process is None:
-            return
-        if graceful and self.jobs_w is not None:
+            return None, None
+        if how == "ask" and self.jobs_w is not None:
             try:
                 self.jobs_w.send_bytes(b"")
             except OSError:
                 pass
             process.join(self.pool._kill_grace)
+        elif how == "term":
+            process.terminate()
+            process.join(self.pool._kill_grace)
+        elif how == "reap":
+            process.join()
         if process.exitcode is None:
             process.kill()
             process.join()
+        code = process.exitcode
         self._close_pipes()
         process.close()
         pool = self.pool
@@ -598,6 +590,9 @@ class _Slot:
                 setattr(pool, counter, getattr(pool, counter) + 1)
         self.pid = None
         self.process = None
+        if code is not None and code < 0:
+            return None, -code
+        return code, None
 
     # ------------------------------------------------------------- running batches
 
@@ -618,7 +613,7 @@ class _Slot:
                 self._exchange(batch, settle=True)
         except Exception as exc:  # a bug of ours: the batch fails with it rather than hang
             logger.exception("%s: worker %d failed", pool._label(), self.ident)
-            self._end_process(graceful=False)
+            self._end_process("kill")
             pool._settle(batch, 0, [None] * batch.size, dict.fromkeys(range(batch.size), exc))
         finally:
             pool._release(self, started)
@@ -650,7 +645,7 @@ class _Slot:
             pool._max_memory is not None and self.rss > pool._max_memory
         )
         if recycle:
-            self._end_process(graceful=True, counter="_recycled")
+            self._end_process("ask", "_recycled")
             if pool._state == OPEN:
                 self._start_process()
 
@@ -746,7 +741,7 @@ class _Slot:
             done,
             batch.size,
         )
-        self._end_process(graceful=False, counter="_crashed")
+        self._end_process("kill", "_crashed")
         error = RuntimeError(
             f"the worker process running this job answered out of step (calls {first}-"
             f"{first + count} of a batch of {batch.size}, at {done}); it was replaced"
@@ -877,7 +872,6 @@ class ProcessMap(Generic[R]):
         self._per_item: float | None = None  # running mean of a call's time in the worker
         self._chunks: deque[_Chunk] = deque()  # in flight, in input order
         self._finished: deque[_Chunk] = deque()  # done, in completion order (unordered)
-        self._seq = 0
         self._read = 0  # items read from the input
         self._exhausted = False
         self._used = False
@@ -926,8 +920,7 @@ class ProcessMap(Generic[R]):
     def _send(self, items: list[Any]) -> None:
         base = self._read
         self._read += len(items)
-        chunk = _Chunk(self, self._seq, items)
-        self._seq += 1
+        chunk = _Chunk(self, items)
         payload = _pickle_chunk(self._fn, items, base)
         self._pool._put_chunk(chunk, payload)  # (which puts it in _chunks too)
 
@@ -1103,7 +1096,7 @@ def _preload(ctx: Any) -> None:
         ctx.set_forkserver_preload([*current, _CHILD_MODULE])
 
 
-class ProcessPool(PoolCore[tenacity.Retrying]):
+class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
     """A pool of worker processes for CPU-bound work: ``submit``, a streaming ``map``, per-job
     timeouts that stop the job, crashes that fail one job; see the module docstring.
 
@@ -1212,8 +1205,8 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         self._slots: list[_Slot] = []
         self._pids: dict[int, int] = {}
         self._busy = 0
-        self._gone = threading.Event()
-        self._gone.set()
+        self._workers_gone = threading.Event()
+        self._workers_gone.set()
         self._gone_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._maps: weakref.WeakSet[ProcessMap[Any]] = weakref.WeakSet()
         self._crashed = self._killed = self._recycled = 0
@@ -1265,7 +1258,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 _preload(self._ctx)
             if self._start_method != "fork":  # (a forked worker would inherit the write end)
                 self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
-            self._gone.clear()
+            self._workers_gone.clear()
             for _ in range(self._target):
                 self._next_id += 1
                 slot = _Slot(self, self._next_id)
@@ -1282,7 +1275,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             self._live -= 1
             if self._live == 0:
                 waiters, self._gone_waiters = self._gone_waiters, []
-                self._gone.set()  # (under the lock: _wait_gone checks it there)
+                self._workers_gone.set()  # (under the lock: _wait_gone checks it there)
         for loop, fut in waiters:
             _wake_soon(loop, fut)
 
@@ -1298,17 +1291,13 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                     if batch.state != _QUEUED:
                         continue  # dropped while queued
                     if isinstance(batch.owner, ProcessJob):
-                        self._queued_jobs -= 1
-                        self._admit()
+                        self._queued_jobs -= 1  # (and busy + 1: no new room for a submit)
                     batch.state = _RUNNING
                     batch.slot = slot
                     slot.batch = batch
                     self._busy += 1
-                    if batch.offset == 0:
-                        self._started += batch.size
-                        self._wait_total += _monotonic() - batch.queued_at
-                    else:  # the rest of a chunk whose worker died: counted when first sent
-                        self._started += batch.size
+                    self._started += batch.size
+                    self._wait_total += _monotonic() - batch.queued_at
                     return batch
                 if self._state >= CLOSING:
                     return None
@@ -1353,24 +1342,25 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         back to the head of the queue, or are handed back if the pool is cancelling."""
         owner = batch.owner
         n = batch.size - start
+        if isinstance(owner, ProcessJob):
+            rest = _Batch(owner, 0, 1, batch.payload)
+        else:
+            first = batch.offset + start
+            items = owner.items[first : batch.offset + batch.size]
+            rest = _Batch(owner, first, n, _pickle_chunk(owner.owner._fn, items, 0))
+        done: list[Callable[[], None]] = []
         with self._lock:
             self._started -= n
             if isinstance(owner, ProcessJob):
-                rest = _Batch(owner, 0, 1, batch.payload)
                 owner._batch = rest
-                self._queued_jobs += 1
-            else:
-                first = batch.offset + start
-                items = owner.items[first : batch.offset + batch.size]
-                rest = _Batch(owner, first, n, _pickle_chunk(owner.owner._fn, items, 0))
             if self._state >= CLOSING and slot.stop_reason == _POOL_CANCEL:
                 rest.state = _DROPPED
-                done = self._hand_back_batch(rest)
+                done = self._stop_unstarted(rest, hand_back=True)
             else:
-                rest.queued_at = batch.queued_at
+                if isinstance(owner, ProcessJob):
+                    self._queued_jobs += 1
                 self._queue.appendleft(rest)
                 self._work.notify()
-                done = []
         for call in done:
             call()
 
@@ -1423,7 +1413,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 if owner._settled:
                     return  # cancelled (and counted) meanwhile: the outcome is dropped
                 error = None if errors is None else errors.get(0)
-                wake = owner._outcome(0, values[0], error)
+                wake = owner._outcome(values[0], error)
             else:
                 base = batch.offset + first
                 owner.values[base : base + len(values)] = values
@@ -1433,9 +1423,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                     for i, error in errors.items():
                         owner.errors[base + i] = error
                 owner.left -= len(values)
-                m = owner.owner
-                if owner.left == 0 and m in self._maps:
-                    wake = m._chunk_done(owner)
+                wake = self._chunk_wake(owner)
             if errors is None:
                 self._succeeded += len(values)
             else:
@@ -1469,24 +1457,36 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             slot.batch = None
             slot.stop_reason = None
 
-    def _hand_back_batch(self, batch: _Batch) -> list[Callable[[], None]]:  # lock held
-        """Hand back a queued batch's calls (counted); what resolves them, for after the lock."""
+    def _stop_unstarted(self, batch: _Batch, hand_back: bool) -> list[Callable[[], None]]:
+        """Count the calls of a batch taken out of the queue as handed back, or as cancelled by
+        the pool (lock held); return what resolves them, to call once the lock is released."""
         owner = batch.owner
         if isinstance(owner, ProcessJob):
-            message = self._hand_back(owner._fn, owner._args, owner._kwargs, owner)
             owner._settled = True
+            if not hand_back:
+                self._cancelled_queued += 1
+                return [owner._cancel_now]
+            message = self._hand_back(owner._fn, owner._args, owner._kwargs, owner)
             return [lambda: _cf_set_exception(owner, JobHandedBack(message))]
-        calls = []
         fn = owner.owner._fn
         for i in range(batch.offset, batch.offset + batch.size):
-            message = self._hand_back(fn, (owner.items[i],), {}, None)
-            owner._outcome(i, None, JobHandedBack(message))
-        m = owner.owner
-        if owner.left == 0 and m in self._maps:
-            wake = m._chunk_done(owner)
-            if wake is not None:
-                calls.append(wake)
-        return calls
+            if hand_back:
+                error: BaseException = JobHandedBack(
+                    self._hand_back(fn, (owner.items[i],), {}, None)
+                )
+            else:
+                self._cancelled_queued += 1
+                error = cf.CancelledError()
+            owner._outcome(i, None, error)
+        wake = self._chunk_wake(owner)
+        return [] if wake is None else [wake]
+
+    def _chunk_wake(self, chunk: _Chunk) -> Callable[[], None] | None:  # lock held
+        """What wakes the map of ``chunk``, if it is complete and the map still waits for it."""
+        m = chunk.owner
+        if chunk.left == 0 and m in self._maps:
+            return m._chunk_done(chunk)
+        return None
 
     # ------------------------------------------------------------- submitting
 
@@ -1513,14 +1513,9 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         job = self._make(fn, args, kwargs)
         self._start_if_new()
         with self._lock:
-            if self._state != OPEN:
-                raise self._closed_error()
-            if self._has_room() and not self._waiting and not self._putters:
-                self._submitted += 1
-                self._queued_jobs += 1
-                self._queue_batch(job._batch)
+            if self._offer(job):
                 return job
-            if _in_loop():
+            if in_loop():
                 self._submitted += 1
                 job._batch.state = _WAITING
                 self._waiting.append(job)
@@ -1558,15 +1553,21 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         job = self._make(fn, args, kwargs)
         self._start_if_new()
         with self._lock:
-            if self._state != OPEN:
-                raise self._closed_error()
-            if self._has_room() and not self._waiting and not self._putters:
-                self._submitted += 1
-                self._queued_jobs += 1
-                self._queue_batch(job._batch)
+            if self._offer(job):
                 return job
             self._rejected += 1
         raise self._queue_full()
+
+    def _offer(self, job: ProcessJob[Any]) -> bool:  # lock held
+        """Queue ``job`` if there is room and nobody waits for it before; raise if closed."""
+        if self._state != OPEN:
+            raise self._closed_error()
+        if self._has_room() and not self._waiting and not self._putters:
+            self._submitted += 1
+            self._queued_jobs += 1
+            self._queue_batch(job._batch)
+            return True
+        return False
 
     def _make(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -1675,10 +1676,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 if batch.state not in (_QUEUED, _WAITING):
                     continue
                 batch.state = _DROPPED
-                if hand_back:
-                    calls.extend(self._hand_back_batch(batch))
-                else:
-                    calls.extend(self._cancel_queued(batch))
+                calls.extend(self._stop_unstarted(batch, hand_back))
             self._queue.clear()
             self._queued_jobs = 0
             # The slots running a batch, and those starting a worker between batches (an
@@ -1689,20 +1687,6 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
             call()
         for slot, busy in running:
             slot.stop(_POOL_CANCEL, busy)
-
-    def _cancel_queued(self, batch: _Batch) -> list[Callable[[], None]]:  # lock held
-        owner = batch.owner
-        self._cancelled_queued += batch.size
-        if isinstance(owner, ProcessJob):
-            owner._settled = True
-            return [owner._cancel_now]
-        for i in range(batch.offset, batch.offset + batch.size):
-            owner._outcome(i, None, cf.CancelledError())
-        m = owner.owner
-        if owner.left == 0 and m in self._maps:
-            wake = m._chunk_done(owner)
-            return [] if wake is None else [wake]
-        return []
 
     def _kill_everything(self) -> None:
         """At interpreter exit: kill every worker process at once, without waiting for slots."""
@@ -1766,19 +1750,19 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 for: it would freeze the loop.
         """
         timeout = check_timeout(timeout)
-        if not self._gone.is_set() and _in_loop():
-            raise RuntimeError(
-                "ProcessPool.shutdown() would block the event loop running in this thread; in "
-                "async code use `async with ProcessPool(...)` or `await pool.shutdown_async()`"
+        if not self._workers_gone.is_set():
+            refuse_in_loop(
+                "ProcessPool.shutdown()",
+                "in async code use `async with ProcessPool(...)` or `await pool.shutdown_async()`",
             )
         if self._begin_shutdown(cancel):
             try:
-                if not self._gone.wait(timeout):
+                if not self._workers_gone.wait(timeout):
                     self._stop_jobs(hand_back=True)
-                    self._gone.wait()
+                    self._workers_gone.wait()
             except BaseException:
                 self._stop_jobs(hand_back=True)
-                while not self._gone.wait(0.1):
+                while not self._workers_gone.wait(0.1):
                     pass
                 self._finish()
                 raise
@@ -1803,7 +1787,7 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                     await self._wait_gone(None)
             except asyncio.CancelledError:
                 self._stop_jobs(hand_back=True)
-                while not self._gone.is_set():
+                while not self._workers_gone.is_set():
                     try:
                         await self._wait_gone(None)
                     except asyncio.CancelledError:
@@ -1811,29 +1795,6 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
                 self._finish()
                 raise
         return self._finish()
-
-    async def _wait_gone(self, timeout: float | None) -> bool:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        entry = (loop, fut)
-        with self._lock:
-            if self._gone.is_set():
-                return True
-            self._gone_waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout) as scope:
-                await fut
-        except TimeoutError:
-            if scope.expired():
-                return False
-            raise
-        finally:
-            with self._lock:
-                try:
-                    self._gone_waiters.remove(entry)
-                except ValueError:
-                    pass
-        return True
 
     def _finish(self) -> list[UnstartedJob]:
         with self._lock:
@@ -1850,55 +1811,10 @@ class ProcessPool(PoolCore[tenacity.Retrying]):
         _live_pools.discard(self)
         return self.handed_back
 
-    def __enter__(self) -> ProcessPool:
-        self._start_if_new()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._first_error is None:
-            self.shutdown()
-        else:
-            self.shutdown(cancel=True)
-        if exc_type is None and self._first_error is not None:
-            raise self._first_error
-
-    async def __aenter__(self) -> ProcessPool:
-        self._start_if_new()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._first_error is None:
-            await self.shutdown_async()
-        else:
-            await self.shutdown_async(cancel=True)
-        if exc_type is None and self._first_error is not None:
-            raise self._first_error
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
 
 def _check_fn(fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
-    code = getattr(fn, "__code__", None)
-    if code is not None and code.co_flags & 0x280:  # CO_COROUTINE | CO_ASYNC_GENERATOR
-        raise TypeError(
-            f"{fn_name(fn)} is an async function: a ProcessPool calls plain functions in its "
-            f"worker processes; call asyncio.run(...) inside a plain function submitted here"
-        )
+    check_plain_fn(
+        fn,
+        "a ProcessPool calls plain functions in its worker processes; call asyncio.run(...) "
+        "inside a plain function submitted here",
+    )

@@ -56,7 +56,6 @@ import time
 import types
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, final, overload
 
 import tenacity
@@ -69,7 +68,15 @@ from poolkit._core._wait import resolve
 from ._jobs import Outcome, UnstartedJob
 from ._jobs import fn_name as _fn_name
 from ._map import map_threads
-from ._pool_core import CLOSED, CLOSING, NEW, OPEN, PoolCore
+from ._pool_core import (
+    CLOSED,
+    CLOSING,
+    NEW,
+    OPEN,
+    BlockingPoolCore,
+    check_plain_fn,
+    refuse_in_loop,
+)
 from ._retry import keep_result, show_as_first, sync_retrying
 
 __all__ = ["ThreadJob", "ThreadPool"]
@@ -87,9 +94,6 @@ _HANDED_BACK = 1  # by a cancelling shutdown
 _POOL_CANCELLED = 2  # by fail_fast's first failure
 _USER_CANCELLED = 3  # by its own cancel(); it stays in the queue (counted dead) until taken
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
-# inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR: read off the code object at submit (an
-# inspect.iscoroutinefunction() call would cost more than the rest of the check).
-_ASYNC_CODE = 0x80 | 0x200
 _CoroutineType = types.CoroutineType
 
 # Workers resolve jobs through these: ThreadJob overrides its public twins to refuse its users.
@@ -99,14 +103,7 @@ _cf_set_running = cf.Future.set_running_or_notify_cancel
 
 
 def _refuse_in_loop(what: str, instead: str) -> None:
-    """Raise ``RuntimeError`` if this thread runs an event loop, naming what to use there."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(
-        f"ThreadPool.{what}() would block the event loop running in this thread; {instead}"
-    )
+    refuse_in_loop(f"ThreadPool.{what}()", instead)
 
 
 class ThreadJob(cf.Future[T]):
@@ -499,7 +496,7 @@ class _JobQueue:
 
 
 @final
-class ThreadPool(PoolCore[tenacity.Retrying]):
+class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
     """A pool of worker threads: ``with ThreadPool(workers=8) as pool:``.
 
     Args (all keyword-only, as :class:`WorkerPool`'s, except):
@@ -1044,30 +1041,6 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
         self._settle(stopped)
         return state != NEW
 
-    async def _wait_gone(self, timeout: float | None) -> bool:
-        """Wait, without blocking the loop, until every worker has exited; False on timeout."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        entry = (loop, fut)
-        with self._lock:
-            if self._workers_gone.is_set():
-                return True
-            self._gone_waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout) as scope:
-                await fut
-        except TimeoutError:
-            if scope.expired():
-                return False
-            raise
-        finally:
-            with self._lock:
-                try:
-                    self._gone_waiters.remove(entry)
-                except ValueError:
-                    pass  # taken by the last worker, which woke us
-        return True
-
     def _still_running(self, timeout: float | None) -> TimeoutError:
         with self._lock:
             running = [w.job for w in self._workers.values() if w.job is not None]
@@ -1091,40 +1064,6 @@ class ThreadPool(PoolCore[tenacity.Retrying]):
             watchdog.join()
         return self.handed_back
 
-    def __enter__(self) -> ThreadPool:
-        self._start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._first_error is None:
-            self.shutdown()
-        else:
-            self.shutdown(cancel=True)
-        if exc_type is None and self._first_error is not None:
-            raise self._first_error
-
-    async def __aenter__(self) -> ThreadPool:
-        self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None and self._first_error is None:
-            await self.shutdown_async()
-        else:
-            await self.shutdown_async(cancel=True)
-        if exc_type is None and self._first_error is not None:
-            raise self._first_error
-
 
 _USE_ASYNC = (
     "in async code use `async with ThreadPool(...)`, or `await pool.shutdown_async(...)`, which "
@@ -1133,12 +1072,9 @@ _USE_ASYNC = (
 
 
 def _check_fn(fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
-    code = getattr(fn, "__code__", None)
-    if code is not None and code.co_flags & _ASYNC_CODE:
-        raise TypeError(
-            f"{_fn_name(fn)} is an async function: a ThreadPool calls plain functions on its "
-            f"threads and has no event loop to await a coroutine. Submit it to a "
-            f"poolkit.WorkerPool, or call asyncio.run(...) inside a plain function submitted here"
-        )
+    check_plain_fn(
+        fn,
+        "a ThreadPool calls plain functions on its threads and has no event loop to await a "
+        "coroutine. Submit it to a poolkit.WorkerPool, or call asyncio.run(...) inside a plain "
+        "function submitted here",
+    )
