@@ -254,7 +254,12 @@ def test_the_window_checks_find_excess() -> None:
 def test_a_bucket_shared_by_8_processes_admits_the_rate_and_never_more(
     redis_url: str, redis_prefix: str
 ) -> None:
-    rate, burst, tasks, seconds = 200.0, 20, 16, 5.0
+    # 50/s: grants pass from process to process one at a time (only the head of the queue is
+    # granted, by a script its own process runs), so a contended bucket cannot hand out more than
+    # one grant per hand-over.  That takes 1 ms on a quiet machine, but 8 ms was seen with CI's
+    # three suites on two cores, which held 200/s down to 120/s: 20 ms between grants leaves the
+    # machine room, so a shortfall below is the bucket's, not the scheduler's.
+    rate, burst, tasks, seconds = 50.0, 20, 16, 5.0
     config = {
         "url": redis_url,
         "prefix": redis_prefix,
@@ -273,7 +278,7 @@ def test_a_bucket_shared_by_8_processes_admits_the_rate_and_never_more(
     assert len(stamps) <= allowed
     for k, t in enumerate(stamps):
         assert k + 1 <= rate * (t - start) + burst + 1e-6, (k, t - start)
-    # 128 tasks always want more than 200/s: the bucket hands out all of it, except the tokens
+    # 128 tasks always want more than 50/s: the bucket hands out all of it, except the tokens
     # that overflowed while nobody took any (a pause longer than burst / rate: the machine
     # stalled the head's process).  A pacing too slow loses tokens without such pauses; a lost
     # wake-up shows as a pause of seconds (the ticket lease): both are caught.
