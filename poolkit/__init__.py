@@ -14,6 +14,7 @@ another's (``tests/test_layers.py`` holds the code to this map)::
     _primitives                 channels and limits, on _core
     _primitives._channel        Channel, select, send and receive handles
     _primitives._limiter        CapacityLimiter            how many at once
+    _primitives._adaptive       AdaptiveLimiter            how many at once, found by measuring
     _primitives._ratelimit      TokenBucket                how many per unit of time
     _primitives._aiolimiter_support
                                 AsyncLimiterStatistics     aiolimiter.AsyncLimiter objects as
@@ -26,6 +27,7 @@ another's (``tests/test_layers.py`` holds the code to this map)::
     _primitives._redis_limiter  RedisCapacityLimiter       a capacity limit shared by processes
     _primitives._composite      Limits, PerKey             several limits as one; a limit per key
     _pools                      the pools, on the primitives
+    _pools._retry_after         wait_retry_after, ...      Retry-After: parse it, wait for it
     _pools._retry               RetryPolicy                retries, with tenacity
     _pools._jobs                UnstartedJob, Outcome, PoolStatistics (both pools)
     _pools._pool_core           (internal) what every pool shares: options, counters, messages
@@ -44,9 +46,9 @@ another's (``tests/test_layers.py`` holds the code to this map)::
     _observe                    metrics of live objects
     _observe._metrics           (internal) every live object's statistics as metric families
     __init__                    this map, and every public name
-    leaks, testing, pytest_plugin, redis
+    leaks, testing, pytest_plugin, redis, http
                                 public modules: leak hunting; virtual time; the pytest plugin;
-                                limits shared over Redis
+                                limits shared over Redis; limits inside HTTP clients
     debug, prometheus           the debug HTTP endpoint; the Prometheus collector
     _tools                      the command line
     _tools._demo, _tools._cli   the ``poolkit`` command and its demo
@@ -90,8 +92,17 @@ from ._pools._process_pool import ProcessMap as ProcessMap
 from ._pools._process_pool import ProcessPool as ProcessPool
 from ._pools._process_pool import ProcessPoolStatistics as ProcessPoolStatistics
 from ._pools._retry import RetryPolicy as RetryPolicy
+from ._pools._retry_after import parse_retry_after as parse_retry_after
+from ._pools._retry_after import retry_after_of as retry_after_of
+from ._pools._retry_after import stop_if_retry_after_exceeds as stop_if_retry_after_exceeds
+from ._pools._retry_after import wait_retry_after as wait_retry_after
 from ._pools._thread_pool import ThreadJob as ThreadJob
 from ._pools._thread_pool import ThreadPool as ThreadPool
+from ._primitives._adaptive import AIMD as AIMD
+from ._primitives._adaptive import AdaptiveLimiter as AdaptiveLimiter
+from ._primitives._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
+from ._primitives._adaptive import Gradient as Gradient
+from ._primitives._adaptive import overloaded as overloaded
 from ._primitives._aiolimiter_support import AsyncLimiterStatistics as AsyncLimiterStatistics
 from ._primitives._channel import Channel as Channel
 from ._primitives._channel import ChannelStatistics as ChannelStatistics
@@ -118,6 +129,9 @@ from ._primitives._ratelimit import parse_rate as parse_rate
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AIMD",
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
     "AsyncLimiterStatistics",
     "BudgetExhausted",
     "Busy",
@@ -127,6 +141,7 @@ __all__ = [
     "ChannelClosed",
     "ChannelStatistics",
     "EndOfChannel",
+    "Gradient",
     "HeapAnalysisUnavailable",
     "Job",
     "JobHandedBack",
@@ -166,8 +181,13 @@ __all__ = [
     "WorkerPool",
     "WouldBlock",
     "no_leaks",
+    "overloaded",
     "parse_rate",
+    "parse_retry_after",
+    "retry_after_of",
     "select",
     "select_blocking",
     "select_nowait",
+    "stop_if_retry_after_exceeds",
+    "wait_retry_after",
 ]

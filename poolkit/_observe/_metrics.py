@@ -436,6 +436,48 @@ def _simple(kind: str, objects: Objects) -> list[Family]:
     return [family for family, _ in families]
 
 
+# The adaptive limiter's own figures, beside its capacity limiter families (same label).
+_ADAPTIVE: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "poolkit_adaptive_limit",
+        GAUGE,
+        "The limit the algorithm holds (total is it rounded).",
+        "limit",
+    ),
+    (
+        "poolkit_adaptive_latency_seconds",
+        GAUGE,
+        "Mean latency of the sections in the last window.",
+        "latency",
+    ),
+    (
+        "poolkit_adaptive_no_load_latency_seconds",
+        GAUGE,
+        "The no-load latency the algorithm compares windows with.",
+        "no_load_latency",
+    ),
+    (
+        "poolkit_adaptive_overloads",
+        COUNTER,
+        "Overload signals (429, 503, timeouts).",
+        "overloads_total",
+    ),
+    ("poolkit_adaptive_probes", COUNTER, "No-load probes finished.", "probes_total"),
+)
+
+
+def _adaptive(objects: Objects) -> list[Family]:
+    families = [(Family(n, t, h, ("limiter",)), f) for n, t, h, f in _ADAPTIVE]
+    for _, label, obj in objects:
+        s = obj.statistics()
+        if not hasattr(s, "no_load_latency"):
+            continue  # a plain CapacityLimiter
+        ids = {"limiter": label}
+        for family, field in families:
+            family.samples.append((ids, getattr(s, field)))
+    return [family for family, _ in families]
+
+
 def _limits(objects: Objects, members_of: dict[int, tuple[str, str]]) -> list[Family]:
     info = Family(
         "poolkit_limits_member_info",
@@ -462,6 +504,7 @@ def describe() -> list[Family]:
         *_pools([]),
         *_channels([]),
         *_simple("limiter", []),
+        *_adaptive([]),
         *_simple("bucket", []),
         *_limits([], {}),
         *_simple("per_key", []),
@@ -495,6 +538,7 @@ def collect() -> list[Family]:
         *_pools(pools),
         *_channels(_labelled("channel")),
         *_simple("limiter", limiters),
+        *_adaptive(limiters),
         *_simple("bucket", buckets),
         *_limits(_labelled("limits"), members_of),
         *_simple("per_key", per_keys),

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from threading import Lock, get_ident
 from types import TracebackType
-from typing import TYPE_CHECKING, cast, final
+from typing import TYPE_CHECKING, cast
 
 from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import NotAcquired
@@ -151,7 +151,6 @@ class CapacityLimiterStatistics:
     """Successful acquisitions since the limiter was created."""
 
 
-@final
 class CapacityLimiter:
     """At most ``total`` units of weight borrowed at once; FIFO; shared by tasks and threads.
 
@@ -224,8 +223,11 @@ class CapacityLimiter:
     @total.setter
     def total(self, value: int) -> None:
         check_weight(value, "total")
+        self._set_total(value)
+
+    def _set_total(self, value: int) -> None:
         lock = self._lock
-        if not take_or_defer(lock, setattr, self, "total", value):
+        if not take_or_defer(lock, self._set_total, value):
             return  # in a garbage collection that holds the lock: done as soon as it is free
         try:
             self._total = value
