@@ -26,8 +26,10 @@ stops it as a failed write does: the URLs not fetched are listed for the next ru
 
 Connection errors, timeouts, 429 and 5xx answers are retried by the pool's tenacity policy, with
 exponential backoff and jitter, or after the delay the server named in ``Retry-After`` (seconds
-or an HTTP date).  The pool takes its limits afresh for every attempt and gives them back while
-the job waits to retry, so a retry is paced like any other request.
+or an HTTP date; poolkit's ``wait_retry_after`` reads it, and ``stop_if_retry_after_exceeds``
+gives up on a URL whose server asks for longer than ``--max-retry-after``).  The pool takes
+its limits afresh for every attempt and gives them back while the job waits to retry, so a
+retry is paced like any other request.
 
 Ctrl-C (SIGINT) or SIGTERM stops the run: no new URL is taken, requests already on the wire get
 ``--grace`` seconds to finish, then they are cancelled.  The URLs never fetched, including those
@@ -61,7 +63,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import email.utils
 import functools
 import json
 import math
@@ -74,12 +75,16 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any, TextIO
 
 import tenacity
 
 import poolkit
+from poolkit import (
+    retry_after_of,
+    stop_if_retry_after_exceeds,
+    wait_retry_after,
+)
 from poolkit.redis import RedisCapacityLimiter, RedisTokenBucket
 
 try:
@@ -288,57 +293,13 @@ def _origin(url: str) -> tuple[bool, str]:
     return m[1].lower() in ("http", "https"), m[2].lower()
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
-
-    ``None`` when there is no header or it cannot be read; never negative (a date in the past
-    means "now").  ``now`` is the wall-clock time to measure a date from (default: now).
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if seconds >= 0 and math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+# The library's parser, under the name this example has always exported.
+parse_retry_after = poolkit.parse_retry_after
 
 
-# Timers on some loops (uvloop: whole milliseconds, from a clock cached at the start of the
-# loop's iteration) can fire a little before the time asked for; the server must not see the
-# retry before the moment it named, so a wait for Retry-After gets this much on top.
-_RETRY_AFTER_MARGIN = 0.01
-
-
-class _Wait:
-    """tenacity ``wait``: the server's Retry-After if it sent one, else exponential backoff.
-
-    tenacity computes the wait after the attempt's outcome is recorded, so the exception (and
-    the Retry-After it carries) is there to be read.  Jitter goes on top of either.
-    """
-
-    def __init__(self, settings: Settings, rng: random.Random) -> None:
-        self._initial = settings.backoff
-        self._maximum = settings.max_backoff
-        self._jitter = settings.jitter
-        self._rng = rng
-
-    def __call__(self, state: tenacity.RetryCallState) -> float:
-        jitter = self._rng.uniform(0, self._jitter) if self._jitter else 0.0
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None and outcome.failed else None
-        if isinstance(exc, RetryableError) and exc.retry_after is not None:
-            return exc.retry_after + _RETRY_AFTER_MARGIN + jitter
-        retries_so_far = state.attempt_number - 1
-        return min(self._maximum, self._initial * 2.0**retries_so_far) + jitter
+def _jitter(rng: random.Random, most: float) -> Callable[[tenacity.RetryCallState], float]:
+    """A tenacity wait of up to ``most`` seconds at random, from ``rng`` (seeded, in tests)."""
+    return lambda state: rng.uniform(0, most)
 
 
 # ======================================================================= bookkeeping
@@ -471,10 +432,20 @@ class Scraper:
         # else the pool's workers are the cap, and no limit is needed on top of them.
         retry = None
         if s.attempts > 1:
+            # The server's Retry-After if it sent one (a 429 or 503 usually does), else
+            # exponential backoff; jitter on top of either, so that retries do not herd.  A
+            # Retry-After beyond max_retry_after stops the retries: the URL fails at once.
+            wait: Any = wait_retry_after(
+                tenacity.wait_exponential(multiplier=s.backoff, max=s.max_backoff),
+                max_delay=s.max_retry_after,
+            )
+            if s.jitter:
+                wait += _jitter(random.Random(seed), s.jitter)
             retry = poolkit.RetryPolicy(
-                stop=tenacity.stop_after_attempt(s.attempts),
-                wait=_Wait(s, random.Random(seed)),
-                retry=tenacity.retry_if_exception(self._should_retry),
+                stop=tenacity.stop_after_attempt(s.attempts)
+                | stop_if_retry_after_exceeds(s.max_retry_after),
+                wait=wait,
+                retry=tenacity.retry_if_exception_type(RetryableError),
             )
         self.pool = poolkit.WorkerPool(
             workers=s.pool_workers,
@@ -543,11 +514,6 @@ class Scraper:
         if self._per_host is not None:
             await self._per_host.aclose()
         await cap.aclose()
-
-    def _should_retry(self, exc: BaseException) -> bool:
-        return isinstance(exc, RetryableError) and (
-            exc.retry_after is None or exc.retry_after <= self.settings.max_retry_after
-        )
 
     # ----------------------------------------------------------------- stopping
 
@@ -755,7 +721,7 @@ class Scraper:
                     raise RetryableError(
                         f"HTTP {status}",
                         status=status,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                        retry_after=retry_after_of(response),
                     )
         except RetryableError:
             self._move(item, _BACKOFF)

@@ -264,7 +264,8 @@ def test_the_host_key_is_what_urlsplit_would_say() -> None:
 def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     now = 1_000_000.0
     assert scraper.parse_retry_after("7", now=now) == 7
-    assert scraper.parse_retry_after(" 2.5 ", now=now) == 2.5
+    assert scraper.parse_retry_after(" 12 ", now=now) == 12
+    assert scraper.parse_retry_after("2.5", now=now) is None  # RFC 9110: whole seconds only
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert scraper.parse_retry_after(date, now=now) == 30
     assert scraper.parse_retry_after(email.utils.formatdate(now - 5, usegmt=True), now=now) == 0

@@ -8,6 +8,11 @@ or a tenacity ``AsyncRetrying``/``Retrying`` object, which is copied for every j
 Each attempt is a fresh call of the job's function; between attempts the job sleeps (on the
 event loop's clock in a ``WorkerPool``, so retries run on virtual time in tests).  The last
 attempt's exception is what the job's future reports.  Cancellation is never retried.
+
+``RetryPolicy(retry_after=60)`` honours a server's ``Retry-After`` (see ``_retry_after``): the
+policy's wait becomes ``wait_retry_after(fallback=wait, max_delay=60)`` and its stop
+``stop | stop_if_retry_after_exceeds(60)``, so a job retries when the server said, and fails
+with the server's error when it asks for longer than that.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import tenacity
+
+from ._retry_after import _backoff, stop_if_retry_after_exceeds, wait_retry_after
 
 __all__ = ["RetryPolicy", "async_retrying", "keep_result", "show_as_first", "sync_retrying"]
 
@@ -33,6 +40,9 @@ class RetryPolicy:
     plus up to 0.1 s of random jitter) and retries on any ``Exception``.
     ``RetryPolicy.attempts(5, on=(ConnectionError,))`` is the usual shorthand; pass tenacity
     objects for anything else, e.g. ``RetryPolicy(wait=tenacity.wait_fixed(1))``.
+    ``retry_after=60`` makes the policy wait as long as a failed attempt's ``Retry-After``
+    asks (an error's ``retry_after`` attribute, or the header on its ``headers`` or
+    ``response.headers``, as aiohttp's and httpx's errors have), up to 60 s.
 
     Args:
         stop: When to give up: a tenacity stop strategy such as
@@ -42,13 +52,22 @@ class RetryPolicy:
         retry: Which outcomes to retry: a tenacity retry strategy such as
             ``tenacity.retry_if_exception_type(ConnectionError)``.
         before_sleep: Called with the ``tenacity.RetryCallState`` before each sleep, or ``None``.
+        retry_after: ``None`` (the default) ignores ``Retry-After``.  A number of seconds M
+            honours it: after an attempt that carries one (found by ``retry_after_of``), the
+            job sleeps that long (plus 10 ms, so that it is never early) instead of ``wait``,
+            and if the server asks for more than M seconds the job stops retrying and fails
+            with that attempt's error.  In tenacity's terms, ``wait`` becomes
+            ``wait_retry_after(fallback=wait, max_delay=M)`` and ``stop`` becomes
+            ``stop | stop_if_retry_after_exceeds(M)``; the fields keep what was passed.
 
     Raises:
         TypeError: At construction, for an argument that is not what tenacity will call: a
             number (``stop=3``, ``wait=2``), an exception class (``retry=ConnectionError``) or a
             strategy class instead of an instance (``wait=tenacity.wait_none``).  Without this
             check the mistake would surface only at a job's first failure, as a ``TypeError``
-            from inside tenacity that replaces the job's own error.
+            from inside tenacity that replaces the job's own error.  Also for a
+            ``retry_after`` that is not ``None`` or a number.
+        ValueError: If ``retry_after`` is negative or not finite.
     """
 
     stop: Any = field(default_factory=lambda: tenacity.stop_after_attempt(3))
@@ -59,6 +78,8 @@ class RetryPolicy:
     """Which outcomes to retry (a ``tenacity.retry`` strategy)."""
     before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None
     """Called before each sleep, e.g. to log the failed attempt."""
+    retry_after: float | None = None
+    """The longest ``Retry-After`` honoured, in seconds (``None``: the header is ignored)."""
 
     @classmethod
     def attempts(
@@ -69,6 +90,7 @@ class RetryPolicy:
         maximum: float = 10.0,
         jitter: float = 0.1,
         on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        retry_after: float | None = None,
     ) -> RetryPolicy:
         """``attempts`` tries in all, backing off from ``initial`` seconds (doubling, at most
         ``maximum``) plus up to ``jitter`` seconds at random, retrying the exceptions ``on``.
@@ -79,13 +101,15 @@ class RetryPolicy:
             maximum: The longest wait between two tries, in seconds.
             jitter: Up to this many seconds more, at random, before each retry.
             on: The exception type or types to retry; others fail the job at once.
+            retry_after: The longest ``Retry-After`` honoured, in seconds; ``None`` (the
+                default) ignores it.  See the class's ``retry_after``.
 
         Returns:
             The policy, for a pool's ``retry=``.
 
         Raises:
-            TypeError: If ``attempts`` is not an int, a delay not a number, or ``on`` not an
-                exception type or a tuple of them.
+            TypeError: If ``attempts`` is not an int, a delay (``retry_after`` included) not a
+                number, or ``on`` not an exception type or a tuple of them.
             ValueError: If ``attempts`` is below 1, or a delay is negative or not finite.
         """
         if isinstance(attempts, bool) or not isinstance(attempts, int):
@@ -102,6 +126,7 @@ class RetryPolicy:
             stop=tenacity.stop_after_attempt(attempts),
             wait=_backoff(initial, maximum, jitter),
             retry=tenacity.retry_if_exception_type(on),
+            retry_after=retry_after,
         )
 
     def __post_init__(self) -> None:
@@ -120,6 +145,18 @@ class RetryPolicy:
                 f"RetryPolicy before_sleep must be None or a function of a "
                 f"tenacity.RetryCallState, got {self.before_sleep!r}"
             )
+        value = self.retry_after
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"RetryPolicy retry_after must be None or the longest Retry-After to honour, "
+                    f"in seconds, got {value!r}"
+                )
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(
+                    f"RetryPolicy retry_after must be a finite number of seconds >= 0, "
+                    f"got {value!r}"
+                )
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -128,6 +165,14 @@ class RetryPolicy:
             "retry": self.retry,
             "reraise": True,
         }
+        if self.retry_after is not None:
+            # Built per job (two small objects, on the retry path only): the fields keep what
+            # was passed, so dataclasses.replace() never wraps a wrapped wait again.
+            kwargs["wait"] = wait_retry_after(self.wait, max_delay=self.retry_after)
+            # stop_any, not "|": the policy's stop may be a plain function.
+            kwargs["stop"] = tenacity.stop_any(
+                self.stop, stop_if_retry_after_exceeds(self.retry_after)
+            )
         if self.before_sleep is not None:
             kwargs["before_sleep"] = self.before_sleep
         return kwargs
@@ -167,12 +212,6 @@ def _check_exception_types(on: object) -> None:
         raise TypeError(
             f"on must be an exception class or a tuple of exception classes, got {on!r}"
         )
-
-
-def _backoff(initial: float, maximum: float, jitter: float) -> Any:
-    """initial, 2*initial, 4*initial, ... at most ``maximum``, plus up to ``jitter`` at random."""
-    wait = tenacity.wait_exponential(multiplier=initial, max=maximum)
-    return wait + tenacity.wait_random(0, jitter) if jitter else wait
 
 
 def check_policy(policy: object, kind: type[tenacity.BaseRetrying]) -> None:
