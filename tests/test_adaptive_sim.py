@@ -1,6 +1,6 @@
 """AdaptiveLimiter against a simulated server on virtual time (benchmarks/adaptive_sim.py).
 
-The server has capacity c = 20 workers and a queue of 2c; past the queue it defers (503 at once)
+The server has capacity c = 20 workers and a queue of c/2; past the queue it defers (503 at once)
 or drops (no answer: the client times out after 1 s).  60 clients (3c: three times what it can
 take) send requests back to back.  Targets, from the issue: the limit settles within ±15 % of c
 within 10 s of virtual time, and again within 10 s after the capacity halves or doubles;
@@ -44,27 +44,28 @@ def _check_targets(sc: Scenario) -> None:
     assert s["settle"] <= 10.0, result.medians(0, sc.seconds)
     assert s["goodput"] >= 0.95
     assert s["p99"] <= 2.0 + 1e-9
-    assert s["overloads"] < 0.01
+    assert s["overloads"] < 0.02  # (the halving costs a burst of 503s before it is noticed)
 
 
 def test_the_checks_catch_a_limit_that_misses() -> None:
-    """A fixed limit of 3c on the same server misses every target the default meets: the
-    measures are not vacuous."""
+    """A fixed limit of 3c on the same server never settles and gets 503s for over half its
+    requests; c/2 loses half the goodput: the measures are not vacuous."""
     sc = SCENARIOS["steady"]
     s = summary(sc, _run(sc, "fixed, too high (3c)"))
-    assert s["settle"] == math.inf and s["p99"] >= 2.9
+    assert s["settle"] == math.inf and s["overloads"] > 0.5
     low = summary(sc, _run(sc, "fixed, too low (c/2)"))
     assert low["goodput"] < 0.6
 
 
-def test_aimd_keeps_goodput_but_fills_the_servers_queue() -> None:
+def test_aimd_keeps_goodput_but_learns_only_from_503s() -> None:
     """AIMD backs off on 503s and on latency beyond twice the no-load: it keeps the goodput,
-    but sits near the server's queue limit, which is why it is not the default."""
+    but finds the limit by going past it, filling the server's queue and drawing a 503 for
+    about one request in six, which is why it is not the default."""
     sc = SCENARIOS["steady"]
     result = _run(sc, "adaptive, AIMD")
     s = summary(sc, result)
-    assert s["goodput"] >= 0.95 and s["overloads"] < 0.01
-    assert statistics.median(m for _, m in result.medians(10, sc.seconds)) > 1.5 * sc.capacity
+    assert s["goodput"] >= 0.95 and s["overloads"] > 0.05
+    assert statistics.median(m for _, m in result.medians(10, sc.seconds)) > 1.2 * sc.capacity
 
 
 def test_no_upward_creep_and_no_ratcheting_of_the_no_load_latency_under_sustained_load() -> None:

@@ -13,45 +13,54 @@ release, automatically) and explicit overload signals (:meth:`AdaptiveLimiter.ov
 Windows, not samples
 --------------------
 Sections are summed up in *windows* of at least one typical latency (the smoothed window
-latency) and enough samples (half the limit, between 3 and 10), and the limit moves once per
-window, from the window's **median** latency, the most sections it held at once, and whether
-any section reported an overload.  One update per window is what keeps ten requests that time
-out together from cutting the limit ten times (``0.9 ** 10``), and the median is what keeps a
-single slow request from moving it at all: the anchors' per-sample updates are where their
-known collapses come from.
+latency) and as many samples as the limit (between 3 and 20), and the limit moves once per
+window, from the window's mean latency (each sample counted as at most 4 times the no-load
+latency), the most sections it held at once, and whether any section reported an overload.
+One update per window is what keeps ten requests that time out together from cutting the limit
+ten times (``0.9 ** 10``); an overload reported by a section sent before the last cut is the
+same overload, not a new one (as TCP cuts once per round trip).  The cap on each sample is what
+keeps one request stuck for a minute from collapsing the limit.  (The mean, not the median: when
+a quarter of the requests wait in the other side's queue, the median does not move.)
 
 The no-load latency
 -------------------
 Both algorithms compare a window's latency with the *no-load latency*: what a section takes when
-the other side is not queueing.  It is the lowest smoothed window latency seen since the last
-*probe* (an exponentially weighted average of the window medians, weight 0.2, so a lucky
-window does not set it), so under load it can only fall, never ratchet up.  Every
-``probe_interval`` seconds (30 by default, plus up to 15 % at random so that many clients do not
-probe in step) the limit is held at half its value until enough sections that *started* after
-the probe began have finished (sections started before it ran under the old load: counting them
-is the bug of envoy#11579, where the measured minimum climbed with every window under sustained
-load); their median becomes the no-load latency, and the limit goes back to where it was.  A
-probe costs half the concurrency for about one latency every 30 s, and lets the estimate follow
-a server that became slower for good.
+the other side is not queueing.  It is measured by *probes*: the limit is held at half its value
+until enough sections that *started* after the probe began have finished (at least 10, until
+their mean is known within 2 %, at most 100); sections started before it ran under the old
+load, and counting them is the bug of envoy#11579, where the measured minimum climbed with every
+window under sustained load.  The no-load latency is the mean of the last 4 probes (one probe's
+noise would otherwise move every window's verdict), unless the newest differs from that by over
+30 %: then the other side changed, and the newest alone counts.  The first probe comes five
+latencies after the first window, the next ones 5, 10 and 20 s apart, then every
+``probe_interval`` (30 s by default), each plus up to 15 % at random so that many clients do not
+probe in step.  For three latencies after a probe the limit does not move (the probe let the
+other side's queue drain; until it refills, latency says there is room when there is not).  A
+probe costs half the concurrency for a few latencies every 30 s (the simulations' goodput counts
+it).  With ``probe_interval=None`` there are no probes, and the no-load latency is the lowest
+smoothed window latency seen, which noise biases low.
 
 Algorithms
 ----------
-:class:`Gradient` (the default, chosen by the simulations in ``tests/test_adaptive_sim.py``;
-the README's "Adaptive limits" table) after Netflix's Gradient2: the gradient
-``g = tolerance * no_load / latency``, clamped to ``[0.5, 1]``, scales the limit; when the
-latency is within the tolerance (``g == 1``) and the limit was at least half used, it grows by a
-queue allowance ``max(4, sqrt(limit))``; the step is smoothed (``limit += smoothing * (new -
-limit)``).  Two changes from Gradient2, for its reported failures: the allowance is added only
-while ``g == 1``, never under modest overload (Gradient2 adds it always, so at a steady ``g`` of
-0.8 its limit creeps up without end: concurrency-limits#134), and an overload signal counts as
-``g = 0.5`` (Gradient2 ignores drops: concurrency-limits#176).  With the default tolerance of
-1.15 and a server that queues past its capacity ``c``, the limit settles near ``1.1 c``.
+:class:`Gradient` (the default, chosen by the simulations in ``benchmarks/adaptive_sim.py``; the
+README's "Adaptive limits" table) after Netflix's Gradient2.  With ``ratio = latency /
+no_load``: above the tolerance, the target is ``limit * max(0.5, tolerance / ratio)``; within
+it, and when at least half the limit was used, the target is ``limit + max(4, sqrt(limit)) *
+h**2``, where ``h`` is the headroom left (1 at the no-load latency, 0 at the tolerance); the
+limit moves ``smoothing`` (0.2) of the way to the target per window.  Two changes from
+Gradient2, for its reported failures: the queue allowance shrinks to nothing as the latency
+nears the tolerance, and is never added under overload (Gradient2 adds it always, so at a
+steady gradient of 0.8 its limit creeps up without end: concurrency-limits#134), and an overload
+signal counts as the floor gradient 0.5 (Gradient2 ignores drops: concurrency-limits#176).  The
+default tolerance, 1.03, was chosen on the simulations: against a server that queues past its
+capacity ``c``, the limit settles near ``1.05 c`` to ``1.15 c``; 1.05 and more settled higher
+than the issue's ±15 %, and 1.02 collapsed more often under noise.
 
 :class:`AIMD`: additive increase (``+step`` per window in which the limit was reached) and
 multiplicative decrease (``* backoff``) on an overload signal, or on a window whose latency is
 beyond ``tolerance`` (2 by default) times the no-load latency, which stands for a timeout.  It
-finds a capacity that is announced by 429/503, and oscillates just below it; against a server
-that only slows down, it fills the server's queue up to the tolerance.
+finds a capacity that is announced by 429/503, by going past it: it keeps the goodput, but about
+one request in six draws a 503 in the simulations.
 
 Overload and Retry-After
 ------------------------
@@ -119,7 +128,8 @@ class Window:
     """What one window of sections reported, as an algorithm sees it."""
 
     latency: float
-    """The median latency of the sections that finished without an overload (seconds); ``nan``
+    """The mean latency of the sections that finished without an overload (seconds, each
+    counted as at most 4 times the no-load latency); ``nan``
     when every section of the window was overloaded."""
     samples: int
     """Sections that finished without an overload."""
@@ -142,7 +152,7 @@ def _check_ratio(name: str, value: float, low: float, high: float, *, high_open:
 @dataclass(frozen=True, slots=True)
 class AIMD:
     """Additive increase, multiplicative decrease: ``+step`` per window in which the limit was
-    reached with no overload, ``* backoff`` per window with an overload signal or a median
+    reached with no overload, ``* backoff`` per window with an overload signal or a mean
     latency beyond ``tolerance`` times the no-load latency.
 
     Args:
@@ -176,10 +186,11 @@ class AIMD:
 
 @dataclass(frozen=True, slots=True)
 class Gradient:
-    """The latency gradient, after Netflix's Gradient2 (see the module docstring for the two
-    changes): ``g = clamp(tolerance * no_load / latency, 0.5, 1)``, ``0.5`` on an overload; the
-    target is ``limit * g``, plus ``max(4, sqrt(limit))`` when ``g == 1`` and at least half the
-    limit was used; the limit moves ``smoothing`` of the way there per window.
+    """The latency gradient, after Netflix's Gradient2 (the module docstring has the rule and
+    the two changes): above ``tolerance`` times the no-load latency the limit shrinks in
+    proportion (at most by half; by half on an overload), below it the limit grows by a queue
+    allowance that shrinks to nothing at the tolerance; it moves ``smoothing`` of the way to its
+    target per window.
 
     Args:
         tolerance: How much slower than the no-load latency a window may be before the limit
@@ -233,7 +244,7 @@ class AdaptiveLimiterStatistics(CapacityLimiterStatistics):
     algorithm: str
     """``"gradient"`` or ``"aimd"``."""
     latency: float
-    """The median latency of the last window, in seconds (``nan`` before the first)."""
+    """The mean latency of the last window, in seconds (``nan`` before the first)."""
     smoothed_latency: float
     """The weighted average of the window latencies, in seconds (``nan`` before the first)."""
     no_load_latency: float
