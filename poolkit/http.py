@@ -71,7 +71,7 @@ def host_of(url: Any) -> str:
 
 def _keyed(limits: Limits) -> bool:
     """Whether ``limits`` takes a key (it has a PerKey member, perhaps in a nested Limits)."""
-    return limits._keyed
+    return bool(limits._keyed)
 
 
 def _as_limits(limits: object) -> Limits:

@@ -4,9 +4,12 @@ time.  The behaviour against a simulated server is in tests/test_adaptive_sim.py
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import poolkit
 from poolkit import AIMD, AdaptiveLimiter, CapacityLimiter, Gradient, Limits, PerKey
@@ -268,3 +271,71 @@ def test_statistics_and_metrics_show_the_limit_and_latencies() -> None:
     assert 'poolkit_adaptive_overloads_total{limiter="api"} 1' in lines
     assert 'poolkit_limiter_total_tokens{limiter="api"} 4' in lines
     assert 'poolkit_limiter_peak_borrowed_tokens{limiter="api"} 4' in lines
+
+
+# ----------------------------------------------------------------------- stress
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), algorithm=st.sampled_from(["gradient", "aimd"]))
+def test_random_sections_overloads_pauses_and_cancellations_keep_the_books(
+    seed: int, algorithm: str
+) -> None:
+    """Tasks hold sections of random length, report random overloads (some with a pause), and
+    are cancelled at random moments, waiting or holding.  A grant never takes the limiter past
+    its total as it is then, a cancelled acquire holds nothing, and at the end nothing is held,
+    nobody waits and no section is left open."""
+    from poolkit._primitives import _adaptive
+
+    rng = random.Random(seed)
+
+    class Recording(AdaptiveLimiter):
+        """Keeps every total it moves to, so that a grant can be checked against the totals
+        it may have been made under (a task granted a unit runs a little later, perhaps after
+        the total shrank again)."""
+
+        __slots__ = ("totals",)
+
+        def _set_total(self, value: int) -> None:
+            self.totals.append(value)
+            super()._set_total(value)
+
+    async def main() -> None:
+        limiter = Recording(
+            initial=rng.randint(1, 8),
+            max=rng.randint(8, 16),
+            algorithm=Gradient() if algorithm == "gradient" else AIMD(),
+            probe_interval=rng.choice([None, 2.0, 5.0]),
+            max_pause=0.5,
+        )
+        limiter.totals = [limiter.total]
+        over_total: list[tuple[int, int]] = []
+
+        async def one() -> None:
+            for _ in range(rng.randint(1, 15)):
+                await asyncio.sleep(rng.random() * 0.02)
+                since = len(limiter.totals) - 1  # the total when this task began to wait
+                async with limiter:
+                    allowed = max(limiter.totals[since:])
+                    if limiter.borrowed > allowed or limiter.borrowed > limiter.max:
+                        over_total.append((limiter.borrowed, allowed))
+                    await asyncio.sleep(rng.expovariate(20))
+                    if rng.random() < 0.1:
+                        limiter.overloaded(retry_after=rng.choice([None, 0.0, 0.2, 5.0]))
+
+        tasks = [asyncio.create_task(one()) for _ in range(rng.randint(5, 40))]
+        for _ in range(rng.randint(0, 10)):
+            await asyncio.sleep(rng.random() * 0.5)
+            rng.choice(tasks).cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        s = limiter.statistics()
+        assert not over_total
+        assert s.borrowed == 0 and s.waiting == 0
+        assert limiter.min <= s.total <= limiter.max
+        assert not any(
+            section.limiter is limiter
+            for sections in _adaptive._SECTIONS.values()
+            for section in sections
+        )
+
+    run(main)

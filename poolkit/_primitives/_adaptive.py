@@ -80,16 +80,17 @@ Time is the running event loop's clock (``loop.time()``), so the simulations run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import statistics as _stats
 import threading
 import time
+from asyncio import current_task, get_running_loop
 from asyncio.events import _get_running_loop
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, fields
+from threading import get_ident
 from types import TracebackType
 from typing import Final
 
@@ -266,10 +267,21 @@ class AdaptiveLimiterStatistics(CapacityLimiterStatistics):
     """Seconds left of a Retry-After pause (0 when not paused)."""
 
 
-# Which adaptive limiters each task (or thread) holds a section of, so that overloaded() can
-# reach the ones a request went through, inside a Limits or a PerKey, without naming them.
-_HELD: dict[object, list[AdaptiveLimiter]] = {}
-_HELD_LOCK = threading.Lock()
+# The sections held now, by task (or thread): so that a release finds its own section's start,
+# and overloaded() reaches the adaptive limiters a request went through, inside a Limits or a
+# PerKey, without naming them.  One lock for these and every adaptive limiter's window: the
+# critical sections are a few dict and list operations.
+class _Section:
+    __slots__ = ("began", "limiter", "over")
+
+    def __init__(self, limiter: AdaptiveLimiter, began: float) -> None:
+        self.limiter = limiter
+        self.began = began
+        self.over = False  # it met an overload: its latency is no sample
+
+
+_SECTIONS: dict[object, list[_Section]] = {}
+_LOCK = threading.Lock()
 
 
 def overloaded(*, retry_after: float | None = None) -> int:
@@ -291,8 +303,8 @@ def overloaded(*, retry_after: float | None = None) -> int:
         ValueError: If ``retry_after`` is negative or NaN.
     """
     holder = _holder()
-    with _HELD_LOCK:
-        held = list(dict.fromkeys(_HELD.get(holder, ())))
+    with _LOCK:
+        held = list(dict.fromkeys(section.limiter for section in _SECTIONS.get(holder, ())))
     for limiter in held:
         limiter.overloaded(retry_after=retry_after)
     if not held and retry_after is not None:
@@ -305,6 +317,44 @@ def _check_retry_after(retry_after: object) -> None:
         raise TypeError(f"retry_after must be a number of seconds or None, got {retry_after!r}")
     if not retry_after >= 0:
         raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
+
+
+def _take_section(limiter: AdaptiveLimiter, holder: object) -> _Section | None:
+    """Remove and return ``limiter``'s latest section held by ``holder``; if it holds none (the
+    release came from another task or thread), the limiter's oldest section anywhere (_LOCK
+    held)."""
+    held = _SECTIONS.get(holder)
+    if held is not None:
+        for i in range(len(held) - 1, -1, -1):
+            if held[i].limiter is limiter:
+                section = held.pop(i)
+                if not held:
+                    del _SECTIONS[holder]
+                return section
+    oldest: tuple[object, int] | None = None
+    began = math.inf
+    for other, sections in _SECTIONS.items():
+        for i, section in enumerate(sections):
+            if section.limiter is limiter and section.began < began:
+                oldest, began = (other, i), section.began
+    if oldest is None:
+        return None
+    sections = _SECTIONS[oldest[0]]
+    section = sections.pop(oldest[1])
+    if not sections:
+        del _SECTIONS[oldest[0]]
+    return section
+
+
+def _precise(samples: list[float]) -> bool:
+    """Whether the mean of ``samples`` (at least 2) is known within ``_PROBE_ERROR`` of itself
+    (its standard error).  Plain float sums: ``statistics.stdev`` is exact and far slower, and
+    this runs at every release during a probe."""
+    n = len(samples)
+    total = math.fsum(samples)
+    mean = total / n
+    spread = math.fsum((x - mean) ** 2 for x in samples) / (n - 1)
+    return spread <= (_PROBE_ERROR * mean) ** 2 * n
 
 
 def _now() -> float:
@@ -353,7 +403,6 @@ class AdaptiveLimiter(CapacityLimiter):
 
     __slots__ = (
         "_algo",
-        "_alock",
         "_cut_at",
         "_decreases",
         "_hi",
@@ -363,7 +412,6 @@ class AdaptiveLimiter(CapacityLimiter):
         "_lo",
         "_max_pause",
         "_no_load",
-        "_over",
         "_overloads",
         "_pause_until",
         "_probe_every",
@@ -377,7 +425,6 @@ class AdaptiveLimiter(CapacityLimiter):
         "_samples",
         "_settle_until",
         "_smooth",
-        "_starts",
         "_w_lat",
         "_w_over",
         "_w_peak",
@@ -424,9 +471,6 @@ class AdaptiveLimiter(CapacityLimiter):
         super().__init__(start, name=name)
         self._lo, self._hi, self._limit = lo, hi, float(start)
         self._algo: Algorithm = algorithm
-        self._alock = threading.Lock()
-        self._starts: dict[object, list[float]] = {}
-        self._over: set[object] = set()  # holders whose section met an overload
         self._w_start: float | None = None
         self._w_lat: list[float] = []
         self._w_over = 0
@@ -481,7 +525,7 @@ class AdaptiveLimiter(CapacityLimiter):
         """
         base = super().statistics()
         now = _now()
-        with self._alock:
+        with _LOCK:
             return AdaptiveLimiterStatistics(
                 **{f.name: getattr(base, f.name) for f in fields(CapacityLimiterStatistics)},
                 limit=self._limit,
@@ -534,8 +578,23 @@ class AdaptiveLimiter(CapacityLimiter):
             return False
         if not super().try_acquire(weight):
             return False
-        self._started()
+        self._started(_now(), _holder())
         return True
+
+    async def _pause_over(self, timeout: float | None) -> float | None:
+        """Wait out a Retry-After pause; the timeout left, or TimeoutError at once when the
+        pause outlasts it."""
+        now = _now()
+        deadline = None if timeout is None else now + timeout
+        while (until := self._pause_until) > now:
+            if deadline is not None and until > deadline:
+                raise TimeoutError(
+                    f"the adaptive limiter is paused for {until - now:.3g} s more "
+                    f"(Retry-After), past the timeout {timeout!r}"
+                )
+            await asyncio.sleep(until - now)
+            now = _now()
+        return None if deadline is None else (deadline - now if deadline > now else 0.0)
 
     async def acquire(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """Wait out a Retry-After pause, then for ``weight`` to fit (in arrival order); take it.
@@ -546,21 +605,10 @@ class AdaptiveLimiter(CapacityLimiter):
         self._check(weight)
         if timeout is not None:
             check_timeout(timeout)
-        now = _now()
-        if self._pause_until > now:
-            deadline = None if timeout is None else now + timeout
-            while (until := self._pause_until) > now:
-                if deadline is not None and until > deadline:
-                    raise TimeoutError(
-                        f"the adaptive limiter is paused for {until - now:.3g} s more "
-                        f"(Retry-After), past the timeout {timeout!r}"
-                    )
-                await asyncio.sleep(until - now)
-                now = _now()
-            if deadline is not None:
-                timeout = deadline - now if deadline > now else 0.0
+        if self._pause_until > _now():
+            timeout = await self._pause_over(timeout)
         await super().acquire(weight, timeout=timeout)
-        self._started()
+        self._started(_now(), _holder())
 
     def acquire_blocking(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """The thread form of :meth:`acquire`."""
@@ -578,16 +626,33 @@ class AdaptiveLimiter(CapacityLimiter):
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
         super().acquire_blocking(weight, timeout=timeout)
-        self._started()
+        self._started(_now(), _holder())
 
     def release(self, weight: int = 1) -> None:
         """Give back ``weight`` and measure the section it ended.  See
         :meth:`CapacityLimiter.release`."""
         super().release(weight)
-        self._finished()
+        self._finished(_now(), _holder())
 
     async def __aenter__(self) -> None:
-        await self.acquire()
+        # The capacity limiter's inlined acquire(1), and the section's start: the hot path.
+        loop = get_running_loop()
+        if self._pause_until > loop.time():
+            await self._pause_over(None)
+        await CapacityLimiter.__aenter__(self)
+        now = loop.time()
+        section = _Section(self, now)
+        holder = current_task(loop) or get_ident()
+        with _LOCK:  # _started(), inlined
+            held = _SECTIONS.get(holder)
+            if held is None:
+                _SECTIONS[holder] = [section]
+            else:
+                held.append(section)
+            if self._borrowed > self._w_peak:
+                self._w_peak = self._borrowed
+            if self._w_start is None:
+                self._w_start = now
 
     def __aexit__(
         self,
@@ -595,7 +660,12 @@ class AdaptiveLimiter(CapacityLimiter):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Awaitable[None]:
-        self.release()
+        CapacityLimiter.__aexit__(self, exc_type, exc, tb)
+        loop = _get_running_loop()
+        if loop is None:  # (closed by the garbage collector, outside any loop)
+            self._finished(time.monotonic(), get_ident())
+        else:
+            self._finished(loop.time(), current_task(loop) or get_ident())
         return _DONE
 
     def __enter__(self) -> None:
@@ -630,14 +700,18 @@ class AdaptiveLimiter(CapacityLimiter):
             _check_retry_after(retry_after)
         now = _now()
         holder = _holder()
-        with self._alock:
+        with _LOCK:
             self._overloads += 1
-            stack = self._starts.get(holder)
-            if stack is not None:
-                self._over.add(holder)
+            section = None
+            for held in reversed(_SECTIONS.get(holder, ())):
+                if held.limiter is self:
+                    section = held
+                    break
+            if section is not None:
+                section.over = True
             # A section sent before the last cut met the load that cut answered: the same
             # overload, not a new one (so ten 503s at once are one decrease, as in TCP).
-            if stack is None or stack[-1] >= self._cut_at:
+            if section is None or section.began >= self._cut_at:
                 self._w_over += 1
             if retry_after is not None:
                 until = now + (retry_after if retry_after < self._max_pause else self._max_pause)
@@ -649,69 +723,48 @@ class AdaptiveLimiter(CapacityLimiter):
 
     # ----------------------------------------------------------------- measurement
 
-    def _started(self) -> None:
-        now = _now()
-        holder = _holder()
-        with _HELD_LOCK:
-            held = _HELD.get(holder)
+    def _started(self, now: float, holder: object) -> None:
+        section = _Section(self, now)
+        with _LOCK:
+            held = _SECTIONS.get(holder)
             if held is None:
-                _HELD[holder] = [self]
+                _SECTIONS[holder] = [section]
             else:
-                held.append(self)
-        with self._alock:
-            stack = self._starts.get(holder)
-            if stack is None:
-                self._starts[holder] = [now]
-            else:
-                stack.append(now)
+                held.append(section)
             if self._borrowed > self._w_peak:
                 self._w_peak = self._borrowed
             if self._w_start is None:
                 self._w_start = now
 
-    def _finished(self) -> None:
-        now = _now()
-        holder = _holder()
-        with self._alock:
-            stack = self._starts.get(holder)
-            if stack is None:  # released by another task or thread: take the oldest section
-                if not self._starts:
-                    return
-                holder = next(iter(self._starts))
-                stack = self._starts[holder]
-                began = stack.pop(0)
+    def _finished(self, now: float, holder: object) -> None:
+        with _LOCK:
+            held = _SECTIONS.get(holder)
+            if held is not None and held[-1].limiter is self:  # the usual case, at once
+                section: _Section | None = held.pop()
+                if not held:
+                    del _SECTIONS[holder]
             else:
-                began = stack.pop()
-            if not stack:
-                del self._starts[holder]
-            with _HELD_LOCK:
-                held = _HELD.get(holder)
-                if held is not None:
-                    with contextlib.suppress(ValueError):
-                        held.remove(self)
-                    if not held:
-                        del _HELD[holder]
-            if holder in self._over:
-                if holder not in self._starts:
-                    self._over.discard(holder)
-            else:
-                latency = now - began
+                section = _take_section(self, holder)
+            if section is None:
+                return  # (a release without an acquire: the capacity limiter raised already)
+            if not section.over:
+                latency = now - section.began
                 self._samples += 1
                 self._w_lat.append(latency)
                 probe = self._probe_from
-                if probe is not None and began >= probe:
+                if probe is not None and section.began >= probe:
                     self._probe_samples.append(latency)
             new = self._maybe_update(now)
         if new is not None:
             self._set_total(new)
 
     def _maybe_update(self, now: float) -> int | None:
-        """End the window if it is due; the new total if it changed (alock held)."""
+        """End the window if it is due; the new total if it changed (_LOCK held)."""
         if self._probe_from is not None:
             return self._probe_step(now)
         start = self._w_start
-        if start is None:
-            return None
+        if start is None or now - start < self._smooth:
+            return None  # (at most one update per typical latency; nan compares False)
         lat = self._w_lat
         need = int(self._limit)
         need = (
@@ -785,11 +838,7 @@ class AdaptiveLimiter(CapacityLimiter):
         assert start is not None
         n = len(samples)
         if now - start < _PROBE_LONGEST * self._smooth and (
-            n < _PROBE_SAMPLES
-            or (
-                n < _PROBE_MOST
-                and _stats.stdev(samples) > _PROBE_ERROR * math.sqrt(n) * _stats.fmean(samples)
-            )
+            n < _PROBE_SAMPLES or (n < _PROBE_MOST and not _precise(samples))
         ):
             return None
         if samples:
