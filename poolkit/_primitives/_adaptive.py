@@ -640,19 +640,7 @@ class AdaptiveLimiter(CapacityLimiter):
         if self._pause_until > loop.time():
             await self._pause_over(None)
         await CapacityLimiter.__aenter__(self)
-        now = loop.time()
-        section = _Section(self, now)
-        holder = current_task(loop) or get_ident()
-        with _LOCK:  # _started(), inlined
-            held = _SECTIONS.get(holder)
-            if held is None:
-                _SECTIONS[holder] = [section]
-            else:
-                held.append(section)
-            if self._borrowed > self._w_peak:
-                self._w_peak = self._borrowed
-            if self._w_start is None:
-                self._w_start = now
+        self._started(loop.time(), current_task(loop) or get_ident())
 
     def __aexit__(
         self,
