@@ -339,3 +339,29 @@ def test_random_sections_overloads_pauses_and_cancellations_keep_the_books(
         )
 
     run(main)
+
+
+def test_a_pause_holds_back_waiters_queued_before_it() -> None:
+    """A waiter queued before the pause began is not granted during it: a grant that finds a
+    pause running is given back and waits the pause out."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        limiter = AdaptiveLimiter(initial=1, max=1, probe_interval=None)
+        await limiter.acquire()
+        granted: list[float] = []
+
+        async def waiter() -> None:
+            async with limiter:
+                granted.append(loop.time())
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        t0 = loop.time()
+        limiter.overloaded(retry_after=1)
+        limiter.release()
+        await task
+        assert granted and granted[0] >= t0 + 1
+        assert limiter.borrowed == 0
+
+    run(main)

@@ -170,6 +170,28 @@ async def test_retries_back_off_honour_retry_after_and_keep_the_rate(
     assert server.max_in_flight(server.hosts[1]) <= 2
 
 
+async def test_each_request_on_the_wire_takes_the_limits_once(server: ScraperServer) -> None:
+    """The limits are taken inside the HTTP client, once for every request the server sees,
+    aiohttp's own re-send of a request on a connection the server closed included; the pool
+    takes none of its own on top."""
+    s = server
+    dropped = [s.script(n, "/dropped", Reply(), Reply(drop=True), Reply()) for n in range(3)]
+    urls = [s.url(n % 3, f"/plain/{n}") for n in range(9)]
+    settings = scraper.Settings(concurrency=4, per_host=1, rate=None, attempts=1)
+    results: list[dict[str, Any]] = []
+    run = scraper.Scraper(settings, write=results.append)
+    # Each host's requests go one at a time on one kept-alive connection: /dropped, three
+    # others, and /dropped again, which the server closes the connection on without answering.
+    summary = await run.run(dropped + urls + dropped)
+    assert run.pool._limit is None and run._per_host is not None
+    arrivals = server.arrivals
+    assert len(arrivals) == 18  # 12 answered at once, 3 dropped and 3 sent again
+    assert run._per_host.statistics().acquired_total == len(arrivals)
+    assert (summary.ok, summary.failed, summary.retries) == (15, 0, 3)
+    attempts = sorted(r["attempts"] for r in results if r["url"] in dropped)
+    assert attempts == [1, 1, 1, 2, 2, 2]  # the re-send is a request the server saw
+
+
 async def test_a_stop_finishes_nothing_new_and_lists_exactly_what_is_left(
     server: ScraperServer,
 ) -> None:
@@ -311,9 +333,14 @@ def test_every_option_reaches_the_settings() -> None:
         "progress_interval": 2.5,
         "redis": "redis://127.0.0.1:6379/1",
         "redis_prefix": "pk-test",
+        "adaptive": True,
     }
     assert set(given) == {f.name for f in dataclasses.fields(scraper.Settings)}
-    argv = [part for name, v in given.items() for part in (f"--{name.replace('_', '-')}", str(v))]
+    argv = [
+        part
+        for name, v in given.items()
+        for part in (f"--{name.replace('_', '-')}", *([] if v is True else [str(v)]))
+    ]
     settings = scraper._settings(scraper._parser().parse_args(argv))
     assert dataclasses.asdict(settings) == given
     no_cap = scraper._settings(scraper._parser().parse_args(["--per-host", "0"]))

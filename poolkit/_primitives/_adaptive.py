@@ -605,10 +605,19 @@ class AdaptiveLimiter(CapacityLimiter):
         self._check(weight)
         if timeout is not None:
             check_timeout(timeout)
-        if self._pause_until > _now():
-            timeout = await self._pause_over(timeout)
-        await super().acquire(weight, timeout=timeout)
-        self._started(_now(), _holder())
+        while True:
+            if self._pause_until > _now():
+                timeout = await self._pause_over(timeout)
+            began = _now()
+            await super().acquire(weight, timeout=timeout)
+            now = _now()
+            if self._pause_until <= now:
+                break
+            # Granted while a pause began (queued before it): give it back, wait the pause out.
+            CapacityLimiter.release(self, weight)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (now - began))
+        self._started(now, _holder())
 
     def acquire_blocking(self, weight: int = 1, *, timeout: float | None = None) -> None:
         """The thread form of :meth:`acquire`."""
@@ -637,9 +646,14 @@ class AdaptiveLimiter(CapacityLimiter):
     async def __aenter__(self) -> None:
         # The capacity limiter's inlined acquire(1), and the section's start: the hot path.
         loop = get_running_loop()
-        if self._pause_until > loop.time():
-            await self._pause_over(None)
-        await CapacityLimiter.__aenter__(self)
+        while True:
+            if self._pause_until > loop.time():
+                await self._pause_over(None)
+            await CapacityLimiter.__aenter__(self)
+            if self._pause_until <= loop.time():
+                break
+            # Granted while a pause began (queued before it): give it back, wait the pause out.
+            CapacityLimiter.release(self, 1)
         self._started(loop.time(), current_task(loop) or get_ident())
 
     def __aexit__(
