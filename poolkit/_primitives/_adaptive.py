@@ -774,8 +774,6 @@ class AdaptiveLimiter(CapacityLimiter):
         )
         if not self._w_over and len(lat) < need:
             return None
-        if self._smooth == self._smooth and now - start < self._smooth:
-            return None  # at most one update per typical latency
         window = Window(
             latency=self._mean(lat) if lat else math.nan,
             samples=len(lat),
