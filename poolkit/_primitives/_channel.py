@@ -121,6 +121,7 @@ from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import ChannelClosed, EndOfChannel, ReceiversGone, WouldBlock
 from poolkit._core._registry import register
 from poolkit._core._wait import (
+    GC_PHASE,
     Busy,
     Sleeper,
     bury,
@@ -130,7 +131,6 @@ from poolkit._core._wait import (
     give_up,
     graveyard,
     lay_to_rest,
-    mirror_collecting,
     monotonic,
     refuse_in_loop,
     resolve,
@@ -180,8 +180,7 @@ _arrivals = itertools.count()
 _next_arrival = _arrivals.__next__
 _random = random.random  # int(_random() * n) is uniform enough, and a tenth of randrange(n)
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
-mirror_collecting(globals())
+# `"a" not in GC_PHASE`: no garbage collection runs now (see poolkit._core._wait).
 
 
 class _SelectClaim:
@@ -794,7 +793,7 @@ class Channel(Generic[T]):
         Raises :class:`~poolkit.ChannelClosed` on a closed channel.
         """
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             return False  # a garbage collection interrupted this thread holding the lock
@@ -822,7 +821,7 @@ class Channel(Generic[T]):
         """``receive_nowait`` without the exception: ``_EMPTY`` when it would block (for the
         pools).  Raises :class:`~poolkit.EndOfChannel` at the end."""
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             return _EMPTY  # a garbage collection interrupted this thread holding the lock
@@ -851,7 +850,7 @@ class Channel(Generic[T]):
             ReceiversGone: If the channel closed because its last receive handle was closed.
         """
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise WouldBlock(f"{self._label()}: its lock is taken, during a garbage collection")
@@ -888,7 +887,7 @@ class Channel(Generic[T]):
             EndOfChannel: If the channel is closed and drained.
         """
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise WouldBlock(f"{self._label()}: its lock is taken, during a garbage collection")
@@ -932,7 +931,7 @@ class Channel(Generic[T]):
         # frame fewer to make and to pass through on each wake-up).  Each saves a few per cent
         # of an unbuffered hand-off; spinning (module docstring) saves a third.
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("Channel.send()")
@@ -1008,7 +1007,7 @@ class Channel(Generic[T]):
         if timeout is not None:
             timeout = check_timeout(timeout)
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("Channel.receive()")
@@ -1193,7 +1192,7 @@ class Channel(Generic[T]):
     async def __anext__(self) -> T:
         # receive() without its timeout; its end raises StopAsyncIteration.
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("Channel.__anext__()")
@@ -1251,7 +1250,7 @@ class Channel(Generic[T]):
         """
         timeout = check_timeout(timeout)
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("Channel.send_blocking()")
@@ -2172,7 +2171,7 @@ class _Locks:
         self.channels = channels
 
     def __enter__(self) -> None:
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             for ch in self.channels:
                 ch._lock.acquire()
             return

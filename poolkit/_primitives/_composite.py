@@ -179,12 +179,12 @@ from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import NotAcquired
 from poolkit._core._registry import register, unregistered
 from poolkit._core._wait import (
+    GC_PHASE,
     Busy,
     enter,
     give_up,
     graveyard,
     lay_to_rest,
-    mirror_collecting,
     monotonic,
     refuse_in_loop,
     take,
@@ -237,8 +237,7 @@ TaskLimit: TypeAlias = (
 """What a pool takes as ``limit=`` (a ``ThreadPool`` refuses an ``AsyncLimiter``: see
 :func:`pool_limits`)."""
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
-mirror_collecting(globals())
+# `"a" not in GC_PHASE`: no garbage collection runs now (see poolkit._core._wait).
 
 
 # ======================================================================= PerKey
@@ -1388,7 +1387,7 @@ class Limits:
     def _try_buckets(self, plan: _Plan, cost: float) -> bool:
         parts = tuple((b, cost) for b in plan.buckets)
         now = plan.buckets[0]._now()  # the clock is the user's code: before the lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             LOCK.acquire()
         elif not enter(LOCK):
             return False

@@ -48,6 +48,7 @@ from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import NotAcquired
 from poolkit._core._registry import register
 from poolkit._core._wait import (
+    GC_PHASE,
     Sleeper,
     bury,
     busy_error,
@@ -57,7 +58,6 @@ from poolkit._core._wait import (
     give_up,
     graveyard,
     lay_to_rest,
-    mirror_collecting,
     refuse_in_loop,
     take,
     take_or_defer,
@@ -73,8 +73,7 @@ _TIMED_OUT = 2
 _TOO_HEAVY = 3  # total shrank below its weight
 _GONE = 4  # cancelled, completed, or stranded on a closed event loop
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
-mirror_collecting(globals())
+# `"a" not in GC_PHASE`: no garbage collection runs now (see poolkit._core._wait).
 
 
 class _Waiter(Sleeper):
@@ -253,7 +252,7 @@ class CapacityLimiter:
         made: forgetting it changes nothing (for PerKey, which holds its own lock: it lays the
         waiters buried here to rest once it lets go of it)."""
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             return False  # cannot tell: keep it
@@ -411,7 +410,7 @@ class CapacityLimiter:
         """
         self._check(weight)
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             return False  # a garbage collection interrupted this thread holding the lock
@@ -448,7 +447,7 @@ class CapacityLimiter:
         if timeout is not None:
             timeout = check_timeout(timeout)
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("CapacityLimiter.acquire()")
@@ -581,7 +580,7 @@ class CapacityLimiter:
         if weight.__class__ is not int or weight < 1:
             check_weight(weight)
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()  # explicit acquire/release: ~80 ns cheaper than "with" on CPython 3.11
         elif not enter(lock):
             defer(self.release, weight)
@@ -622,7 +621,7 @@ class CapacityLimiter:
         # acquire(1) inlined: no second coroutine frame, and one turn of the lock (calling
         # acquire() took it twice), whether there is room (the usual case) or not.
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("CapacityLimiter.__aenter__()")
@@ -670,7 +669,7 @@ class CapacityLimiter:
         # coroutine: it releases when called (which ``async with`` does just before awaiting
         # what it returns) and returns _DONE, which saves making a coroutine per exit.
         lock = self._lock
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             defer(self.release, 1)

@@ -143,6 +143,7 @@ from poolkit._core._checks import check_timeout
 from poolkit._core._exceptions import BudgetExhausted
 from poolkit._core._registry import register
 from poolkit._core._wait import (
+    GC_PHASE,
     Sleeper,
     bury,
     busy_error,
@@ -152,7 +153,6 @@ from poolkit._core._wait import (
     graveyard,
     lay_to_rest,
     locked_soon,
-    mirror_collecting,
     monotonic,
     refuse_in_loop,
     resolve,
@@ -179,8 +179,7 @@ Clock = Callable[[], float]
 # buckets at once.  Bucket operations are a few arithmetic steps, so sharing it costs little.
 LOCK = _LOCK = threading.Lock()
 
-COLLECTING = 0  # the thread running a garbage collection, or 0: see poolkit._core._wait
-mirror_collecting(globals())
+# `"a" not in GC_PHASE`: no garbage collection runs now (see poolkit._core._wait).
 
 _WAITING = 0
 _DONE = 1
@@ -402,7 +401,7 @@ class Reservation:
         """
         now = self._bucket._now()  # read before the lock: the clock may be anybody's code
         lock = _LOCK
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             # A garbage collection interrupted this thread holding the lock: cancel it as of
@@ -1147,7 +1146,7 @@ class TokenBucket:
             self._check_cost(cost)
         now = self._now()  # read before the lock: the clock may be anybody's code
         lock = _LOCK
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             return False  # a garbage collection interrupted this thread holding the lock
@@ -1194,7 +1193,7 @@ class TokenBucket:
         PerKey calls it holding its own lock: it lays the waiters buried here to rest once it
         lets go of it."""
         now = self._now()
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             _LOCK.acquire()
         elif not enter(_LOCK):
             return False  # cannot tell: keep it
@@ -1234,7 +1233,7 @@ class TokenBucket:
         clock = self._clock
         now = clock() if clock is not None else loop.time()  # the user's code: before the lock
         lock = _LOCK
-        if not COLLECTING:
+        if "a" not in GC_PHASE:
             lock.acquire()
         elif not enter(lock):
             raise busy_error("TokenBucket.acquire()")

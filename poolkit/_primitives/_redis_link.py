@@ -389,7 +389,7 @@ class RedisLink:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        collecting = threading.get_ident() == _wait.COLLECTING
+        collecting = _wait.collecting_here()
         if loop is not None and self.serves_tasks and not collecting:
             start_task(loop)
         elif not self.serves_threads:
