@@ -37,6 +37,19 @@ def check_books(pool: Pool) -> poolkit.PoolStatistics:
     return s
 
 
+def check_process_books(pool: poolkit.ProcessPool) -> poolkit.ProcessPoolStatistics:
+    """:func:`check_books` for a ``ProcessPool``: every job submitted is in exactly one place, no
+    count is negative, and no more worker processes are up than ``workers``."""
+    s = pool.statistics()
+    assert s.submitted == (
+        s.queued + s.running + s.succeeded + s.failed + s.cancelled + s.timed_out + s.handed_back
+    ), s
+    assert min(s.queued, s.running, s.busy, s.idle) >= 0, s
+    assert s.workers == len(s.worker_pids) <= s.target_workers, s
+    assert s.busy <= s.target_workers, s
+    return s
+
+
 async def settle_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
     """Let tasks and threads run until ``predicate()`` holds (fail after ``limit`` seconds)."""
     loop = asyncio.get_running_loop()

@@ -103,6 +103,9 @@ def test_process_pool_types_flow() -> None:
 async def _process_pool_async(pool: ProcessPool) -> None:
     """Only type-checked: awaiting a job gives its result, async for its map's."""
     assert_type(await pool.submit(len, b"ab"), int)
+    job = await pool.submit_async(len, b"abc")
+    assert_type(job, ProcessJob[int])
+    assert_type(await job, int)
     async for n in pool.map(len, [b"a"]):
         assert_type(n, int)
 
@@ -115,3 +118,4 @@ async def _misuse_is_caught(pool: WorkerPool, threads: ThreadPool) -> None:
     threads.submit(parse, "not bytes")  # type: ignore[arg-type]
     threads.map(parse, ["not bytes"])  # type: ignore[arg-type]
     ProcessPool().submit(parse, "not bytes")  # type: ignore[arg-type]
+    await ProcessPool().submit_async(parse, "not bytes")  # type: ignore[arg-type]

@@ -187,7 +187,10 @@ class NotPicklable(PoolkitError, TypeError):
     message names what could not be pickled (the function, which argument, which item) and the
     usual fix (a function defined at the top level of a module instead of a lambda or a local
     function; a path instead of an open file).  ``__cause__`` is pickle's own error.  Nothing
-    was queued.
+    was queued.  A function (or an argument's class) defined in a ``__main__`` that a worker
+    cannot import (``python -c``, a REPL, a notebook) pickles by name but could not be found
+    there: ``submit()`` refuses that too.  What only the worker can find out (a module it cannot
+    import) fails the job itself with this error, its ``__cause__`` the worker's.
     """
 
 

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from collections.abc import Callable
+from concurrent.futures._base import CANCELLED
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Outcome", "PoolStatistics", "UnstartedJob"]
+__all__ = ["Outcome", "PoolStatistics", "UnstartedJob", "cancel_future"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def cancel_future(future: cf.Future[Any]) -> bool:
+    """``concurrent.futures.Future.cancel()``, then the notice that ``wait()`` and
+    ``as_completed()`` wait for (``set_running_or_notify_cancel()``, which an executor's worker
+    calls when it meets a cancelled future; a pool job's handle is not met again).  True if the
+    future is cancelled, as ``cancel()``."""
+    if not cf.Future.cancel(future):
+        return False
+    with future._condition:
+        if future._state == CANCELLED:  # (not notified yet)
+            cf.Future.set_running_or_notify_cancel(future)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

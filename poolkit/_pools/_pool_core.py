@@ -360,7 +360,17 @@ class PoolCore(Generic[RetryingT]):
         return "pool" if self._name is None else f"pool {self._name!r}"
 
     def _closed_error(self) -> PoolClosed:
-        return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
+        first = self._first_error
+        if first is None:
+            return PoolClosed(f"{self._label()} is shut down; it accepts no more jobs")
+        # fail_fast closed it: say so, with the failure as the cause (a producer blocked in
+        # submit() sees this, not the failure, which `with` raises only if the block ends).
+        error = PoolClosed(
+            f"{self._label()} stopped after a job failed (fail_fast=True): "
+            f"{type(first).__name__}: {first}; it accepts no more jobs"
+        )
+        error.__cause__ = first
+        return error
 
     def _queue_full(self) -> QueueFull:
         q = self._queue_size
@@ -486,6 +496,7 @@ class BlockingPoolCore(PoolCore[RetryingT]):
         return True
 
     def __enter__(self) -> Self:
+        """Start the workers (plain code); the block's end shuts the pool down."""
         self._start()
         return self
 
@@ -495,6 +506,9 @@ class BlockingPoolCore(PoolCore[RetryingT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """``shutdown()``: a drain if the block ended normally; ``cancel=True`` (queued jobs
+        handed back, running ones stopped where the pool can) if it raised, KeyboardInterrupt
+        included, or if ``fail_fast`` tripped, whose failure is then raised here."""
         if exc_type is None and self._first_error is None:
             self.shutdown()
         else:
@@ -503,6 +517,7 @@ class BlockingPoolCore(PoolCore[RetryingT]):
             raise self._first_error
 
     async def __aenter__(self) -> Self:
+        """Start the workers (``async def`` code); the block's end shuts the pool down."""
         self._start()
         return self
 
@@ -512,6 +527,8 @@ class BlockingPoolCore(PoolCore[RetryingT]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """``await shutdown_async()``, as ``__exit__`` decides between a drain and a cancel;
+        the event loop runs on while the workers exit."""
         if exc_type is None and self._first_error is None:
             await self.shutdown_async()
         else:

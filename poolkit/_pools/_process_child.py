@@ -19,12 +19,19 @@ call failed; the ones after it never started and are run elsewhere).
 
 The worker ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the parent
 decides what happens to running jobs) and exits by itself when the pool's process dies, even
-by SIGKILL: a thread reads the *lifeline*, a pipe whose only write end the pool's process holds,
-and exits when it reads end-of-file.  (Watching ``os.getppid()`` is not enough: with the
-forkserver start method the parent is the fork server, which outlives the pool's process as
-long as its children, our workers, hold its own lifeline.)  A worker started with ``"fork"``
-inherits every descriptor, the lifeline's write end too, so it checks ``os.getppid()`` every
-:data:`PARENT_POLL` seconds instead: its parent is the pool's process itself.
+by SIGKILL, in two ways:
+
+* On Linux, the kernel kills it (``PR_SET_PDEATHSIG``) when its parent ends: the fork server,
+  or, with ``"spawn"`` and ``"fork"``, the pool's slot thread that started it (a slot always
+  outlives its worker).  That needs no cooperation from the worker, so it also stops one that
+  is stuck in C code holding the GIL.  The fork server ends when the pool's process does, once
+  no child of its holds the server's own lifeline (the write end that ``multiprocessing``
+  hands every child it forks): the worker closes its copy first thing.
+* Everywhere, a thread reads the pool's *lifeline*, a pipe whose only write end the pool's
+  process holds, and exits when it reads end-of-file.  (Watching ``os.getppid()`` is not
+  enough: with the fork server the parent is that server.)  A worker started with ``"fork"``
+  inherits every descriptor, the lifeline's write end too, so it checks ``os.getppid()`` every
+  :data:`PARENT_POLL` seconds instead: its parent is the pool's process itself.
 """
 
 from __future__ import annotations
@@ -41,6 +48,16 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 __all__ = ["FLUSH_AFTER", "PARENT_POLL", "READY", "RemoteTraceback", "main", "portable_error"]
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        pass
 
 READY = "ready"
 FLUSH_AFTER = 0.05  # seconds of a batch's work after which finished results are sent early
@@ -63,15 +80,54 @@ class RemoteTraceback(Exception):
 def portable_error(exc: BaseException) -> tuple[BaseException, str]:
     """``exc`` and its traceback as text, with ``exc`` replaced by a ``RuntimeError`` that
     names it if it cannot make the trip back through pickle."""
-    text = "".join(traceback.format_exception(exc))
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception as why:  # a __str__ that raises, say
+        text = f"{type(exc).__qualname__} (its traceback could not be formatted: {_safe(why)})\n"
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception as why:
         exc = RuntimeError(
-            f"the job raised {type(exc).__qualname__}: {exc}; that exception could not be sent "
-            f"back from the worker process ({type(why).__name__}: {why})"
+            f"the job raised {type(exc).__qualname__}: {_safe(exc, str)}; that exception "
+            f"could not be sent back from the worker process ({type(why).__name__}: "
+            f"{_safe(why, str)})"
         )
     return exc, text
+
+
+def _safe(value: object, how: Callable[[object], str] = repr, limit: int = 200) -> str:
+    """``how(value)``, at most ``limit`` characters, or a placeholder if it raises: a job's
+    result or exception must not take the worker down by failing to print itself."""
+    try:
+        text = how(value)
+    except Exception as why:
+        return f"<{type(value).__qualname__} that cannot be shown: {type(why).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _die_with_parent(parent: int, forkserver_child: bool) -> None:
+    """Have the kernel SIGKILL this process when its parent (thread) ends, on Linux; and, in a
+    child of the fork server, let that server end with the pool's process (see the module
+    docstring)."""
+    if forkserver_child:
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        fd = getattr(server, "_forkserver_alive_fd", None)
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    if _libc is None:
+        return
+    try:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (AttributeError, OSError):  # (not Linux after all)
+        return
+    if os.getppid() != parent:  # the parent ended before the request: too late for the kernel
+        os._exit(70)
 
 
 def _watch_parent(parent: int, lifeline: Connection | None) -> None:
@@ -106,8 +162,9 @@ def _picklable(message: tuple[Any, ...]) -> tuple[Any, ...]:
             values[i] = None
             errors[i] = portable_error(
                 TypeError(
-                    f"the job's result {value!r:.200} could not be pickled to send it back from "
-                    f"the worker process ({type(why).__name__}: {why}); return plain data"
+                    f"the job's result {_safe(value)} could not be pickled to send it back from "
+                    f"the worker process ({type(why).__name__}: {_safe(why, str)}); return "
+                    f"plain data"
                 )
             )
     return first, values, errors, seconds, rss
@@ -206,13 +263,16 @@ def main(
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     lifeline: Connection | None,
+    forkserver_child: bool = False,
 ) -> None:
     """The worker process: run batches until told to stop, or until the pool's process is
     gone (``lifeline``'s other end closes; without one, ``os.getppid()`` changes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    _die_with_parent(parent, forkserver_child)
     threading.Thread(
         target=_watch_parent,
-        args=(os.getppid(), lifeline),
+        args=(parent, lifeline),
         name="poolkit parent watch",
         daemon=True,
     ).start()
@@ -261,19 +321,26 @@ def _run_items(
 ) -> None:
     """``values.append(fn(item))`` for each item, with ``at[0]`` the index of the item being run.
 
-    ``values.extend(map(...))`` runs the loop in C and keeps what it appended when ``fn`` raises;
-    the generator that feeds it writes the index (measured: about half the time per item of a
-    plain ``for`` loop with ``try`` inside)."""
+    ``values.extend(calls())`` runs the loop in C and keeps what it appended when ``fn`` raises
+    (measured: faster than ``map(fn, ...)`` fed by a generator that writes the index, and about
+    half the time per item of a plain ``for`` loop with ``try`` inside).  The calls are made in
+    the generator, not by ``map``, because ``extend`` would take a ``StopIteration`` raised by
+    ``fn`` for the end of the input; raised in a generator, it comes out as ``RuntimeError``
+    (PEP 479), and the item fails with the ``StopIteration`` itself, as it would in
+    ``submit``."""
     n = len(items)
 
-    def feed() -> Iterator[Any]:
+    def calls() -> Iterator[Any]:
         for k in range(len(values), n):
             at[0] = k
-            yield items[k]
+            yield fn(items[k])
 
     while len(values) < n:
         try:
-            values.extend(map(fn, feed()))
+            values.extend(calls())
         except BaseException as exc:
+            cause = exc.__cause__
+            if type(exc) is RuntimeError and isinstance(cause, StopIteration):
+                exc = cause  # (PEP 479's wrapping of fn's own StopIteration)
             errors[len(values)] = portable_error(exc)
             values.append(None)

@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures as cf
+import functools
 import logging
 import math
 import multiprocessing
@@ -106,7 +107,7 @@ from poolkit._core._exceptions import JobHandedBack, NotPicklable, WorkerCrashed
 from poolkit._core._registry import record_origin, register
 
 from . import _process_child as child
-from ._jobs import Outcome, PoolStatistics, UnstartedJob, fn_name
+from ._jobs import Outcome, PoolStatistics, UnstartedJob, cancel_future, fn_name
 from ._pool_core import (
     CLOSED,
     CLOSING,
@@ -153,7 +154,6 @@ _POOL_CANCEL = "pool"
 
 _cf_set_result = cf.Future.set_result
 _cf_set_exception = cf.Future.set_exception
-_cf_cancel = cf.Future.cancel
 _cf_done = cf.Future.done
 
 
@@ -224,6 +224,42 @@ def _pickle_chunk(fn: Callable[..., Any], items: list[Any], base: int) -> bytes:
         raise _not_picklable("a map() chunk", items, error) from error
 
 
+def _main_unimportable() -> bool:
+    """Whether ``__main__`` is one a worker process cannot import (``python -c``, a REPL, a
+    notebook kernel): what is defined there pickles by name, but cannot be found by it."""
+    main = sys.modules.get("__main__")
+    return main is not None and getattr(main, "__file__", None) is None
+
+
+def _check_loadable(payload: bytes, fn: Callable[..., Any], what: str, fork: bool) -> None:
+    """Raise :class:`NotPicklable` if ``payload`` refers to something defined in a ``__main__``
+    that a worker cannot import (unless workers are forked: they have it)."""
+    if fork or b"__main__" not in payload or not _main_unimportable():
+        return
+    where = (
+        f"the function {fn_name(fn)} is defined"
+        if getattr(fn, "__module__", None) == "__main__"
+        else f"{what} holds an object whose class or function is defined"
+    )
+    raise NotPicklable(
+        f"{where} in the __main__ of `python -c`, an interactive session or a notebook, which a "
+        f"worker process cannot import, so it could not be found there; define it in a module "
+        f"file and import it from there, or use start_method='fork'"
+    )
+
+
+def _unloadable(error: BaseException) -> BaseException:
+    """The error of the calls of a batch that the worker could not unpickle."""
+    exc = NotPicklable(
+        f"the worker process could not load the job ({type(error).__name__}: {error}); a job's "
+        f"function and the classes of its arguments must be importable by name in the worker: "
+        f"defined at the top level of a module that the worker can import (not in `python -c`, "
+        f"an interactive session or a notebook)"
+    )
+    exc.__cause__ = error
+    return exc
+
+
 def _remote(error: tuple[BaseException, str]) -> BaseException:
     exc, text = error
     exc.__cause__ = child.RemoteTraceback(text)
@@ -242,6 +278,19 @@ class ProcessJob(cf.Future[T]):
     the job has finished.  ``running()`` says whether a worker has it now.  The pool owns the
     job's outcome: ``set_result()``, ``set_exception()`` and ``set_running_or_notify_cancel()``
     raise ``concurrent.futures.InvalidStateError``.
+
+    Besides what the function itself raises (with the worker's traceback as its
+    ``__cause__``), a job can end with:
+
+    * ``TimeoutError``: it ran past the pool's ``timeout``; its worker was killed;
+    * :class:`~poolkit.WorkerCrashed`: its worker process died (``.exitcode``, ``.signal``);
+    * ``concurrent.futures.CancelledError``: ``cancel()``, or ``shutdown(cancel=True)`` while
+      it ran, or ``fail_fast``;
+    * :class:`~poolkit.JobHandedBack`: it was still queued when the pool was shut down with
+      ``cancel=True`` (it never ran; ``shutdown`` returned it);
+    * :class:`~poolkit.NotPicklable`: the worker could not load it (a module it cannot import);
+    * ``RuntimeError`` or ``TypeError``: its result or exception could not be sent back
+      (cannot be pickled, or unpickled here), saying so.
     """
 
     def __init__(
@@ -262,23 +311,35 @@ class ProcessJob(cf.Future[T]):
 
     @property
     def fn(self) -> Callable[..., Any]:
+        """The job's function."""
         return self._fn
 
     @property
     def args(self) -> tuple[Any, ...]:
+        """The job's positional arguments."""
         return self._args
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The job's keyword arguments (a copy)."""
         return dict(self._kwargs)
 
     def running(self) -> bool:
+        """Whether a worker process has the job now (sent to it, not finished)."""
         return self._batch.state == _RUNNING and not self.done()
 
     def __await__(self) -> Generator[Any, None, T]:
+        """``await job``: its result, or its exception raised (on any event loop)."""
         return asyncio.wrap_future(self).__await__()
 
     def cancel(self) -> bool:
+        """Stop the job: a queued job never runs; a running one's worker process is killed
+        (SIGTERM, then SIGKILL after the pool's ``kill_grace``) and replaced, so the job really
+        stops.  ``concurrent.futures.wait()`` and ``as_completed()`` see it as done.
+
+        Returns:
+            True if the job is cancelled (now or before); False if it had already finished.
+        """
         pool = self._pool
         slot = None
         with pool._lock:
@@ -297,7 +358,7 @@ class ProcessJob(cf.Future[T]):
             self._settled = True
         if slot is not None:
             slot.stop(_USER_CANCEL, batch)
-        return _cf_cancel(self)
+        return cancel_future(self)
 
     def set_result(self, result: T) -> None:
         """Refused: the pool sets the result when the job's function returns.
@@ -324,7 +385,7 @@ class ProcessJob(cf.Future[T]):
         raise cf.InvalidStateError(self._owned("set_running_or_notify_cancel"))
 
     def _cancel_now(self) -> None:
-        _cf_cancel(self)
+        cancel_future(self)
 
     def _owned(self, what: str) -> str:
         return (
@@ -387,8 +448,17 @@ class _Batch:
 
 # ----------------------------------------------------------------------- slots
 
-# What a slot's wait ended with.
-_RESULT, _DIED, _WOKEN, _TIMEOUT = range(4)
+# What a slot's wait ended with (and _UNREADABLE: a message from the worker that could not be
+# loaded here, which leaves the slot unable to tell which calls it covered).
+_RESULT, _DIED, _WOKEN, _TIMEOUT, _UNREADABLE = range(5)
+
+
+class _Unreadable(Exception):
+    """A message from a worker could not be unpickled here (``error`` says why)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _Slot:
@@ -409,6 +479,8 @@ class _Slot:
         self.starting = False  # starting a worker process (stop() may interrupt it)
         self.calls = 0  # calls run by the current process
         self.rss = 0
+        self.began = False  # its thread runs (it ends by _slot_gone)
+        self.abandoned = False  # its thread's start() failed: never counted again (see _abandon)
         self.thread = threading.Thread(
             target=self.run, name=f"poolkit {pool._label()} worker {ident}", daemon=True
         )
@@ -417,6 +489,10 @@ class _Slot:
 
     def run(self) -> None:
         pool = self.pool
+        with pool._lock:
+            if self.abandoned:
+                return  # its start() raised in the pool's thread: it is off the books
+            self.began = True
         try:
             if pool._state == OPEN:
                 self._start_process()  # warm, before the first job asks
@@ -481,6 +557,7 @@ class _Slot:
                 pool._initializer,
                 pool._initargs,
                 pool._lifeline_r,
+                pool._start_method == "forkserver",
             ),
             name=f"poolkit {pool._label()} worker {self.ident}",
         )
@@ -697,6 +774,7 @@ class _Slot:
             pool._requeue(self, batch, 0)
             return None
         results: Results | None = None
+        unreadable: BaseException | None = None
         while done < n:
             what = self._wait(deadline)
             if what == _RESULT:
@@ -705,23 +783,28 @@ class _Slot:
                 except (EOFError, OSError):
                     what = _DIED
                 else:
-                    first, values, errors = self._received(batch, data, done)
-                    if first != done or first + len(values) > n:
-                        values, errors = self._out_of_step(batch, done, first, len(values))
-                        first = done
-                    if settle:
-                        pool._settle(batch, first, values, errors)
+                    try:
+                        first, values, errors = self._received(batch, data, done)
+                    except _Unreadable as bad:
+                        unreadable = bad.error
+                        what = _UNREADABLE
                     else:
-                        results = values, errors
-                    done = first + len(values)
-                    continue
+                        if first != done or first + len(values) > n:
+                            values, errors = self._out_of_step(batch, done, first, len(values))
+                            first = done
+                        if settle:
+                            pool._settle(batch, first, values, errors)
+                        else:
+                            results = values, errors
+                        done = first + len(values)
+                        continue
             if what == _TIMEOUT and settle and n == 1:
                 # The job fails at its deadline, not once its worker is gone: one that ignores
                 # SIGTERM takes kill_grace more to stop (the slot takes no job meanwhile).
                 pool._settle(batch, done, [None], {0: self._expired(batch)})
                 self._kill()
                 break
-            values, errors = self._stopped(batch, what, done)
+            values, errors = self._stopped(batch, what, done, unreadable)
             if settle:
                 pool._settle(batch, done, values, errors)
             else:
@@ -755,16 +838,15 @@ class _Slot:
         """A message from the worker: ``(first, values, errors)`` of the calls it reports."""
         try:
             first, values, errors, seconds, rss = _loads(data)
-        except Exception as exc:  # a result whose class this process cannot load
-            error = RuntimeError(f"a result from the worker could not be unpickled: {exc!r}")
-            left = batch.size - done
-            return done, [None] * left, dict.fromkeys(range(left), error)
+        except BaseException as exc:  # a result whose class this process cannot load, say
+            raise _Unreadable(exc) from exc
         if rss:
             self.rss = rss
         if errors is not None:
             if -1 in errors:  # the batch could not be loaded there: every call fails with it
                 left = batch.size - done
-                return done, [None] * left, dict.fromkeys(range(left), _remote(errors[-1]))
+                error = _unloadable(_remote(errors[-1]))
+                return done, [None] * left, dict.fromkeys(range(left), error)
             errors = {i: _remote(e) for i, e in errors.items()}
         if values and isinstance(batch.owner, _Chunk):
             self.pool._observe(batch.owner, len(values), seconds)
@@ -780,10 +862,14 @@ class _Slot:
         setattr(error, _DEADLINE, True)  # counted as timed out, not failed
         return error
 
-    def _stopped(self, batch: _Batch, what: int, done: int) -> Results:
+    def _stopped(
+        self, batch: _Batch, what: int, done: int, unreadable: BaseException | None = None
+    ) -> Results:
         """The worker stopped in the middle of ``batch`` (``done`` calls reported): the outcomes
         of the calls up to the one it was running; the rest (never started) are queued again,
-        or handed back if the pool is cancelling."""
+        or handed back if the pool is cancelling.  With ``_UNREADABLE``, the worker sent a
+        message that could not be loaded (``unreadable`` says why): which calls it answered is
+        unknown, so the worker is stopped, and the calls it had run fail with that error."""
         pool = self.pool
         pid = self.pid
         n = batch.size
@@ -801,6 +887,16 @@ class _Slot:
         elif what == _TIMEOUT:
             self._kill()
             error = lost = self._expired(batch)
+        elif what == _UNREADABLE:
+            self._kill()
+            running = done if n == 1 else max(done, self.progress.value)
+            error = lost = RuntimeError(
+                f"a result that the worker process (pid {pid}) of {label} sent back could not be "
+                f"unpickled here ({type(unreadable).__name__}: {unreadable}); the worker was "
+                f"replaced, since what else that message held was lost with it (return plain "
+                f"data, of classes this process can import)"
+            )
+            error.__cause__ = unreadable
         else:
             code, sig = self._reap()
             how = (
@@ -922,7 +1018,9 @@ class ProcessMap(Generic[R]):
         self._read += len(items)
         chunk = _Chunk(self, items)
         payload = _pickle_chunk(self._fn, items, base)
-        self._pool._put_chunk(chunk, payload)  # (which puts it in _chunks too)
+        pool = self._pool
+        _check_loadable(payload, self._fn, f"map() item {base} or a later one", pool._forks)
+        pool._put_chunk(chunk, payload)  # (which puts it in _chunks too)
 
     def _fill(self, it: Iterator[Any]) -> None:
         while self._window_open():
@@ -1098,10 +1196,32 @@ def _preload(ctx: Any) -> None:
 
 class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
     """A pool of worker processes for CPU-bound work: ``submit``, a streaming ``map``, per-job
-    timeouts that stop the job, crashes that fail one job; see the module docstring.
+    timeouts that stop the job, crashes that fail one job.
 
-    ``with ProcessPool() as pool:`` in plain code, ``async with`` on an event loop.  Jobs are
-    plain functions that can be pickled (top-level functions of an importable module).
+    ``with ProcessPool() as pool:`` in plain code, ``async with`` on an event loop (where
+    ``await pool.submit_async(fn, x)`` waits for room, ``await job`` for a result, and ``async
+    for r in pool.map(...)`` streams).  Jobs are plain functions that can be pickled and that a
+    worker can import by name: top-level functions of a module, not lambdas, local functions or
+    functions defined in ``python -c`` or a notebook (refused at submit, with the fix).
+
+    Each worker is a process owned by a thread of this pool.  A job past its ``timeout`` fails
+    with ``TimeoutError`` and its process is killed (SIGTERM, SIGKILL after ``kill_grace``) and
+    replaced; a process that dies fails only the job it was running (``WorkerCrashed``); never
+    more than ``workers`` processes run.  Workers ignore SIGINT (the pool decides what happens
+    to their jobs) and exit by themselves if this process dies, even by SIGKILL.
+
+    Start methods: the default is ``"forkserver"`` on Linux (a worker starts in about 25 ms,
+    forked from a small server that has imported poolkit) and ``"spawn"`` elsewhere (a fresh
+    interpreter per worker, which imports the job's module: 100 ms and more).  Plain ``"fork"``
+    is never the default: the pool always has threads, and forking a process with threads can
+    copy a lock that one of them holds.  ``start_method="fork"`` is accepted, and the job's
+    function then need not be importable.
+
+    ``map`` sends items in chunks (``chunksize="auto"``: as many as run in about 10 ms, by
+    measurement), reads its input only as room frees, and keeps at most ``workers +
+    queue_size`` chunks in flight.  A worker that dies in a chunk fails the item it was
+    running; the items after it run elsewhere; finished items not yet reported (a worker
+    reports at least every 50 ms) fail with ``WorkerCrashed`` saying their result was lost.
 
     Args:
         workers: How many worker processes (default: ``os.cpu_count()``).
@@ -1169,6 +1289,7 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
                 f"platform, got {start_method!r}"
             )
         self._start_method = start_method
+        self._forks = start_method == "fork"  # (a forked worker has this process's __main__)
         if isinstance(kill_grace, bool) or not isinstance(kill_grace, (int, float)):
             raise TypeError(f"kill_grace must be a number of seconds, got {kill_grace!r}")
         if not 0 <= kill_grace < math.inf:
@@ -1201,7 +1322,9 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
         self._queue: deque[_Batch] = deque()
         self._queued_jobs = 0  # submitted jobs in _queue, not dropped (for queue_size)
         self._waiting: deque[ProcessJob[Any]] = deque()  # submits waiting for room, in order
-        self._putters: deque[tuple[ProcessJob[Any], threading.Lock]] = deque()
+        # Submits that wait for room without counting as submitted yet (a blocked thread, or a
+        # task in submit_async), each with what wakes it (any thread, lock held).
+        self._putters: deque[tuple[ProcessJob[Any], Callable[[], None]]] = deque()
         self._slots: list[_Slot] = []
         self._pids: dict[int, int] = {}
         self._busy = 0
@@ -1266,8 +1389,34 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
                 self._live += 1
                 record_origin(slot.thread, f"{self._label()} worker {slot.ident}")
             slots = list(self._slots)
-        for slot in slots:
-            slot.thread.start()
+        try:
+            for slot in slots:
+                slot.thread.start()
+        except BaseException:  # no thread to be had, or KeyboardInterrupt: no pool either
+            self._abandon(slots)
+            self._begin_shutdown(cancel=True)
+            self._workers_gone.wait()
+            self._finish()
+            raise
+
+    def _abandon(self, slots: list[_Slot]) -> None:
+        """Take the slots whose thread has not begun to run off the books (their ``start()``
+        failed, or was interrupted before they ran: one that runs later sees it and returns)."""
+        waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        with self._lock:
+            for slot in slots:
+                if slot.began or slot.abandoned:
+                    continue
+                slot.abandoned = True
+                self._slots.remove(slot)
+                self._live -= 1
+                slot.wake_r.close()
+                slot.wake_w.close()
+            if self._live == 0:
+                waiters, self._gone_waiters = self._gone_waiters, []
+                self._workers_gone.set()
+        for loop, fut in waiters:
+            _wake_soon(loop, fut)
 
     def _slot_gone(self, slot: _Slot) -> None:
         waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -1321,11 +1470,11 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
                 self._queued_jobs += 1
                 self._queue_batch(job._batch)
             elif self._putters:
-                job, lock = self._putters.popleft()
+                job, wake = self._putters.popleft()
                 self._submitted += 1
                 self._queued_jobs += 1
                 self._queue_batch(job._batch)
-                lock.release()
+                wake()
             else:
                 return
 
@@ -1497,7 +1646,8 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
         once.  In plain code, ``submit`` blocks this thread while the queue is full.  On a
         thread that runs an event loop it never blocks: a job that finds the queue full waits
         for room in line, after the jobs already waiting (``await job`` waits for both, and
-        ``statistics().queued`` counts it); use :meth:`submit_nowait` to be refused instead.
+        ``statistics().queued`` counts it), and that line has no bound; a producer should use
+        :meth:`submit_async`, which waits for room, or :meth:`submit_nowait` to be refused.
 
         Args:
             fn: A plain function that can be pickled, then its arguments.
@@ -1522,20 +1672,68 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
                 return job
             lock = threading.Lock()
             lock.acquire()
-            self._putters.append((job, lock))
+            putter = (job, lock.release)
+            self._putters.append(putter)
         try:
             lock.acquire()
         except BaseException:  # KeyboardInterrupt while waiting: nothing is submitted
-            with self._lock:
-                try:
-                    self._putters.remove((job, lock))
-                except ValueError:  # admitted meanwhile: withdrawn (counted as cancelled)
-                    admitted = True
-                else:
-                    admitted = False
-            if admitted:
-                job.cancel()
+            self._withdraw(putter)
             raise
+        return self._admitted(job)
+
+    async def submit_async(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> ProcessJob[R]:
+        """Queue ``fn(*args, **kwargs)``, waiting for room in the queue without blocking the
+        event loop: the backpressure of :meth:`submit` in plain code, for ``async def`` code.
+
+        It returns once the job is queued; ``await`` the returned job for its result.  A
+        producer that submits with it holds at most ``workers + queue_size`` jobs in the pool
+        however fast it goes, where :meth:`submit` on an event loop never waits (jobs that find
+        the queue full line up, without bound).  Waiters enter in the order they came, after the
+        jobs already in line.  If the awaiting task is cancelled while it waits, nothing is
+        submitted (the job is not counted); if the job was let in at that moment, it is
+        withdrawn (counted as cancelled) and the cancellation propagates.
+
+        Returns:
+            The job's :class:`ProcessJob`, queued.
+
+        Raises:
+            NotPicklable: If ``fn`` or an argument cannot be pickled (named in the message).
+            TypeError: If ``fn`` is not callable, or is an ``async def`` function.
+            PoolClosed: If the pool is shutting down (also while this task was waiting).
+        """
+        job = self._make(fn, args, kwargs)
+        self._start_if_new()
+        loop = asyncio.get_running_loop()
+        room: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._offer(job):
+                return job
+            putter = (job, functools.partial(_wake_soon, loop, room))
+            self._putters.append(putter)
+        try:
+            await room
+        except BaseException:  # cancelled while waiting: nothing is submitted
+            self._withdraw(putter)
+            raise
+        return self._admitted(job)
+
+    def _withdraw(self, putter: tuple[ProcessJob[Any], Callable[[], None]]) -> None:
+        """A waiting submit gave up: out of line, or, if it was let in meanwhile, cancelled."""
+        job = putter[0]
+        with self._lock:
+            try:
+                self._putters.remove(putter)
+            except ValueError:  # admitted (or dropped by a shutdown) meanwhile
+                admitted = job._batch.state != _DROPPED
+            else:
+                admitted = False
+        if admitted:
+            job.cancel()
+
+    def _admitted(self, job: ProcessJob[R]) -> ProcessJob[R]:
+        """A waiting submit was woken: its job, queued, or PoolClosed if a shutdown woke it."""
         if job._batch.state == _DROPPED and not job._settled:
             raise self._closed_error()
         return job
@@ -1573,7 +1771,9 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> ProcessJob[Any]:
         _check_fn(fn)
-        return ProcessJob(self, fn, args, kwargs, _pickle_call(fn, args, kwargs))
+        payload = _pickle_call(fn, args, kwargs)
+        _check_loadable(payload, fn, f"an argument of {fn_name(fn)}", self._forks)
+        return ProcessJob(self, fn, args, kwargs, payload)
 
     def _start_if_new(self) -> None:
         if self._state == NEW:
@@ -1641,6 +1841,7 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
         """
         _check_fn(fn)
         _find_unpicklable(fn, ())
+        _check_loadable(_dumps(fn, _PROTOCOL), fn, "the function", self._forks)
         if not isinstance(iterable, (Iterable, AsyncIterable)):
             raise TypeError(f"map() needs an iterable or an async iterable, got {iterable!r}")
         if chunksize is None:
@@ -1659,11 +1860,23 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
     # ------------------------------------------------------------- stopping jobs
 
     def _fail_everything(self) -> None:
-        """fail_fast's first failure: stop taking jobs, cancel the queued and running ones."""
+        """fail_fast's first failure: stop taking jobs, cancel the queued and running ones;
+        a submit waiting for room raises PoolClosed (with the failure as its cause)."""
         with self._lock:
             if self._state == OPEN:
                 self._state = CLOSING
+            wakes = self._drop_putters()
+        for wake in wakes:
+            wake()
         self._stop_jobs(hand_back=False)
+
+    def _drop_putters(self) -> list[Callable[[], None]]:  # lock held
+        """Turn away the submits waiting for room (each raises PoolClosed once woken): what
+        wakes them, to call once the lock is released."""
+        putters, self._putters = self._putters, deque()
+        for job, _ in putters:
+            job._batch.state = _DROPPED
+        return [wake for _, wake in putters]
 
     def _stop_jobs(self, hand_back: bool) -> None:
         """Take every queued job out (handed back, or cancelled by the pool) and stop the
@@ -1713,17 +1926,15 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
                 return False
             if state == OPEN:
                 self._state = CLOSING
-            putters, self._putters = self._putters, deque()
-            for job, _ in putters:
-                job._batch.state = _DROPPED
+            wakes = self._drop_putters()
             if not cancel:  # a drain runs the jobs waiting for room too
                 while self._waiting:
                     job = self._waiting.popleft()
                     self._queued_jobs += 1
                     self._queue_batch(job._batch)
             self._work.notify_all()
-        for _, lock in putters:
-            lock.release()  # each raises PoolClosed
+        for wake in wakes:
+            wake()  # each raises PoolClosed
         if cancel:
             self._stop_jobs(hand_back=True)
         return True

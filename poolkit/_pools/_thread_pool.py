@@ -65,7 +65,7 @@ from poolkit._core._exceptions import JobHandedBack
 from poolkit._core._registry import record_origin, register
 from poolkit._core._wait import resolve
 
-from ._jobs import Outcome, UnstartedJob
+from ._jobs import Outcome, UnstartedJob, cancel_future
 from ._jobs import fn_name as _fn_name
 from ._map import map_threads
 from ._pool_core import (
@@ -193,7 +193,7 @@ class ThreadJob(cf.Future[T]):
             return False
         # Outside the lock: cancelling runs the future's done-callbacks.  A job that is running
         # or done is not cancelled (False), as for concurrent.futures.
-        return super().cancel()
+        return cancel_future(self)
 
 
 class _Worker:
@@ -722,7 +722,7 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
             if message is not None:
                 _cf_set_exception(job, JobHandedBack(message))
             else:
-                cf.Future.cancel(job)
+                cancel_future(job)
 
     def resize(self, workers: int) -> None:
         """Change how many worker threads the pool may run (``target_workers``), at once.
