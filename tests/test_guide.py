@@ -44,6 +44,7 @@ def test_guide_has_enough_python_examples() -> None:
         # the remedies
         ("cancellation and timeouts",),
         ("worker pools",),
+        ("every core", "goroutines", "processes"),
         ("semaphores",),
         ("token buckets",),
         ("buffered channels and closing them",),
@@ -69,6 +70,7 @@ def test_guide_covers_the_idiom(words: tuple[str, ...]) -> None:
         "shutdown(timeout=",
         "WorkerPool(",
         "ThreadPool(",
+        "ProcessPool(",
         "CapacityLimiter(",
         "TokenBucket(",
         "Channel(",
