@@ -190,7 +190,7 @@ def _peak_mib() -> float:
 def _peak_rss(lib: str, chunksize: int | None, n: int) -> dict[str, Any]:
     """Map ``abs`` over ``range(n)``, results checked as they come and then dropped; the
     parent's peak RSS.  Every case imports the same libraries first, so that they count alike."""
-    for module in ("poolkit", "concurrent.futures.process", "multiprocessing.pool"):
+    for module in ("poolkit", "concurrent.futures.process", "multiprocessing.pool", "pebble"):
         importlib.import_module(module)
     count = wrong = 0
     with _Pool(lib) as pool:
@@ -341,13 +341,16 @@ cpu = _add(
     ),
     ("poolkit.ProcessPool.map", "cpu:poolkit"),
     ("ProcessPoolExecutor.map (chunksize=1)", "cpu:executor"),
+    ("multiprocessing.Pool.imap (chunksize=1)", "cpu:multiprocessing"),
+    ("pebble.ProcessPool.map (chunksize=1)", "cpu:pebble"),
     ("serial, in one process (no pool)", "cpu:serial"),
 )
 
 # ----------------------------------------------------------------- 3. the parent's memory
 #
-# ProcessPoolExecutor.map submits every chunk before it returns its first result; at its
-# default chunksize (1) a million jobs would take minutes, so it runs at chunksize=1000.
+# ProcessPoolExecutor.map (and pebble's) submits every chunk before it returns its first
+# result; at its default chunksize (1) a million jobs would take minutes, so it runs at
+# chunksize=1000.
 
 memory = _add(
     Suite(
@@ -359,6 +362,7 @@ memory = _add(
     ("poolkit.ProcessPool.map", "rss:poolkit"),
     ("ProcessPoolExecutor.map chunksize=1000", "rss:executor:1000"),
     ("multiprocessing.Pool.imap chunksize=1000", "rss:multiprocessing:1000"),
+    ("pebble.ProcessPool.map chunksize=1000", "rss:pebble:1000"),
     key="peak_mib",
 )
 
