@@ -317,3 +317,29 @@ def test_a_slot_thread_that_cannot_start_closes_the_pool(
     assert pool.shutdown(cancel=True) == []  # returns at once
     with pytest.raises(PoolClosed):
         pool.submit(pj.double, 1)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("can't start new thread"), KeyboardInterrupt()])
+def test_a_thread_pool_worker_that_cannot_start_leaves_no_phantom(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    # ThreadPool starts its threads as jobs need them: one that cannot start must not be waited
+    # for by shutdown(); the job that asked for it stays queued, and is handed back.
+    start = threading.Thread.start
+
+    def failing_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("poolkit pool 'faults' worker"):
+            raise error
+        start(thread)
+
+    pool = ThreadPool(workers=1, name="faults")
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    with pytest.raises(type(error)):
+        pool.submit(abs, -1)
+    monkeypatch.undo()
+    s = pool.statistics()
+    assert (s.workers, s.queued) == (0, 1), s
+    handed = pool.shutdown(cancel=True, timeout=5)
+    assert [job.args for job in handed] == [(-1,)]
+    s = pool.statistics()
+    assert (s.closed, s.submitted, s.handed_back, s.workers) == (True, 1, 1, 0), s

@@ -206,6 +206,8 @@ class _Worker:
     """
 
     __slots__ = (
+        "abandoned",
+        "began",
         "deadline",
         "ident",
         "job",
@@ -229,13 +231,19 @@ class _Worker:
         self.lock.acquire()
         self.woken = False  # woken for the jobs in the queue (counted in the queue's `woken`)
         self.patience = math.inf  # how long its idle wait lasts (elastic pools)
+        self.began = False  # its thread runs (under the pool's lock)
+        self.abandoned = False  # its thread's start() failed: off the books (see _spawn)
 
     def run(self) -> None:
         """The worker's thread: take jobs and run them until the pool closes, resizes or idles
         it out (elastic)."""
         pool = self.pool
-        logger.debug("%s: worker %d started", pool._label(), self.ident)
         lock = pool._lock
+        with lock:
+            if self.abandoned:
+                return  # its start() raised in the spawning thread: it is off the books
+            self.began = True
+        logger.debug("%s: worker %d started", pool._label(), self.ident)
         take = pool._take
         # A worker that decides to exit leaves the books in the same locked step (_take,
         # _idled_out), so that a submit never counts on a worker that is on its way out.
@@ -582,7 +590,26 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
             self._prune_at = max(64, 2 * len(threads))
         threads.append(w.thread)
         record_origin(w.thread, f"{self._label()} worker {w.ident}")
-        w.thread.start()
+        try:
+            w.thread.start()
+        except BaseException:
+            # No thread to be had (RuntimeError), or a Ctrl-C interrupted start(): a worker
+            # whose thread has not begun leaves the books now (if it runs later, it sees that
+            # and returns), so that no shutdown waits for it; the error propagates.
+            if not w.began:  # (always, in fact: it needs the lock held here to begin)
+                w.abandoned = True
+                self._live -= 1
+                del self._workers[w.ident]
+                threads.remove(w.thread)  # (joining a thread never started raises)
+                if not self._workers and not self._exiting:
+                    self._workers_gone.set()
+                    waiters, self._gone_waiters = self._gone_waiters, []
+                    for loop, fut in waiters:
+                        try:
+                            loop.call_soon_threadsafe(resolve, fut)
+                        except RuntimeError:
+                            pass  # that loop is closed
+            raise
         if self._watchdog is not None:
             self._watchdog.start()
 
@@ -807,6 +834,9 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
             PoolClosed: If the pool is shutting down (also while this thread was waiting).
             RuntimeError: If it would have to wait on a thread whose event loop is running (use
                 ``submit_nowait`` there, or ``await asyncio.to_thread(pool.submit, ...)``).
+                Also if the worker thread the job needs could not start (``can't start new
+                thread``): the job stays queued, for a later worker to run or ``shutdown`` to
+                hand back.
         """
         job = self._make(fn, args, kwargs)
         with self._lock:
