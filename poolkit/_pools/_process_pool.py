@@ -1402,21 +1402,15 @@ class ProcessPool(BlockingPoolCore[tenacity.Retrying]):
     def _abandon(self, slots: list[_Slot]) -> None:
         """Take the slots whose thread has not begun to run off the books (their ``start()``
         failed, or was interrupted before they ran: one that runs later sees it and returns)."""
-        waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         with self._lock:
-            for slot in slots:
-                if slot.began or slot.abandoned:
-                    continue
+            gone = [s for s in slots if not (s.began or s.abandoned)]
+            for slot in gone:
                 slot.abandoned = True
                 self._slots.remove(slot)
-                self._live -= 1
                 slot.wake_r.close()
                 slot.wake_w.close()
-            if self._live == 0:
-                waiters, self._gone_waiters = self._gone_waiters, []
-                self._workers_gone.set()
-        for loop, fut in waiters:
-            _wake_soon(loop, fut)
+        for slot in gone:
+            self._slot_gone(slot)
 
     def _slot_gone(self, slot: _Slot) -> None:
         waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []

@@ -102,6 +102,15 @@ _cf_set_exception = cf.Future.set_exception
 _cf_set_running = cf.Future.set_running_or_notify_cancel
 
 
+def _wake_gone(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Tell the loops waiting for a pool's workers to be gone that they are."""
+    for loop, fut in waiters:
+        try:
+            loop.call_soon_threadsafe(resolve, fut)
+        except RuntimeError:
+            pass  # that loop is closed: nobody waits there any more
+
+
 def _refuse_in_loop(what: str, instead: str) -> None:
     refuse_in_loop(f"ThreadPool.{what}()", instead)
 
@@ -601,14 +610,7 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
                 self._live -= 1
                 del self._workers[w.ident]
                 threads.remove(w.thread)  # (joining a thread never started raises)
-                if not self._workers and not self._exiting:
-                    self._workers_gone.set()
-                    waiters, self._gone_waiters = self._gone_waiters, []
-                    for loop, fut in waiters:
-                        try:
-                            loop.call_soon_threadsafe(resolve, fut)
-                        except RuntimeError:
-                            pass  # that loop is closed
+                _wake_gone(self._gone_if_last())  # (a callback scheduled, under the lock)
             raise
         if self._watchdog is not None:
             self._watchdog.start()
@@ -695,17 +697,19 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
         worker has got here, so that joining the threads then never waits on a thread's code."""
         with self._lock:
             self._exiting -= 1
-            if self._workers or self._exiting:
-                return
-            self._workers_gone.set()
-            if self._watchdog is not None:
-                self._watchdog.wake.notify_all()
-            waiters, self._gone_waiters = self._gone_waiters, []
-        for loop, fut in waiters:  # outside the lock: nothing foreign runs under it
-            try:
-                loop.call_soon_threadsafe(resolve, fut)
-            except RuntimeError:
-                pass  # that loop is closed: nobody waits there any more
+            waiters = self._gone_if_last()
+        _wake_gone(waiters)  # outside the lock: nothing foreign runs under it
+
+    def _gone_if_last(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]:
+        """If no worker is left on the books or running its last line, the pool's workers are
+        gone: set that (lock held), and return the loops' waiters to wake."""
+        if self._workers or self._exiting:
+            return []
+        self._workers_gone.set()
+        if self._watchdog is not None:
+            self._watchdog.wake.notify_all()
+        waiters, self._gone_waiters = self._gone_waiters, []
+        return waiters
 
     def _fail_everything(self) -> None:
         with self._lock:
