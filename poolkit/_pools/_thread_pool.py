@@ -216,7 +216,6 @@ class _Worker:
 
     __slots__ = (
         "abandoned",
-        "began",
         "deadline",
         "ident",
         "job",
@@ -240,7 +239,6 @@ class _Worker:
         self.lock.acquire()
         self.woken = False  # woken for the jobs in the queue (counted in the queue's `woken`)
         self.patience = math.inf  # how long its idle wait lasts (elastic pools)
-        self.began = False  # its thread runs (under the pool's lock)
         self.abandoned = False  # its thread's start() failed: off the books (see _spawn)
 
     def run(self) -> None:
@@ -248,10 +246,9 @@ class _Worker:
         it out (elastic)."""
         pool = self.pool
         lock = pool._lock
-        with lock:
+        with lock:  # (held by _spawn until start() has returned or raised)
             if self.abandoned:
                 return  # its start() raised in the spawning thread: it is off the books
-            self.began = True
         logger.debug("%s: worker %d started", pool._label(), self.ident)
         take = pool._take
         # A worker that decides to exit leaves the books in the same locked step (_take,
@@ -602,15 +599,15 @@ class ThreadPool(BlockingPoolCore[tenacity.Retrying]):
         try:
             w.thread.start()
         except BaseException:
-            # No thread to be had (RuntimeError), or a Ctrl-C interrupted start(): a worker
-            # whose thread has not begun leaves the books now (if it runs later, it sees that
-            # and returns), so that no shutdown waits for it; the error propagates.
-            if not w.began:  # (always, in fact: it needs the lock held here to begin)
-                w.abandoned = True
-                self._live -= 1
-                del self._workers[w.ident]
-                threads.remove(w.thread)  # (joining a thread never started raises)
-                _wake_gone(self._gone_if_last())  # (a callback scheduled, under the lock)
+            # No thread to be had (RuntimeError), or a Ctrl-C interrupted start(): the worker
+            # leaves the books now (its thread cannot have begun, as that takes the lock held
+            # here; if it runs later, it sees `abandoned` and returns), so that no shutdown
+            # waits for it; the error propagates.
+            w.abandoned = True
+            self._live -= 1
+            del self._workers[w.ident]
+            threads.remove(w.thread)  # (joining a thread never started raises)
+            _wake_gone(self._gone_if_last())  # (a callback scheduled, under the lock)
             raise
         if self._watchdog is not None:
             self._watchdog.start()
